@@ -1,0 +1,24 @@
+"""dbbasic-queue: a background job queue whose whole state is one TSV file.
+
+See dbbasic_queue.queue for the manual.
+"""
+
+from .errors import InvalidJobError, QueueError, StorageError
+from .job import COLUMNS, Job, Status
+from .queue import (ENV_VAR, Queue, cancel_job, default_queue, enqueue, get_job,
+                    process_jobs)
+
+__version__ = '2.0.0'
+
+__all__ = ['enqueue', 'process_jobs', 'get_job', 'cancel_job', 'Queue', 'Job', 'Status',
+           'COLUMNS', 'ENV_VAR', 'QueueError', 'InvalidJobError', 'StorageError',
+           'default_queue']
+
+
+def _read_tsv():
+    """Compatibility shim for dbbasic-email 1.0.0's `email:queue` command.
+
+    Returns every job of the default queue (pending, processing and finished) as a list
+    of str in the seed's nine-column order, as dbbasic-queue 1.0.0's private helper did.
+    """
+    return [row[:9] for row in default_queue().read_rows()]

@@ -1,0 +1,13 @@
+"""Exceptions raised by dbbasic_queue. Every one derives from QueueError."""
+
+
+class QueueError(Exception):
+    """Base class of every error this package raises."""
+
+
+class InvalidJobError(QueueError, ValueError):
+    """An argument to enqueue (type, payload, run_at) cannot be stored; nothing was written."""
+
+
+class StorageError(QueueError):
+    """The queue file could not be read or written; the previous file is intact."""

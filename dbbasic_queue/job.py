@@ -1,0 +1,158 @@
+"""A job, and the one place that turns a TSV line into a Job and back.
+
+Lines are written in dbbasic-tsv's dialect (csv, tab delimiter, QUOTE_MINIMAL), so
+`TSV(name, COLUMNS).all()` reads them. Values never contain a raw tab, newline or CR:
+payload and result are JSON (which escapes them) and error texts are flattened to one
+line, so every job is exactly one physical line.
+"""
+
+import csv
+import enum
+import json
+import math
+from dataclasses import dataclass, replace
+
+SEED_COLUMNS = ('id', 'type', 'payload', 'status', 'created_at', 'run_at',
+                'attempts', 'error', 'result')
+# Ours come after the seed's nine, so 1.0.0 readers and `cut -f1-9` still work.
+COLUMNS = SEED_COLUMNS + ('worker', 'claimed_at', 'finished_at')
+
+
+class Status(str, enum.Enum):
+    PENDING = 'pending'
+    PROCESSING = 'processing'
+    COMPLETED = 'completed'
+    FAILED = 'failed'
+    CANCELLED = 'cancelled'
+
+    def __str__(self):
+        return self.value
+
+
+FINAL_STATUSES = frozenset({Status.COMPLETED, Status.FAILED, Status.CANCELLED})
+_STATUS_BY_WORD = {status.value: status for status in Status}
+_ONE_LINE = str.maketrans({'\t': ' ', '\n': ' ', '\r': ' ', '\x0b': ' ', '\x0c': ' ',
+                           '\x1c': ' ', '\x1d': ' ', '\x1e': ' ', '\x85': ' ',
+                           '\u2028': ' ', '\u2029': ' '})
+
+
+class UnparsableLine(ValueError):
+    """A line that is not a job (a hand edit); it is kept verbatim, never dropped."""
+
+
+@dataclass
+class Job:
+    """One job. payload_json and result_json hold the stored JSON text."""
+    id: str
+    type: str
+    payload_json: str
+    status: Status
+    created_at: int
+    run_at: float
+    attempts: int = 0
+    error: str = ''
+    result_json: str = ''
+    worker: str = ''
+    claimed_at: float = 0.0
+    finished_at: float = 0.0
+
+    @property
+    def payload(self):
+        return json.loads(self.payload_json) if self.payload_json else {}
+
+    @property
+    def result(self):
+        return json.loads(self.result_json) if self.result_json else None
+
+    def to_dict(self):
+        """The public view returned by get_job (payload and result decoded)."""
+        return {
+            'id': self.id, 'type': self.type, 'payload': self.payload,
+            'status': self.status.value, 'created_at': self.created_at,
+            'run_at': number(self.run_at), 'attempts': self.attempts,
+            'error': self.error or None, 'result': self.result,
+        }
+
+    def evolve(self, **changes):
+        return replace(self, **changes)
+
+
+def one_line(text):
+    """text with every line or field separator replaced by a space."""
+    return text.translate(_ONE_LINE)
+
+
+def number(value):
+    """A float that holds an integer becomes that int (1.0.0 stored ints)."""
+    return int(value) if float(value).is_integer() else value
+
+
+def format_time(seconds):
+    """Seconds as text, rounded up to the millisecond so a job never runs early."""
+    if not seconds:
+        return '0' if seconds == 0 else ''
+    if float(seconds).is_integer():
+        return str(int(seconds))
+    return f'{math.ceil(seconds * 1000) / 1000:.3f}'.rstrip('0').rstrip('.')
+
+
+def _quote(field):
+    if '"' in field or '\t' in field or '\n' in field or '\r' in field:
+        return '"' + field.replace('"', '""') + '"'
+    return field
+
+
+def format_line(job):
+    """The TSV line (without newline) that stores job, in COLUMNS order."""
+    fields = (job.id, job.type, job.payload_json, job.status.value, str(job.created_at),
+              format_time(job.run_at), str(job.attempts), one_line(job.error),
+              job.result_json, job.worker,
+              format_time(job.claimed_at) if job.claimed_at else '',
+              format_time(job.finished_at) if job.finished_at else '')
+    return '\t'.join(map(_quote, fields))
+
+
+def split_line(line):
+    """The fields of one TSV line, unquoted as the csv module would."""
+    fields = line.split('\t')
+    for i, field in enumerate(fields):
+        if field.startswith('"'):
+            if len(field) < 2 or not field.endswith('"') or '"' in field[1:-1].replace('""', ''):
+                # A quoted field with a tab inside, or odd quoting: let csv decide.
+                return next(csv.reader([line], delimiter='\t'), [])
+            fields[i] = field[1:-1].replace('""', '"')
+    return fields
+
+
+def parse_line(line, header_index):
+    """The Job stored on line; raises UnparsableLine when it is not a valid job row.
+
+    header_index maps column name -> position in this file's header, so files with the
+    seed's nine columns (1.0.0) read as well as ours.
+    """
+    fields = split_line(line)
+
+    def get(name):
+        position = header_index.get(name)
+        if position is None or position >= len(fields):
+            return ''
+        return fields[position]
+
+    try:
+        job_id, status_word = fields[0], get('status')
+        if not job_id or not get('type') or status_word not in _STATUS_BY_WORD:
+            raise ValueError('missing id, type or status')
+        return Job(
+            id=job_id, type=get('type'), payload_json=get('payload'),
+            status=_STATUS_BY_WORD[status_word],
+            created_at=int(float(get('created_at') or 0)),
+            run_at=float(get('run_at') or 0), attempts=int(get('attempts') or 0),
+            error=get('error'), result_json=get('result'), worker=get('worker'),
+            claimed_at=float(get('claimed_at') or 0),
+            finished_at=float(get('finished_at') or 0))
+    except (ValueError, IndexError) as exc:
+        raise UnparsableLine(f'{exc}: {line[:200]!r}') from None
+
+
+def header_index(header_fields):
+    return {name: i for i, name in enumerate(header_fields)}

@@ -1,0 +1,666 @@
+"""dbbasic_queue: a background job queue whose whole state is one TSV file.
+
+Usage::
+
+    from dbbasic_queue import enqueue, process_jobs, get_job, cancel_job
+
+    job_id = enqueue('send_email', {'to': 'user@example.com'})
+    process_jobs({'send_email': send}, max_attempts=3)   # from cron, every minute
+    get_job(job_id)['status']                           # 'completed'
+
+The module functions act on data/queue.tsv under the current directory, or on the
+path in the DBBASIC_QUEUE environment variable. `Queue(path)` is the same API on a
+queue of your own (data/email.tsv ...).
+
+Files: data/queue.tsv holds pending and processing jobs, one per line; finished jobs
+(completed, failed, cancelled) move to data/queue.done.tsv beside it, so history never
+slows the hot path. Both are dbbasic-tsv tables with the seed's nine columns first.
+
+Guarantees:
+- Nothing is lost: enqueue appends under an exclusive flock; every change is a rewrite
+  to a fsynced temp file renamed over the old one, merging lines appended meanwhile.
+- A job is claimed (status processing, worker host:pid:start) before its handler runs;
+  no two workers run the same job at once.
+- A job whose worker died runs again at the next process_jobs on that host (for a
+  worker on another host: once LEASE_SECONDS have passed since the claim). The crash
+  counts as an attempt, so a job that kills its worker every time ends failed.
+- Failures retry with exponential backoff; at max_attempts a job is failed and kept.
+
+Limits: at-least-once, not exactly-once: a worker that dies after its handler returned
+but before recording it runs the job again, so handlers should be idempotent. One
+machine, or one shared volume with a lease; graduate to Redis (RQ) beyond that.
+"""
+
+import heapq
+import json
+import logging
+import math
+import os
+import random
+import secrets
+import signal
+import threading
+import time
+from collections import Counter, deque
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from . import liveness
+from .errors import InvalidJobError, StorageError
+from .job import (COLUMNS, FINAL_STATUSES, Job, Status, UnparsableLine, format_line,
+                  header_index, one_line, parse_line, split_line)
+from .storage import FileLock, TableFile
+
+log = logging.getLogger('dbbasic_queue')
+
+ENV_VAR = 'DBBASIC_QUEUE'
+DEFAULT_PATH = 'data/queue.tsv'
+MAX_ATTEMPTS = 3
+LEASE_SECONDS = 3600            # claims from another host are trusted this long
+BACKOFF_BASE_SECONDS = 60       # 1.0.0's base: retry n waits base * 2**n
+BACKOFF_CAP_SECONDS = 3600
+BACKOFF_JITTER_FRACTION = 0.25  # up to +25 %, so failed jobs do not retry in lockstep
+MIN_BATCH_SECONDS = 0.2         # a batch holds at least this much measured work ...
+REWRITE_SHARE = 0.1             # ... or enough that rewrites are <= 10 % of the time
+BATCH_GROWTH = 8
+MAX_BATCH_JOBS = 50_000
+CONFLICTS_BEFORE_LOCKING = 3    # after that many lost races, rewrite holding the lock
+_PENDING, _PROCESSING = Status.PENDING.value, Status.PROCESSING.value
+_FINAL_WORDS = frozenset(status.value for status in FINAL_STATUSES)
+_FORBIDDEN_IN_TYPE = ('\t', '\n', '\r')
+
+
+@dataclass
+class _Plan:
+    """What one rewrite does: replace (Job) or drop (None) lines by index."""
+    changes: dict = field(default_factory=dict)
+    archive: list = field(default_factory=list)   # Jobs to append to the archive first
+    result: object = None
+
+
+@dataclass
+class _Run:
+    """The state of one process_jobs call."""
+    handlers: dict
+    max_attempts: int
+    worker: str
+    batch_size: int = 1
+    outcomes: dict = field(default_factory=dict)   # id -> Job to write back, None = archived
+    unstarted: deque = field(default_factory=deque)  # ids claimed, not started, in run order
+    archived_unsynced: bool = False
+    rewrite_seconds: float = 0.0
+    stop_requested: bool = False
+    summary: Counter = field(default_factory=Counter)
+
+
+class Queue:
+    """A job queue stored in one TSV file (plus its archive of finished jobs)."""
+
+    def __init__(self, path=DEFAULT_PATH, *, clock=time.time,
+                 backoff_base_seconds=BACKOFF_BASE_SECONDS, lease_seconds=LEASE_SECONDS):
+        self.path = Path(path)
+        if self.path.suffix != '.tsv':
+            raise ValueError(f'queue path must end in .tsv, got {str(path)!r}')
+        lock = FileLock(self.path.with_suffix('.lock'))
+        self._table = TableFile(self.path, COLUMNS, lock)
+        self._archive = TableFile(self.path.with_name(self.path.stem + '.done.tsv'), COLUMNS, lock)
+        self._clock = clock
+        self.backoff_base_seconds = backoff_base_seconds
+        self.lease_seconds = lease_seconds
+        self._header_current = False
+        self._state_lock = threading.RLock()
+        self._idle_cache = None
+        self._reported_lines = set()
+
+    @property
+    def archive_path(self):
+        return self._archive.path
+
+    # -- enqueue ---------------------------------------------------------------
+    def enqueue(self, job_type, payload, run_at=None):
+        """Add a job and return its id; raises InvalidJobError (writing nothing) on bad input.
+
+        Costs one locked append: the file is never read (only its header, once).
+        """
+        _check_job_type(job_type)
+        now = self._clock()
+        job = Job(id=secrets.token_hex(8), type=job_type, payload_json=_payload_json(payload),
+                  status=Status.PENDING, created_at=int(now),
+                  run_at=now if run_at is None else _timestamp(run_at))
+        data = (format_line(job) + '\n').encode('utf-8')
+        if not self._header_current:
+            self._upgrade_header()
+        self._table.append(data)
+        return job.id
+
+    def _upgrade_header(self):
+        """Rewrite a file with older columns (1.0.0's nine) to ours, once per Queue."""
+        header = self._table.read_header()
+        if header is not None and tuple(header) != COLUMNS:
+            with self._state_lock:
+                self._rewrite(lambda jobs, now: _Plan())
+        self._header_current = True
+
+    # -- lookups -----------------------------------------------------------------
+    def get_job(self, job_id):
+        """The job as a dict (payload and result decoded), or None if there is no such id.
+
+        Reads the files each time, so it sees what any other process wrote.
+        """
+        if not isinstance(job_id, str) or not job_id or '\t' in job_id or '\n' in job_id:
+            return None
+        job = _find_line(self._table.read_bytes(), job_id)
+        if job is None or job.status is not Status.PENDING:
+            # A finished job is in the archive; after a crash it may be in both files.
+            job = _find_line(self._archive.read_bytes(), job_id) or job
+        return job.to_dict() if job else None
+
+    def cancel_job(self, job_id):
+        """True if the job was pending and is now cancelled (it will never run), else False."""
+        if not isinstance(job_id, str):
+            return False
+
+        def cancel(jobs, now):
+            for i, entry in enumerate(jobs):
+                if entry is not None and entry[3] == job_id:
+                    if entry[0] != _PENDING:
+                        return None
+                    job = self._full_job(i)
+                    if job is None:
+                        return None
+                    # It stays here as cancelled; the next worker rewrite archives it.
+                    cancelled = job.evolve(status=Status.CANCELLED, error='Cancelled by user',
+                                           finished_at=now)
+                    return _Plan(changes={i: cancelled}, result=True)
+            return None
+
+        with self._state_lock:
+            return bool(self._rewrite(cancel))
+
+    # -- processing ----------------------------------------------------------------
+    def process_jobs(self, handlers, max_attempts=MAX_ATTEMPTS):
+        """Run every due job whose type has a handler, then return counts by outcome.
+
+        Returns {'completed': n, 'retried': n, 'failed': n, 'recovered': n}. A handler
+        gets the decoded payload; its return value is stored as the job's result. On
+        SIGTERM the current job finishes, claimed jobs not yet started go back to
+        pending, and the signal is then handled as it would have been.
+        """
+        _check_handlers(handlers, max_attempts)
+        run = _Run(dict(handlers), max_attempts, liveness.current_worker())
+        with self._state_lock, _deferred_sigterm(run):
+            try:
+                while not run.stop_requested:
+                    batch = self._claim(run)
+                    if not batch:
+                        break
+                    self._run_batch(run, batch)
+            finally:
+                if run.outcomes or run.unstarted:
+                    self._claim(run, claim=False)
+        return {name: run.summary[name] for name in ('completed', 'retried', 'failed', 'recovered')}
+
+    def _claim(self, run, claim=True):
+        """One rewrite: record finished outcomes, release or recover claims, claim a batch."""
+        if claim and not run.outcomes and not run.unstarted and self._nothing_to_do(run):
+            return []
+        started = time.perf_counter()
+        batch = self._rewrite(lambda jobs, now: self._plan_claim(run, jobs, now, claim),
+                              before_rename=lambda: self._sync_archive(run))
+        run.outcomes.clear()
+        run.unstarted = deque(job.id for job in batch or ())
+        run.rewrite_seconds = time.perf_counter() - started
+        return batch or []
+
+    def _sync_archive(self, run):
+        if run.archived_unsynced:
+            self._archive.append(b'', fsync=True)
+            run.archived_unsynced = False
+
+    def _plan_claim(self, run, jobs, now, claim):
+        plan = _Plan(result=[])
+        mine = {}
+        candidates, finished, dead = [], [], {}
+        alive = {run.worker: True}
+        for i, entry in enumerate(jobs):
+            if entry is None:
+                continue
+            status = entry[0]
+            if status == _PENDING:
+                if claim and entry[2] <= now and entry[1] in run.handlers:
+                    candidates.append(i)
+            elif status == _PROCESSING:
+                job = self._full_job(i)
+                if job is None:
+                    continue
+                if job.worker == run.worker:
+                    mine[job.id] = (i, job)
+                    continue
+                if job.worker not in alive:
+                    alive[job.worker] = liveness.claim_is_alive(
+                        job.worker, job.claimed_at, now, self.lease_seconds)
+                if not alive[job.worker]:
+                    dead.setdefault(job.worker, []).append((i, job))
+            elif status in _FINAL_WORDS:
+                finished.append(i)
+        self._apply_outcomes(run, mine, plan)
+        self._archive_finished(jobs, finished, plan)
+        for claims in dead.values():
+            candidates.extend(self._recover(run, claims, plan, now))
+        if claim:
+            candidates = [i for i in candidates if jobs[i][2] <= now and jobs[i][1] in run.handlers]
+            for i in heapq.nsmallest(run.batch_size, candidates, key=lambda i: (jobs[i][2], i)):
+                job = plan.changes.get(i) or self._full_job(i)
+                if job is None:
+                    continue
+                claimed = job.evolve(status=Status.PROCESSING, worker=run.worker, claimed_at=now)
+                plan.changes[i] = claimed
+                plan.result.append(claimed)
+        if not plan.changes:
+            return None
+        return plan
+
+    def _apply_outcomes(self, run, mine, plan):
+        for job_id, outcome in run.outcomes.items():
+            if job_id not in mine:
+                log.warning('job %s vanished from %s while this worker ran it', job_id, self.path)
+                continue
+            plan.changes[mine[job_id][0]] = outcome
+        for job_id in run.unstarted:
+            if job_id in mine:
+                i, job = mine[job_id]
+                plan.changes[i] = job.evolve(status=Status.PENDING, worker='', claimed_at=0.0)
+
+    def _archive_finished(self, jobs, finished, plan):
+        """Move finished rows (a cancel, a 1.0.0 file) to the archive, exactly once."""
+        if not finished:
+            return
+        rows = [(i, self._full_job(i)) for i in finished]
+        rows = [(i, job) for i, job in rows if job is not None]
+        already = self._archived_ids({job.id for _, job in rows})
+        for i, job in rows:
+            plan.changes[i] = None
+            if job.id not in already:
+                plan.archive.append(job)
+
+    def _recover(self, run, claims, plan, now):
+        """Give back the jobs of a dead worker; returns the indexes now pending.
+
+        Its finished jobs are in the archive already: they are dropped here. Of the rest,
+        the first in run order was running when it died: that counts as an attempt.
+        The others had not started and return to pending as they were.
+        """
+        archived = self._archived_ids({job.id for _, job in claims})
+        unfinished = []
+        for i, job in sorted(claims, key=lambda c: (c[1].run_at, c[0])):
+            if job.id in archived:
+                plan.changes[i] = None
+            else:
+                unfinished.append((i, job))
+        if not unfinished:
+            return []
+        (i, crashed), rest = unfinished[0], unfinished[1:]
+        error = f'WorkerLost: worker {crashed.worker or "of dbbasic-queue 1.0.0"} died running this job'
+        log.warning('job %s (%s): %s', crashed.id, crashed.type, error)
+        outcome = self._after_failure(crashed, crashed.attempts + 1, error, run.max_attempts, now)
+        if outcome.status is Status.FAILED:
+            plan.changes[i] = None
+            plan.archive.append(outcome)
+            run.summary['failed'] += 1
+        else:
+            plan.changes[i] = outcome
+            run.summary['recovered'] += 1
+        for i, job in rest:
+            plan.changes[i] = job.evolve(status=Status.PENDING, worker='', claimed_at=0.0)
+        run.summary['recovered'] += len(rest)
+        return [i for i, _ in rest]
+
+    def _after_failure(self, job, attempts, error, max_attempts, now):
+        """The job after a failed attempt: pending with backoff, or failed at max_attempts."""
+        if attempts >= max_attempts:
+            return job.evolve(status=Status.FAILED, attempts=attempts, error=error,
+                              finished_at=now)
+        return job.evolve(status=Status.PENDING, attempts=attempts, error=error,
+                          run_at=now + self.backoff_seconds(attempts), worker='', claimed_at=0.0)
+
+    def backoff_seconds(self, attempts):
+        """Delay before retry number `attempts`: base * 2**attempts, up to +25 % jitter, capped."""
+        delay = self.backoff_base_seconds * 2 ** attempts
+        delay += random.uniform(0, delay * BACKOFF_JITTER_FRACTION)
+        return min(delay, BACKOFF_CAP_SECONDS)
+
+    def _run_batch(self, run, batch):
+        started, ran = time.perf_counter(), 0
+        for job in batch:
+            if run.stop_requested:
+                break
+            run.unstarted.popleft()
+            self._execute(run, job)
+            ran += 1
+        if ran:
+            seconds_per_job = max((time.perf_counter() - started) / ran, 1e-6)
+            batch_seconds = max(MIN_BATCH_SECONDS, run.rewrite_seconds / REWRITE_SHARE)
+            run.batch_size = max(1, min(int(batch_seconds / seconds_per_job),
+                                        run.batch_size * BATCH_GROWTH, MAX_BATCH_JOBS))
+
+    def _execute(self, run, job):
+        """Run one claimed job and record its outcome (finished jobs go to the archive)."""
+        attempts = job.attempts + 1
+        try:
+            result = run.handlers[job.type](job.payload)
+        except Exception as exc:
+            log.exception('job %s (%s) failed on attempt %d of %d', job.id, job.type,
+                          attempts, run.max_attempts)
+            outcome = self._after_failure(job, attempts, f'{type(exc).__name__}: {exc}',
+                                          run.max_attempts, self._clock())
+        except BaseException:
+            # KeyboardInterrupt, SystemExit: not the job's fault; it goes back untouched.
+            run.unstarted.appendleft(job.id)
+            raise
+        else:
+            outcome = job.evolve(status=Status.COMPLETED, attempts=attempts, error='',
+                                 result_json=_result_json(result, job), finished_at=self._clock())
+        if outcome.status in FINAL_STATUSES:
+            self._archive.append((format_line(outcome) + '\n').encode('utf-8'))
+            run.archived_unsynced = True
+            run.outcomes[job.id] = None
+            run.summary['completed' if outcome.status is Status.COMPLETED else 'failed'] += 1
+        else:
+            run.outcomes[job.id] = outcome
+            run.summary['retried'] += 1
+
+    # -- the file ------------------------------------------------------------------
+    def _rewrite(self, edit, before_rename=None):
+        """Apply edit(entries, now) -> _Plan | None to the file and return plan.result.
+
+        Reads and formats outside the lock; the commit checks under the lock that no one
+        replaced the file meanwhile, else this runs again (holding the lock after a few
+        lost races, so it always finishes).
+        """
+        attempt = 0
+        while True:
+            holding = self._table.lock if attempt >= CONFLICTS_BEFORE_LOCKING else nullcontext()
+            with holding:
+                snap = self._table.snapshot()
+                entries = self._entries(snap)
+                self._snap = snap
+                plan = edit(entries, self._clock())
+                outdated = snap.header is not None and tuple(snap.header) != COLUMNS
+                if plan is None and not outdated:
+                    return None
+                plan = plan or _Plan()
+                lines, new_entries = self._new_lines(snap, plan, outdated)
+
+                def under_lock():
+                    if plan.archive:
+                        data = ''.join(format_line(job) + '\n' for job in plan.archive)
+                        self._archive.append(data.encode('utf-8'), fsync=True)
+                    if before_rename is not None:
+                        before_rename()
+
+                new = self._table.commit(snap, lines, under_lock)
+                if new is not None:
+                    new.jobs = new_entries
+                    return plan.result
+            attempt += 1
+
+    def _new_lines(self, snap, plan, outdated):
+        lines, entries = [], []
+        changes = plan.changes
+        index = header_index(snap.header) if outdated else None
+        for i, line in enumerate(snap.lines):
+            entry = snap.jobs[i]
+            if i in changes:
+                job = changes[i]
+                if job is None:
+                    continue
+                line, entry = format_line(job), _entry_of(job)
+            elif outdated and entry is not None:
+                line = format_line(parse_line(line, index))
+            lines.append(line)
+            entries.append(entry)
+        return lines, entries
+
+    def _entries(self, snap):
+        """Light entries (status, type, run_at, id) for every line; None = not a job."""
+        if snap.header is not None and tuple(snap.header[:len(SEED)]) != SEED:
+            raise StorageError(f'{self.path} is not a dbbasic-queue file: its header is '
+                               f'{snap.header[:9]}')
+        jobs = snap.jobs
+        for line in snap.lines[len(jobs):]:
+            entry = _entry(line)
+            if entry is None:
+                self._report_unparsable(line)
+            jobs.append(entry)
+        return jobs
+
+    def _full_job(self, i):
+        """The whole Job on line i of the snapshot being planned, or None (reported)."""
+        snap = self._snap
+        try:
+            return parse_line(snap.lines[i], header_index(snap.header or COLUMNS))
+        except UnparsableLine:
+            self._report_unparsable(snap.lines[i])
+            return None
+
+    def _report_unparsable(self, line):
+        if line not in self._reported_lines:
+            self._reported_lines.add(line)
+            log.warning('%s: kept a line that is not a job, as it is: %.200r', self.path, line)
+
+    def _nothing_to_do(self, run):
+        """True when nothing is due for these handlers: the idle poll of a worker loop.
+
+        Re-scans only when the file changed; otherwise costs one stat() plus a liveness
+        check of the workers holding claims.
+        """
+        snap = self._table.snapshot()
+        types = frozenset(run.handlers)
+        cache = self._idle_cache
+        if cache is None or cache[0] is not snap or cache[1] != (len(snap.lines), types):
+            next_due, claims, finished = math.inf, {}, False
+            self._snap = snap
+            for i, entry in enumerate(self._entries(snap)):
+                if entry is None:
+                    continue
+                if entry[0] == _PENDING:
+                    if entry[1] in types and entry[2] < next_due:
+                        next_due = entry[2]
+                elif entry[0] == _PROCESSING:
+                    job = self._full_job(i)
+                    if job is not None:
+                        claims[job.worker] = max(claims.get(job.worker, 0), job.claimed_at)
+                else:
+                    finished = True
+            cache = self._idle_cache = (snap, (len(snap.lines), types), next_due, claims, finished)
+        _, _, next_due, claims, finished = cache
+        now = self._clock()
+        if finished or now >= next_due:
+            return False
+        return all(worker == run.worker or liveness.claim_is_alive(
+            worker, claimed_at, now, self.lease_seconds) for worker, claimed_at in claims.items())
+
+    def _archived_ids(self, ids):
+        """The subset of ids that have a row in the archive."""
+        if not ids:
+            return set()
+        data = self._archive.read_bytes()
+        if len(ids) <= 16:
+            return {i for i in ids if b'\n' + i.encode('utf-8', 'surrogateescape') + b'\t' in data}
+        present = {line.split(b'\t', 1)[0] for line in data.split(b'\n')}
+        return {i for i in ids if i.encode('utf-8', 'surrogateescape') in present}
+
+    def read_rows(self):
+        """Every job of both files as rows of str in COLUMNS order (hot file first)."""
+        rows = []
+        for table in (self._table, self._archive):
+            data = table.read_bytes().decode('utf-8', 'surrogateescape')
+            lines = data.split('\n')
+            index = header_index(lines[0].split('\t')) if lines else {}
+            for line in lines[1:]:
+                if line:
+                    fields = split_line(line)
+                    rows.append([fields[index[c]] if c in index and index[c] < len(fields) else ''
+                                 for c in COLUMNS])
+        return rows
+
+
+SEED = COLUMNS[:9]
+
+
+def _entry(line):
+    fields = line.split('\t', 6)
+    if len(fields) < 7 or fields[3] not in _STATUS_WORDS or not fields[0]:
+        return None
+    try:
+        run_at = float(fields[5] or 0)
+    except ValueError:
+        return None
+    job_type = fields[1]
+    if job_type.startswith('"'):
+        job_type = split_line(line)[1]
+    return (fields[3], job_type, run_at, fields[0])
+
+
+def _entry_of(job):
+    return (job.status.value, job.type, job.run_at, job.id)
+
+
+_STATUS_WORDS = frozenset(status.value for status in Status)
+
+
+def _find_line(data, job_id):
+    """The last job in data (a whole file) whose id is job_id, or None."""
+    pos = data.rfind(b'\n' + job_id.encode('utf-8', 'surrogateescape') + b'\t')
+    if pos < 0:
+        return None
+    end = data.find(b'\n', pos + 1)
+    line = data[pos + 1:end if end >= 0 else len(data)].decode('utf-8', 'surrogateescape')
+    header = data[:data.find(b'\n')].decode('utf-8', 'surrogateescape').split('\t')
+    try:
+        return parse_line(line, header_index(header))
+    except UnparsableLine as exc:
+        log.warning('job %s has a line that does not parse: %s', job_id, exc)
+        return None
+
+
+# -- validation -----------------------------------------------------------------------
+def _check_job_type(job_type):
+    if not isinstance(job_type, str):
+        raise InvalidJobError(f'job_type must be a str, got {type(job_type).__name__}')
+    if not job_type:
+        raise InvalidJobError('job_type must not be empty')
+    if any(ch in job_type for ch in _FORBIDDEN_IN_TYPE) or one_line(job_type) != job_type:
+        raise InvalidJobError(f'job_type must be one line without tabs, got {job_type!r}')
+
+
+def _to_json(value, ensure_ascii=False):
+    text = json.dumps(value, ensure_ascii=ensure_ascii, allow_nan=False)
+    try:
+        text.encode('utf-8')
+    except UnicodeEncodeError:
+        # Lone surrogates: escape them so the file stays valid UTF-8.
+        return json.dumps(value, ensure_ascii=True, allow_nan=False)
+    return text
+
+
+def _payload_json(payload):
+    try:
+        return _to_json(payload)
+    except (TypeError, ValueError) as exc:
+        raise InvalidJobError(f'payload must be JSON-serializable (dict, list, str, int, '
+                              f'finite float, bool, None): {exc}') from None
+
+
+def _result_json(result, job):
+    try:
+        return _to_json(result)
+    except (TypeError, ValueError) as exc:
+        log.warning('job %s (%s) returned a result that is not JSON (%s); stored its repr',
+                    job.id, job.type, exc)
+        return _to_json(repr(result))
+
+
+def _timestamp(run_at):
+    if isinstance(run_at, datetime):
+        return run_at.timestamp()
+    if isinstance(run_at, bool) or not isinstance(run_at, (int, float)):
+        raise InvalidJobError(f'run_at must be Unix seconds (int or float) or a datetime, '
+                              f'got {type(run_at).__name__}')
+    if not math.isfinite(run_at):
+        raise InvalidJobError(f'run_at must be finite, got {run_at!r}')
+    return float(run_at)
+
+
+def _check_handlers(handlers, max_attempts):
+    if not hasattr(handlers, 'items') or not all(callable(h) for h in handlers.values()):
+        raise TypeError('handlers must be a dict of job_type -> callable(payload)')
+    if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1:
+        raise ValueError(f'max_attempts must be an int >= 1, got {max_attempts!r}')
+
+
+@contextmanager
+def _deferred_sigterm(run):
+    """While jobs run, SIGTERM asks the loop to stop after the current job.
+
+    Afterwards the signal is handled as before (by default: the process terminates),
+    once the claims of jobs not yet started have been given back.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+    if previous in (signal.SIG_IGN, None):
+        yield
+        return
+
+    def request_stop(signum, frame):
+        log.warning('SIGTERM: stopping after the current job')
+        run.stop_requested = True
+
+    signal.signal(signal.SIGTERM, request_stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        if run.stop_requested:
+            if previous == signal.SIG_DFL:
+                os.kill(os.getpid(), signal.SIGTERM)
+            elif callable(previous):
+                previous(signal.SIGTERM, None)
+
+
+# -- the default queue and the module functions ------------------------------------------
+_default = None
+
+
+def default_queue():
+    """The Queue at $DBBASIC_QUEUE, else data/queue.tsv under the current directory."""
+    global _default
+    location = os.environ.get(ENV_VAR) or DEFAULT_PATH
+    key = (location, os.getcwd())
+    if _default is None or _default[0] != key:
+        _default = (key, Queue(location))
+    return _default[1]
+
+
+def enqueue(job_type, payload, run_at=None):
+    """Add a job to the default queue; returns its id (16 hex chars)."""
+    return default_queue().enqueue(job_type, payload, run_at)
+
+
+def process_jobs(handlers, max_attempts=MAX_ATTEMPTS):
+    """Run the due jobs of the default queue; returns counts by outcome."""
+    return default_queue().process_jobs(handlers, max_attempts)
+
+
+def get_job(job_id):
+    """The job from the default queue as a dict, or None."""
+    return default_queue().get_job(job_id)
+
+
+def cancel_job(job_id):
+    """Cancel a pending job of the default queue; True if it was pending."""
+    return default_queue().cancel_job(job_id)

@@ -1,0 +1,287 @@
+"""Storage: one TSV table on disk, its lock, appends, and crash-safe rewrites.
+
+This is the only module that touches files or locks. It knows lines, not jobs.
+
+Why not dbbasic-tsv's insert/update/query for these (see the core issue): insert swallows
+its errors and rewrites a JSON index every 100 rows; update rewrites the file without
+fsync and then re-reads all of it; query answers from a per-process index that misses
+rows other processes appended. So we create tables with dbbasic-tsv (header and .meta
+are its own), write the same csv dialect, and flock the same data/<name>.lock file it
+uses, so a dbbasic-tsv writer and a queue worker exclude each other. We never call
+dbbasic-tsv while holding that lock: it would flock the file again and deadlock.
+"""
+
+import fcntl
+import logging
+import os
+import secrets
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+
+from dbbasic.tsv import TSV
+
+from .errors import StorageError
+
+log = logging.getLogger('dbbasic_queue')
+
+ENCODING = 'utf-8'
+# Bytes that are not UTF-8 (a hand edit) survive a rewrite unchanged.
+DECODE_ERRORS = 'surrogateescape'
+FILE_MODE = 0o664
+
+
+class FileLock:
+    """An exclusive flock on one lock file, re-entrant within a thread, safe across fork."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self._thread_lock = threading.RLock()
+        self._depth = 0
+        self._fd = None
+        self._fd_pid = None
+
+    def __enter__(self):
+        self._thread_lock.acquire()
+        if self._depth == 0:
+            try:
+                fcntl.flock(self._descriptor(), fcntl.LOCK_EX)
+            except BaseException:
+                self._thread_lock.release()
+                raise
+        self._depth += 1
+        return self
+
+    def __exit__(self, *exc_info):
+        self._depth -= 1
+        if self._depth == 0:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+        self._thread_lock.release()
+
+    def _descriptor(self):
+        # flock belongs to the open file description, which a forked child shares:
+        # a child must open its own or it would "hold" the lock together with its parent.
+        if self._fd is None or self._fd_pid != os.getpid():
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
+            self._fd_pid = os.getpid()
+        return self._fd
+
+
+class Snapshot:
+    """The lines of one version of the file, read without the lock.
+
+    It keeps that version open, so its inode number cannot be reused by another file:
+    comparing inode numbers tells exactly whether the file was replaced since.
+    """
+
+    def __init__(self, fd=None, header=None, lines=(), offset=0):
+        self.fd = fd
+        self.header = header
+        self.lines = list(lines)
+        self.offset = offset
+        self.jobs = []  # parsed lines, filled in by the queue layer
+        if fd is None:
+            self.ino = self.dev = None
+        else:
+            st = os.fstat(fd)
+            self.ino, self.dev = st.st_ino, st.st_dev
+
+    def is_file(self, st):
+        if st is None or self.fd is None:
+            return st is None and self.fd is None
+        return st.st_ino == self.ino and st.st_dev == self.dev
+
+    def close(self):
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+    def read_more(self, size):
+        """Read what was appended since, up to the last complete line of size bytes."""
+        data = _pread_all(self.fd, size - self.offset, self.offset)
+        complete = data.rfind(b'\n') + 1
+        if not complete:
+            return []
+        self.offset += complete
+        lines = data[:complete - 1].decode(ENCODING, DECODE_ERRORS).split('\n')
+        if self.header is None:
+            self.header = lines.pop(0).split('\t')
+        lines = [line for line in lines if line]
+        self.lines.extend(lines)
+        return lines
+
+
+class TableFile:
+    """One TSV table: data/<name>.tsv, locked through a shared FileLock."""
+
+    def __init__(self, path, columns, lock):
+        self.path = Path(path)
+        self.columns = tuple(columns)
+        self.lock = lock
+        self.header_line = '\t'.join(self.columns)
+        self._snapshot = None
+
+    # -- appending -------------------------------------------------------------
+    def append(self, data, fsync=False):
+        """Append data (whole encoded lines) under the lock; create the table if missing."""
+        with self.lock:
+            try:
+                fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+            except FileNotFoundError:
+                self._create()
+                fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+            try:
+                _write_all(fd, data)
+                if fsync:
+                    os.fsync(fd)
+            except OSError as exc:
+                raise StorageError(f'cannot append to {self.path}: {exc}') from exc
+            finally:
+                os.close(fd)
+
+    def _create(self):
+        """Create the table with dbbasic-tsv; the caller holds the lock (TSV() takes none)."""
+        if not self.path.exists():
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            TSV(self.path.stem, list(self.columns), data_dir=self.path.parent)
+            os.chmod(self.path, FILE_MODE)
+
+    def read_header(self):
+        """The header fields, or None if the file does not exist. Reads one line."""
+        try:
+            with open(self.path, 'rb') as f:
+                first = f.readline()
+        except FileNotFoundError:
+            return None
+        return first.rstrip(b'\r\n').decode(ENCODING, DECODE_ERRORS).split('\t')
+
+    def read_bytes(self):
+        """The whole file as bytes (b'' if it does not exist)."""
+        try:
+            with open(self.path, 'rb') as f:
+                return f.read()
+        except FileNotFoundError:
+            return b''
+
+    # -- snapshots and rewrites ------------------------------------------------
+    def snapshot(self):
+        """The current lines, reusing the previous snapshot if only appends happened."""
+        st = _stat_or_none(self.path)
+        snap = self._snapshot
+        if snap is not None and snap.is_file(st):
+            if st is not None and st.st_size > snap.offset:
+                snap.read_more(st.st_size)
+            return snap
+        if snap is not None:
+            snap.close()
+        self._snapshot = snap = self._open_snapshot()
+        return snap
+
+    def _open_snapshot(self):
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return Snapshot()
+        snap = Snapshot(fd)
+        snap.read_more(os.fstat(fd).st_size)
+        return snap
+
+    def commit(self, snap, lines, under_lock=None):
+        """Replace the file by header + lines, if it is still the version snap read.
+
+        Returns the new Snapshot, or None when another process replaced the file since
+        snap was taken (the caller reads again and retries). Lines appended since snap
+        are carried over. The new file is written to a temp file in the same directory
+        and fsynced, renamed over the old one, and the directory is fsynced: a crash
+        leaves either the old file or the new one, never a mix. under_lock() runs just
+        before the rename, with the lock held and the version confirmed.
+        """
+        tmp_path = self.path.with_name(f'.{self.path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp')
+        fd = None
+        try:
+            fd = os.open(tmp_path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
+            self._copy_owner(fd, snap)
+            body = ''.join(line + '\n' for line in lines)
+            _write_all(fd, (self.header_line + '\n' + body).encode(ENCODING, DECODE_ERRORS))
+            os.fsync(fd)
+            with self.lock:
+                st = _stat_or_none(self.path)
+                if not snap.is_file(st):
+                    return None
+                carried = []
+                if st is not None and st.st_size > snap.offset:
+                    carried = snap.read_more(st.st_size)
+                    _write_all(fd, ''.join(l + '\n' for l in carried).encode(ENCODING, DECODE_ERRORS))
+                    os.fsync(fd)
+                if under_lock is not None:
+                    under_lock()
+                os.replace(tmp_path, self.path)
+                tmp_path = None
+                _fsync_directory(self.path.parent)
+        except OSError as exc:
+            log.error('rewrite of %s failed, the previous file is intact: %s', self.path, exc)
+            raise StorageError(f'cannot rewrite {self.path}: {exc}') from exc
+        finally:
+            if tmp_path is not None:
+                if fd is not None:
+                    os.close(fd)
+                    fd = None
+                _unlink_quietly(tmp_path)
+        new = Snapshot(fd, self.columns, list(lines) + carried, os.fstat(fd).st_size)
+        if self._snapshot is not None:
+            self._snapshot.close()
+        self._snapshot = new
+        return new
+
+    def _copy_owner(self, fd, snap):
+        if snap.fd is None:
+            return
+        st = os.fstat(snap.fd)
+        os.fchmod(fd, st.st_mode & 0o7777)
+        if (st.st_uid, st.st_gid) != (os.geteuid(), os.getegid()):
+            try:
+                os.fchown(fd, st.st_uid, st.st_gid)
+            except PermissionError:
+                log.warning('%s will be owned by uid %d instead of %d: run workers as '
+                            'the file\'s owner', self.path, os.geteuid(), st.st_uid)
+
+
+def _pread_all(fd, size, offset):
+    chunks = []
+    while size > 0:
+        chunk = os.pread(fd, size, offset)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size -= len(chunk)
+        offset += len(chunk)
+    return b''.join(chunks)
+
+
+def _write_all(fd, data):
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+def _stat_or_none(path):
+    try:
+        return os.stat(path)
+    except FileNotFoundError:
+        return None
+
+
+def _fsync_directory(directory):
+    fd = os.open(directory, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _unlink_quietly(path):
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
