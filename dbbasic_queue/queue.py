@@ -128,7 +128,7 @@ class Queue:
         now = self._clock()
         job = Job(id=secrets.token_hex(8), type=job_type, payload_json=_payload_json(payload),
                   status=Status.PENDING, created_at=int(now),
-                  run_at=now if run_at is None else _timestamp(run_at))
+                  run_at=_due_now(now) if run_at is None else _timestamp(run_at))
         data = (format_line(job) + '\n').encode('utf-8')
         if not self._header_current:
             self._upgrade_header()
@@ -581,6 +581,12 @@ def _result_json(result, job):
         log.warning('job %s (%s) returned a result that is not JSON (%s); stored its repr',
                     job.id, job.type, exc)
         return _to_json(repr(result))
+
+
+def _due_now(now):
+    # Stored times round up to the millisecond (never early); "now" rounds down so a job
+    # enqueued for now is due at once.
+    return math.floor(now * 1000) / 1000
 
 
 def _timestamp(run_at):

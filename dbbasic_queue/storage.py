@@ -62,6 +62,7 @@ class FileLock:
         # flock belongs to the open file description, which a forked child shares:
         # a child must open its own or it would "hold" the lock together with its parent.
         if self._fd is None or self._fd_pid != os.getpid():
+            self.path.parent.mkdir(parents=True, exist_ok=True)
             self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
             self._fd_pid = os.getpid()
         return self._fd

@@ -1,0 +1,166 @@
+"""Bad input (guarantee 9), one job per line (10), 1.0.0 files (11), dbbasic-tsv tables."""
+
+import logging
+import math
+from datetime import date
+from pathlib import Path
+
+import pytest
+from dbbasic.tsv import TSV
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dbbasic_queue import COLUMNS, InvalidJobError, Queue
+
+ONE_MB_STRING = 'x' * 1_000_000
+
+NASTY_PAYLOADS = [
+    {'tab': 'a\tb', 'newline': 'a\nb', 'cr': 'a\r\nb', 'quote': 'say "hi"', 'backslash': 'C:\\dir\\'},
+    {'unicode': 'naïve café ñ 中文', 'emoji': '📧🚀👍🏽', 'separators': '\u2028\u2029\x85\x0b\x0c'},
+    {'nested': {'list': [1, [2, [3, {'deep': None}]]], 'bool': True, 'float': 1.5e-300}},
+    {'lone_surrogate': '\udcff\ud800'},
+    ['a', 'list', 'payload'], 'a string payload', 42, None,
+    {'big': ONE_MB_STRING},
+]
+
+
+@pytest.mark.parametrize('payload', NASTY_PAYLOADS, ids=range(len(NASTY_PAYLOADS)))
+def test_payloads_round_trip_exactly_and_stay_on_one_line(queue, payload):
+    job_id = queue.enqueue('t', payload)
+    assert queue.get_job(job_id)['payload'] == payload
+    assert len(queue.path.read_bytes().split(b'\n')) == 3  # header, job, ''
+    seen = []
+    queue.process_jobs({'t': seen.append})
+    assert seen == [payload]
+    assert queue.get_job(job_id)['payload'] == payload
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(), children, max_size=4),
+    max_leaves=12)
+
+
+@settings(max_examples=60, deadline=None)
+@given(payload=json_values, error=st.text())
+def test_any_json_payload_and_any_error_text_keep_one_job_per_line(tmp_path_factory, payload, error):
+    queue = Queue(tmp_path_factory.mktemp('q') / 'queue.tsv')
+
+    def fail(p):
+        raise RuntimeError(error)
+
+    job_id = queue.enqueue('t', payload)
+    assert queue.get_job(job_id)['payload'] == payload
+    queue.process_jobs({'t': fail}, max_attempts=1)
+    archived = queue.archive_path.read_text(encoding='utf-8').split('\n')
+    assert len(archived) == 3 and archived[1].startswith(job_id + '\t')
+    job = queue.get_job(job_id)
+    assert job['payload'] == payload and job['status'] == 'failed'
+    assert job['error'].startswith('RuntimeError: ') and '\n' not in job['error']
+
+
+BAD_ENQUEUES = [
+    (('', {}), r'job_type must not be empty'),
+    ((None, {}), r'job_type must be a str, got NoneType'),
+    ((b'send', {}), r'job_type must be a str, got bytes'),
+    (('send\temail', {}), r"job_type must be one line without tabs, got 'send\\temail'"),
+    (('send\nemail', {}), r"job_type must be one line without tabs, got 'send\\nemail'"),
+    (('t', {1, 2}), r'payload must be JSON-serializable .*set'),
+    (('t', {'o': object()}), r'payload must be JSON-serializable .*object'),
+    (('t', {'x': math.nan}), r'payload must be JSON-serializable .*Out of range float'),
+    (('t', {'x': math.inf}), r'payload must be JSON-serializable .*Out of range float'),
+    (('t', {}, '2027-01-01'), r'run_at must be Unix seconds \(int or float\) or a datetime, got str'),
+    (('t', {}, date(2027, 1, 1)), r'run_at must be .* got date'),
+    (('t', {}, True), r'run_at must be .* got bool'),
+    (('t', {}, math.nan), r'run_at must be finite, got nan'),
+]
+
+
+@pytest.mark.parametrize('args,message', BAD_ENQUEUES, ids=[m for _, m in BAD_ENQUEUES])
+def test_bad_input_raises_a_clear_error_and_writes_nothing(queue, args, message):
+    queue.enqueue('t', {'first': 1})
+    before = queue.path.read_bytes()
+    with pytest.raises(InvalidJobError, match=message):
+        queue.enqueue(*args)
+    assert queue.path.read_bytes() == before
+
+
+def test_bad_input_on_a_new_queue_creates_no_file(queue):
+    with pytest.raises(InvalidJobError):
+        queue.enqueue('t', {1, 2})
+    assert not queue.path.exists()
+
+
+def test_the_file_is_a_dbbasic_tsv_table_with_the_seed_columns_first(queue):
+    ids = [queue.enqueue('t', {'i': i, 'text': 'quote " tab \t'}) for i in range(3)]
+    queue.process_jobs({'t': lambda p: p['i']}, max_attempts=1)
+    queue.enqueue('t', {'pending': True})
+    header = queue.path.read_text().split('\n')[0].split('\t')
+    assert tuple(header[:9]) == ('id', 'type', 'payload', 'status', 'created_at', 'run_at',
+                                 'attempts', 'error', 'result')
+    data_dir = queue.path.parent
+    hot = list(TSV('queue', list(COLUMNS), data_dir=data_dir).all())
+    done = list(TSV('queue.done', list(COLUMNS), data_dir=data_dir).all())
+    assert [row['status'] for row in hot] == ['pending']
+    assert [row['id'] for row in done] == ids
+    assert [row['payload'] for row in done] == [
+        '{"i": %d, "text": "quote \\" tab \\t"}' % i for i in range(3)]
+
+
+def test_a_line_that_is_not_a_job_is_kept_verbatim_and_reported(queue, caplog):
+    first = queue.enqueue('t', {'n': 1})
+    garbage = 'this line was\tadded by hand "with a stray quote'
+    with open(queue.path, 'a') as f:
+        f.write(garbage + '\n')
+    second = queue.enqueue('t', {'n': 2})
+    ran = []
+    with caplog.at_level(logging.WARNING, logger='dbbasic_queue'):
+        queue.process_jobs({'t': lambda p: ran.append(p['n'])})
+    assert ran == [1, 2]
+    assert queue.path.read_text().split('\n')[1:] == [garbage, '']
+    assert 'not a job' in caplog.text and 'added by hand' in caplog.text
+    assert queue.get_job(first)['status'] == queue.get_job(second)['status'] == 'completed'
+
+
+ORIGINAL_FILE = (
+    'id\ttype\tpayload\tstatus\tcreated_at\trun_at\tattempts\terror\tresult\n'
+    'aaaaaaaaaaaaaaa1\tsend_email\t{"to": "a@example.com", "subject": "Hi"}\tpending\t1700000000\t1700000000\t0\t\t\n'
+    'aaaaaaaaaaaaaaa2\tsend_email\t{"to": "b@example.com"}\tprocessing\t1700000000\t1700000000\t0\t\t\n'
+    'aaaaaaaaaaaaaaa3\tsend_email\t{"to": "c@example.com"}\tcompleted\t1700000000\t1700000000\t1\t\t{"sent_at": 1700000001}\n'
+    'aaaaaaaaaaaaaaa4\treport\t{}\tfailed\t1700000000\t1700000000\t3\tNo handler for report\t\n'
+    'aaaaaaaaaaaaaaa5\tsend_email\t{"to": "d@example.com"}\tcancelled\t1700000000\t1700000000\t0\tCancelled by user\t\n'
+)
+
+
+def test_a_file_written_by_dbbasic_queue_1_0_0_is_read_and_worked_as_is(queue):
+    queue.path.parent.mkdir(parents=True)
+    queue.path.write_text(ORIGINAL_FILE)
+    assert queue.get_job('aaaaaaaaaaaaaaa1')['payload'] == {'to': 'a@example.com', 'subject': 'Hi'}
+    assert queue.get_job('aaaaaaaaaaaaaaa3')['result'] == {'sent_at': 1700000001}
+    sent = []
+    summary = queue.process_jobs({'send_email': lambda p: sent.append(p['to'])})
+    # The pending job runs; the 'processing' row its dead 1.0.0 worker left behind is
+    # recovered (that crash counts as an attempt) and runs after its backoff.
+    assert sent == ['a@example.com']
+    assert summary['recovered'] == 1
+    stuck = queue.get_job('aaaaaaaaaaaaaaa2')
+    assert (stuck['status'], stuck['attempts']) == ('pending', 1)
+    assert stuck['error'].startswith('WorkerLost')
+    assert tuple(queue.path.read_text().split('\n')[0].split('\t')) == COLUMNS
+    for job_id, status in [('aaaaaaaaaaaaaaa3', 'completed'), ('aaaaaaaaaaaaaaa4', 'failed'),
+                           ('aaaaaaaaaaaaaaa5', 'cancelled')]:
+        assert queue.get_job(job_id)['status'] == status
+        assert job_id not in queue.path.read_text()
+        assert queue.archive_path.read_text().count(job_id) == 1
+
+
+def test_enqueue_upgrades_a_1_0_0_header_before_appending(queue):
+    queue.path.parent.mkdir(parents=True)
+    queue.path.write_text(ORIGINAL_FILE)
+    job_id = queue.enqueue('send_email', {'to': 'e@example.com'})
+    lines = queue.path.read_text().split('\n')
+    assert tuple(lines[0].split('\t')) == COLUMNS
+    assert all(len(line.split('\t')) == len(COLUMNS) for line in lines[1:] if line)
+    assert queue.get_job(job_id)['payload'] == {'to': 'e@example.com'}
+    assert queue.get_job('aaaaaaaaaaaaaaa1')['status'] == 'pending'
