@@ -250,8 +250,10 @@ class Queue:
         for claims in dead.values():
             candidates.extend(self._recover(run, claims, plan, now))
         if claim:
-            candidates = [i for i in candidates if jobs[i][2] <= now and jobs[i][1] in run.handlers]
-            for i in heapq.nsmallest(run.batch_size, candidates, key=lambda i: (jobs[i][2], i)):
+            def run_at(i):
+                return plan.changes[i].run_at if i in plan.changes else jobs[i][2]
+            candidates = [i for i in candidates if run_at(i) <= now and jobs[i][1] in run.handlers]
+            for i in heapq.nsmallest(run.batch_size, candidates, key=lambda i: (run_at(i), i)):
                 job = plan.changes.get(i) or self._full_job(i)
                 if job is None:
                     continue
@@ -305,6 +307,7 @@ class Queue:
         error = f'WorkerLost: worker {crashed.worker or "of dbbasic-queue 1.0.0"} died running this job'
         log.warning('job %s (%s): %s', crashed.id, crashed.type, error)
         outcome = self._after_failure(crashed, crashed.attempts + 1, error, run.max_attempts, now)
+        pending = [i for i, _ in rest]
         if outcome.status is Status.FAILED:
             plan.changes[i] = None
             plan.archive.append(outcome)
@@ -312,10 +315,11 @@ class Queue:
         else:
             plan.changes[i] = outcome
             run.summary['recovered'] += 1
+            pending.insert(0, i)
         for i, job in rest:
             plan.changes[i] = job.evolve(status=Status.PENDING, worker='', claimed_at=0.0)
         run.summary['recovered'] += len(rest)
-        return [i for i, _ in rest]
+        return pending
 
     def _after_failure(self, job, attempts, error, max_attempts, now):
         """The job after a failed attempt: pending with backoff, or failed at max_attempts."""

@@ -218,6 +218,8 @@ class TableFile:
                     under_lock()
                 os.replace(tmp_path, self.path)
                 tmp_path = None
+                # Measured before unlocking: an append right after belongs to the next read.
+                size = os.fstat(fd).st_size
                 _fsync_directory(self.path.parent)
         except OSError as exc:
             log.error('rewrite of %s failed, the previous file is intact: %s', self.path, exc)
@@ -228,7 +230,7 @@ class TableFile:
                     os.close(fd)
                     fd = None
                 _unlink_quietly(tmp_path)
-        new = Snapshot(fd, self.columns, list(lines) + carried, os.fstat(fd).st_size)
+        new = Snapshot(fd, self.columns, list(lines) + carried, size)
         if self._snapshot is not None:
             self._snapshot.close()
         self._snapshot = new

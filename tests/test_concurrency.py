@@ -1,0 +1,108 @@
+"""Locking (guarantee 1), never two at once (3), fresh reads across processes (12).
+
+Real processes, a real shared file, an O_APPEND execution log written by the handlers.
+"""
+
+import collections
+
+from dbbasic_queue import Queue
+from tests.conftest import spawn, wait_all
+
+ENQUEUER = '''
+import sys
+from dbbasic_queue import Queue
+queue = Queue(sys.argv[1])
+ids = [queue.enqueue('work', {'producer': sys.argv[2], 'n': n}) for n in range(int(sys.argv[3]))]
+print('\\n'.join(ids))
+'''
+
+WORKER = '''
+import os, sys, time
+from dbbasic_queue import Queue
+queue, log_path, deadline = Queue(sys.argv[1]), sys.argv[2], time.time() + float(sys.argv[3])
+sleep_seconds = float(sys.argv[4])
+
+def work(payload):
+    fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    os.write(fd, f'{os.getpid()} start {payload["producer"]}:{payload["n"]}\\n'.encode())
+    time.sleep(sleep_seconds)
+    os.write(fd, f'{os.getpid()} end {payload["producer"]}:{payload["n"]}\\n'.encode())
+    os.close(fd)
+
+while time.time() < deadline:
+    queue.process_jobs({'work': work})
+    time.sleep(0.01)
+'''
+
+
+def read_log(path):
+    return [line.split() for line in path.read_text().splitlines()]
+
+
+def test_concurrent_enqueuers_and_workers_lose_nothing_and_run_each_job_once(tmp_path):
+    queue_path, log_path = tmp_path / 'data' / 'queue.tsv', tmp_path / 'executions.log'
+    per_producer = 300
+    workers = [spawn(WORKER, queue_path, log_path, 6, 0) for _ in range(2)]
+    producers = [spawn(ENQUEUER, queue_path, f'p{i}', per_producer) for i in range(3)]
+    produced = wait_all(producers)
+    wait_all(workers)
+    for returncode, _, err in produced:
+        assert returncode == 0, err
+    enqueued = [job_id for _, out, _ in produced for job_id in out.split()]
+    assert len(enqueued) == len(set(enqueued)) == 3 * per_producer
+
+    queue = Queue(queue_path)
+    everything = queue.path.read_text() + queue.archive_path.read_text()
+    for job_id in enqueued:
+        assert everything.count(job_id) == 1
+        assert queue.get_job(job_id)['status'] == 'completed'
+    starts = collections.Counter(job for _, event, job in read_log(log_path) if event == 'start')
+    assert len(starts) == 3 * per_producer and set(starts.values()) == {1}
+
+
+def test_two_overlapping_cron_runs_never_run_the_same_job(tmp_path):
+    queue_path, log_path = tmp_path / 'data' / 'queue.tsv', tmp_path / 'executions.log'
+    queue = Queue(queue_path)
+    ids = [queue.enqueue('work', {'producer': 'seed', 'n': n}) for n in range(40)]
+    runs = [spawn(WORKER, queue_path, log_path, 0.5, 0.02) for _ in range(2)]
+    for returncode, _, err in wait_all(runs):
+        assert returncode == 0, err
+    events = read_log(log_path)
+    starts = collections.Counter(job for _, event, job in events if event == 'start')
+    assert set(starts.values()) == {1} and len(starts) == 40
+    # Both runs worked, and no job was ever started by one while running in the other.
+    assert len({pid for pid, _, _ in events}) == 2
+    running = {}
+    for pid, event, job in events:
+        if event == 'start':
+            assert job not in running
+            running[job] = pid
+        else:
+            assert running.pop(job) == pid
+    assert all(queue.get_job(job_id)['status'] == 'completed' for job_id in ids)
+
+
+def test_a_long_lived_process_sees_jobs_other_processes_enqueued(tmp_path):
+    queue_path = tmp_path / 'data' / 'queue.tsv'
+    long_lived = Queue(queue_path)
+    long_lived.enqueue('t', {})
+    assert long_lived.process_jobs({'t': lambda p: 1})['completed'] == 1
+    for _ in range(2):
+        returncode, out, err = wait_all([spawn(ENQUEUER, queue_path, 'other', 2)])[0]
+        assert returncode == 0, err
+        first, second = out.split()
+        assert long_lived.get_job(first)['status'] == 'pending'
+        assert long_lived.cancel_job(first) is True
+        assert long_lived.process_jobs({'work': lambda p: 'done'})['completed'] == 1
+        assert long_lived.get_job(second)['result'] == 'done'
+        assert long_lived.get_job(first)['status'] == 'cancelled'
+
+
+def test_a_job_finished_by_another_process_is_seen_as_finished(tmp_path):
+    queue_path, log_path = tmp_path / 'data' / 'queue.tsv', tmp_path / 'executions.log'
+    long_lived = Queue(queue_path)
+    job_id = long_lived.enqueue('work', {'producer': 'x', 'n': 1})
+    assert long_lived.get_job(job_id)['status'] == 'pending'
+    wait_all([spawn(WORKER, queue_path, log_path, 0.2, 0)])
+    assert long_lived.get_job(job_id)['status'] == 'completed'
+    assert long_lived.cancel_job(job_id) is False
