@@ -8,9 +8,10 @@ line, so every job is exactly one physical line.
 
 import csv
 import enum
+import functools
 import json
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 SEED_COLUMNS = ('id', 'type', 'payload', 'status', 'created_at', 'run_at',
                 'attempts', 'error', 'result')
@@ -74,7 +75,10 @@ class Job:
         }
 
     def evolve(self, **changes):
-        return replace(self, **changes)
+        """A copy with some fields changed (dataclasses.replace, without its cost)."""
+        new = object.__new__(Job)
+        new.__dict__ = {**self.__dict__, **changes}
+        return new
 
 
 def one_line(text):
@@ -124,35 +128,33 @@ def split_line(line):
     return fields
 
 
-def parse_line(line, header_index):
+def parse_line(line, header=COLUMNS):
     """The Job stored on line; raises UnparsableLine when it is not a valid job row.
 
-    header_index maps column name -> position in this file's header, so files with the
-    seed's nine columns (1.0.0) read as well as ours.
+    header is the file's header, so files with the seed's nine columns (1.0.0) read as
+    well as ours.
     """
     fields = split_line(line)
-
-    def get(name):
-        position = header_index.get(name)
-        if position is None or position >= len(fields):
-            return ''
-        return fields[position]
-
+    order = column_order(tuple(header))
+    if order is not None:
+        fields = [fields[i] if i is not None and i < len(fields) else '' for i in order]
+    elif len(fields) < len(COLUMNS):
+        fields += [''] * (len(COLUMNS) - len(fields))
+    (job_id, job_type, payload, status_word, created_at, run_at, attempts, error, result,
+     worker, claimed_at, finished_at) = fields[:len(COLUMNS)]
     try:
-        job_id, status_word = fields[0], get('status')
-        if not job_id or not get('type') or status_word not in _STATUS_BY_WORD:
+        if not job_id or not job_type or status_word not in _STATUS_BY_WORD:
             raise ValueError('missing id, type or status')
-        return Job(
-            id=job_id, type=get('type'), payload_json=get('payload'),
-            status=_STATUS_BY_WORD[status_word],
-            created_at=int(float(get('created_at') or 0)),
-            run_at=float(get('run_at') or 0), attempts=int(get('attempts') or 0),
-            error=get('error'), result_json=get('result'), worker=get('worker'),
-            claimed_at=float(get('claimed_at') or 0),
-            finished_at=float(get('finished_at') or 0))
-    except (ValueError, IndexError) as exc:
+        return Job(job_id, job_type, payload, _STATUS_BY_WORD[status_word],
+                   int(float(created_at or 0)), float(run_at or 0), int(attempts or 0),
+                   error, result, worker, float(claimed_at or 0), float(finished_at or 0))
+    except ValueError as exc:
         raise UnparsableLine(f'{exc}: {line[:200]!r}') from None
 
 
-def header_index(header_fields):
-    return {name: i for i, name in enumerate(header_fields)}
+@functools.lru_cache(maxsize=8)
+def column_order(header):
+    """Positions of COLUMNS in header, or None when header starts with COLUMNS."""
+    if header[:len(COLUMNS)] == COLUMNS:
+        return None
+    return [header.index(name) if name in header else None for name in COLUMNS]

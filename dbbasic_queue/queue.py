@@ -39,6 +39,7 @@ import os
 import random
 import secrets
 import signal
+import sys
 import threading
 import time
 from collections import Counter, deque
@@ -49,8 +50,8 @@ from pathlib import Path
 
 from . import liveness
 from .errors import InvalidJobError, StorageError
-from .job import (COLUMNS, FINAL_STATUSES, Job, Status, UnparsableLine, format_line,
-                  header_index, one_line, parse_line, split_line)
+from .job import (COLUMNS, FINAL_STATUSES, SEED_COLUMNS, Job, Status, UnparsableLine,
+                  column_order, format_line, one_line, parse_line, split_line)
 from .storage import FileLock, TableFile
 
 log = logging.getLogger('dbbasic_queue')
@@ -64,12 +65,14 @@ BACKOFF_CAP_SECONDS = 3600
 BACKOFF_JITTER_FRACTION = 0.25  # up to +25 %, so failed jobs do not retry in lockstep
 MIN_BATCH_SECONDS = 0.2         # a batch holds at least this much measured work ...
 REWRITE_SHARE = 0.1             # ... or enough that rewrites are <= 10 % of the time
-BATCH_GROWTH = 8
-MAX_BATCH_JOBS = 50_000
+BATCH_GROWTH = 64
+MAX_BATCH_JOBS = 10_000         # bounds a worker's memory: each claim holds a Job
+ARCHIVE_FLUSH_SECONDS = 0.05    # finished jobs reach the archive at least this often
 CONFLICTS_BEFORE_LOCKING = 3    # after that many lost races, rewrite holding the lock
 _PENDING, _PROCESSING = Status.PENDING.value, Status.PROCESSING.value
-_FINAL_WORDS = frozenset(status.value for status in FINAL_STATUSES)
-_FORBIDDEN_IN_TYPE = ('\t', '\n', '\r')
+_STATUS_WORDS = {status.value: status.value for status in Status}
+_JSON = json.JSONEncoder(ensure_ascii=False, allow_nan=False)
+_JSON_ASCII = json.JSONEncoder(ensure_ascii=True, allow_nan=False)
 
 
 @dataclass
@@ -87,9 +90,12 @@ class _Run:
     max_attempts: int
     worker: str
     batch_size: int = 1
-    outcomes: dict = field(default_factory=dict)   # id -> Job to write back, None = archived
+    claimed: dict = field(default_factory=dict)     # id -> Job as claimed
     unstarted: deque = field(default_factory=deque)  # ids claimed, not started, in run order
-    archived_unsynced: bool = False
+    outcomes: dict = field(default_factory=dict)    # id -> Job to write back, None = archived
+    archive_buffer: list = field(default_factory=list)  # lines of finished jobs, unwritten
+    archive_unsynced: bool = False
+    archive_flushed_at: float = 0.0
     rewrite_seconds: float = 0.0
     stop_requested: bool = False
     summary: Counter = field(default_factory=Counter)
@@ -111,6 +117,7 @@ class Queue:
         self.lease_seconds = lease_seconds
         self._header_current = False
         self._state_lock = threading.RLock()
+        self._snap = None
         self._idle_cache = None
         self._reported_lines = set()
 
@@ -126,10 +133,14 @@ class Queue:
         """
         _check_job_type(job_type)
         now = self._clock()
-        job = Job(id=secrets.token_hex(8), type=job_type, payload_json=_payload_json(payload),
-                  status=Status.PENDING, created_at=int(now),
-                  run_at=_due_now(now) if run_at is None else _timestamp(run_at))
-        data = (format_line(job) + '\n').encode('utf-8')
+        job = Job(secrets.token_hex(8), job_type, _payload_json(payload), Status.PENDING,
+                  int(now), _due_now(now) if run_at is None else _timestamp(run_at))
+        try:
+            data = (format_line(job) + '\n').encode('utf-8')
+        except UnicodeEncodeError:
+            # Lone surrogates in a str: escape them so the file stays valid UTF-8.
+            job.payload_json = _payload_json(payload, _JSON_ASCII)
+            data = (format_line(job) + '\n').encode('utf-8')
         if not self._header_current:
             self._upgrade_header()
         self._table.append(data)
@@ -140,10 +151,10 @@ class Queue:
         header = self._table.read_header()
         if header is not None and tuple(header) != COLUMNS:
             with self._state_lock:
-                self._rewrite(lambda jobs, now: _Plan())
+                self._rewrite(lambda entries, now: _Plan())
         self._header_current = True
 
-    # -- lookups -----------------------------------------------------------------
+    # -- lookups ---------------------------------------------------------------
     def get_job(self, job_id):
         """The job as a dict (payload and result decoded), or None if there is no such id.
 
@@ -159,27 +170,41 @@ class Queue:
 
     def cancel_job(self, job_id):
         """True if the job was pending and is now cancelled (it will never run), else False."""
-        if not isinstance(job_id, str):
+        if not isinstance(job_id, str) or not job_id:
             return False
+        prefix = job_id + '\t'
 
-        def cancel(jobs, now):
-            for i, entry in enumerate(jobs):
-                if entry is not None and entry[3] == job_id:
-                    if entry[0] != _PENDING:
+        def cancel(entries, now):
+            for i, line in enumerate(self._snap.lines):
+                if line.startswith(prefix):
+                    if entries[i] is None or entries[i][0] != _PENDING:
                         return None
                     job = self._full_job(i)
-                    if job is None:
-                        return None
                     # It stays here as cancelled; the next worker rewrite archives it.
-                    cancelled = job.evolve(status=Status.CANCELLED, error='Cancelled by user',
-                                           finished_at=now)
-                    return _Plan(changes={i: cancelled}, result=True)
+                    return _Plan(changes={i: job.evolve(
+                        status=Status.CANCELLED, error='Cancelled by user', finished_at=now)},
+                        result=True)
             return None
 
         with self._state_lock:
             return bool(self._rewrite(cancel))
 
-    # -- processing ----------------------------------------------------------------
+    def read_rows(self):
+        """Every job line of both files as lists of str in COLUMNS order (hot file first)."""
+        rows = []
+        for table in (self._table, self._archive):
+            lines = table.read_bytes().decode('utf-8', 'surrogateescape').split('\n')
+            order = column_order(tuple(lines[0].split('\t')))
+            for line in lines[1:]:
+                if line:
+                    fields = split_line(line)
+                    if order is not None:
+                        fields = [fields[i] if i is not None and i < len(fields) else ''
+                                  for i in order]
+                    rows.append(fields + [''] * (len(COLUMNS) - len(fields)))
+        return rows
+
+    # -- processing --------------------------------------------------------------
     def process_jobs(self, handlers, max_attempts=MAX_ATTEMPTS):
         """Run every due job whose type has a handler, then return counts by outcome.
 
@@ -198,102 +223,97 @@ class Queue:
                         break
                     self._run_batch(run, batch)
             finally:
-                if run.outcomes or run.unstarted:
+                if run.outcomes or run.unstarted or run.archive_buffer:
                     self._claim(run, claim=False)
         return {name: run.summary[name] for name in ('completed', 'retried', 'failed', 'recovered')}
 
     def _claim(self, run, claim=True):
-        """One rewrite: record finished outcomes, release or recover claims, claim a batch."""
+        """One rewrite: record outcomes, release or recover claims, claim the next batch."""
         if claim and not run.outcomes and not run.unstarted and self._nothing_to_do(run):
             return []
         started = time.perf_counter()
-        batch = self._rewrite(lambda jobs, now: self._plan_claim(run, jobs, now, claim),
-                              before_rename=lambda: self._sync_archive(run))
+        batch = self._rewrite(lambda entries, now: self._plan_claim(run, entries, now, claim),
+                              before_rename=lambda: self._flush_archive(run, fsync=True))
         run.outcomes.clear()
-        run.unstarted = deque(job.id for job in batch or ())
+        run.claimed = {job.id: job for job in batch or ()}
+        run.unstarted = deque(run.claimed)
         run.rewrite_seconds = time.perf_counter() - started
         return batch or []
 
-    def _sync_archive(self, run):
-        if run.archived_unsynced:
-            self._archive.append(b'', fsync=True)
-            run.archived_unsynced = False
-
-    def _plan_claim(self, run, jobs, now, claim):
+    def _plan_claim(self, run, entries, now, claim):
         plan = _Plan(result=[])
-        mine = {}
-        candidates, finished, dead = [], [], {}
+        mine, candidates, finished, dead = {}, [], [], {}
         alive = {run.worker: True}
-        for i, entry in enumerate(jobs):
+        handlers = run.handlers
+        for i, entry in enumerate(entries):
             if entry is None:
                 continue
             status = entry[0]
             if status == _PENDING:
-                if claim and entry[2] <= now and entry[1] in run.handlers:
+                if claim and entry[2] <= now and entry[1] in handlers:
                     candidates.append(i)
             elif status == _PROCESSING:
-                job = self._full_job(i)
-                if job is None:
+                job_id, worker, claimed_at = entry[3]
+                if worker == run.worker:
+                    mine[job_id] = i
                     continue
-                if job.worker == run.worker:
-                    mine[job.id] = (i, job)
-                    continue
-                if job.worker not in alive:
-                    alive[job.worker] = liveness.claim_is_alive(
-                        job.worker, job.claimed_at, now, self.lease_seconds)
-                if not alive[job.worker]:
-                    dead.setdefault(job.worker, []).append((i, job))
-            elif status in _FINAL_WORDS:
+                if worker not in alive:
+                    alive[worker] = liveness.claim_is_alive(worker, claimed_at, now,
+                                                            self.lease_seconds)
+                if not alive[worker]:
+                    dead.setdefault(worker, []).append(i)
+            else:
                 finished.append(i)
         self._apply_outcomes(run, mine, plan)
-        self._archive_finished(jobs, finished, plan)
-        for claims in dead.values():
-            candidates.extend(self._recover(run, claims, plan, now))
+        self._archive_finished(finished, plan)
+        for indexes in dead.values():
+            candidates.extend(self._recover(run, indexes, plan, now))
         if claim:
-            def run_at(i):
-                return plan.changes[i].run_at if i in plan.changes else jobs[i][2]
-            candidates = [i for i in candidates if run_at(i) <= now and jobs[i][1] in run.handlers]
-            for i in heapq.nsmallest(run.batch_size, candidates, key=lambda i: (run_at(i), i)):
-                job = plan.changes.get(i) or self._full_job(i)
-                if job is None:
-                    continue
+            self._claim_due(run, entries, candidates, plan, now)
+        return plan if plan.changes or plan.archive else None
+
+    def _claim_due(self, run, entries, candidates, plan, now):
+        """Claim up to run.batch_size due jobs: earliest run_at first, then file order."""
+        def run_at(i):
+            return plan.changes[i].run_at if i in plan.changes else entries[i][2]
+        due = [i for i in candidates if run_at(i) <= now and entries[i][1] in run.handlers]
+        for i in heapq.nsmallest(run.batch_size, due, key=lambda i: (run_at(i), i)):
+            job = plan.changes.get(i) or self._full_job(i)
+            if job is not None:
                 claimed = job.evolve(status=Status.PROCESSING, worker=run.worker, claimed_at=now)
                 plan.changes[i] = claimed
                 plan.result.append(claimed)
-        if not plan.changes:
-            return None
-        return plan
 
     def _apply_outcomes(self, run, mine, plan):
         for job_id, outcome in run.outcomes.items():
-            if job_id not in mine:
+            if job_id in mine:
+                plan.changes[mine[job_id]] = outcome
+            else:
                 log.warning('job %s vanished from %s while this worker ran it', job_id, self.path)
-                continue
-            plan.changes[mine[job_id][0]] = outcome
         for job_id in run.unstarted:
             if job_id in mine:
-                i, job = mine[job_id]
-                plan.changes[i] = job.evolve(status=Status.PENDING, worker='', claimed_at=0.0)
+                plan.changes[mine[job_id]] = run.claimed[job_id].evolve(
+                    status=Status.PENDING, worker='', claimed_at=0.0)
 
-    def _archive_finished(self, jobs, finished, plan):
+    def _archive_finished(self, finished, plan):
         """Move finished rows (a cancel, a 1.0.0 file) to the archive, exactly once."""
-        if not finished:
+        rows = [(i, job) for i, job in ((i, self._full_job(i)) for i in finished) if job]
+        if not rows:
             return
-        rows = [(i, self._full_job(i)) for i in finished]
-        rows = [(i, job) for i, job in rows if job is not None]
         already = self._archived_ids({job.id for _, job in rows})
         for i, job in rows:
             plan.changes[i] = None
             if job.id not in already:
                 plan.archive.append(job)
 
-    def _recover(self, run, claims, plan, now):
-        """Give back the jobs of a dead worker; returns the indexes now pending.
+    def _recover(self, run, indexes, plan, now):
+        """Give back the jobs of one dead worker; returns the indexes now pending.
 
         Its finished jobs are in the archive already: they are dropped here. Of the rest,
         the first in run order was running when it died: that counts as an attempt.
         The others had not started and return to pending as they were.
         """
+        claims = [(i, job) for i, job in ((i, self._full_job(i)) for i in indexes) if job]
         archived = self._archived_ids({job.id for _, job in claims})
         unfinished = []
         for i, job in sorted(claims, key=lambda c: (c[1].run_at, c[0])):
@@ -303,19 +323,19 @@ class Queue:
                 unfinished.append((i, job))
         if not unfinished:
             return []
-        (i, crashed), rest = unfinished[0], unfinished[1:]
+        (first, crashed), rest = unfinished[0], unfinished[1:]
         error = f'WorkerLost: worker {crashed.worker or "of dbbasic-queue 1.0.0"} died running this job'
         log.warning('job %s (%s): %s', crashed.id, crashed.type, error)
         outcome = self._after_failure(crashed, crashed.attempts + 1, error, run.max_attempts, now)
         pending = [i for i, _ in rest]
         if outcome.status is Status.FAILED:
-            plan.changes[i] = None
+            plan.changes[first] = None
             plan.archive.append(outcome)
             run.summary['failed'] += 1
         else:
-            plan.changes[i] = outcome
+            plan.changes[first] = outcome
+            pending.insert(0, first)
             run.summary['recovered'] += 1
-            pending.insert(0, i)
         for i, job in rest:
             plan.changes[i] = job.evolve(status=Status.PENDING, worker='', claimed_at=0.0)
         run.summary['recovered'] += len(rest)
@@ -337,12 +357,15 @@ class Queue:
 
     def _run_batch(self, run, batch):
         started, ran = time.perf_counter(), 0
+        run.archive_flushed_at = started
         for job in batch:
             if run.stop_requested:
                 break
             run.unstarted.popleft()
             self._execute(run, job)
             ran += 1
+            if time.perf_counter() - run.archive_flushed_at >= ARCHIVE_FLUSH_SECONDS:
+                self._flush_archive(run)
         if ran:
             seconds_per_job = max((time.perf_counter() - started) / ran, 1e-6)
             batch_seconds = max(MIN_BATCH_SECONDS, run.rewrite_seconds / REWRITE_SHARE)
@@ -367,13 +390,24 @@ class Queue:
             outcome = job.evolve(status=Status.COMPLETED, attempts=attempts, error='',
                                  result_json=_result_json(result, job), finished_at=self._clock())
         if outcome.status in FINAL_STATUSES:
-            self._archive.append((format_line(outcome) + '\n').encode('utf-8'))
-            run.archived_unsynced = True
+            run.archive_buffer.append(format_line(outcome))
             run.outcomes[job.id] = None
             run.summary['completed' if outcome.status is Status.COMPLETED else 'failed'] += 1
         else:
             run.outcomes[job.id] = outcome
             run.summary['retried'] += 1
+
+    def _flush_archive(self, run, fsync=False):
+        """Append the finished jobs of this run to the archive (fsync before a rewrite)."""
+        if run.archive_buffer:
+            data = ''.join(line + '\n' for line in run.archive_buffer).encode('utf-8')
+            self._archive.append(data, fsync=fsync)
+            run.archive_buffer.clear()
+            run.archive_unsynced = not fsync
+        elif fsync and run.archive_unsynced:
+            self._archive.append(b'', fsync=True)
+            run.archive_unsynced = False
+        run.archive_flushed_at = time.perf_counter()
 
     # -- the file ------------------------------------------------------------------
     def _rewrite(self, edit, before_rename=None):
@@ -389,7 +423,6 @@ class Queue:
             with holding:
                 snap = self._table.snapshot()
                 entries = self._entries(snap)
-                self._snap = snap
                 plan = edit(entries, self._clock())
                 outdated = snap.header is not None and tuple(snap.header) != COLUMNS
                 if plan is None and not outdated:
@@ -413,7 +446,6 @@ class Queue:
     def _new_lines(self, snap, plan, outdated):
         lines, entries = [], []
         changes = plan.changes
-        index = header_index(snap.header) if outdated else None
         for i, line in enumerate(snap.lines):
             entry = snap.jobs[i]
             if i in changes:
@@ -422,31 +454,31 @@ class Queue:
                     continue
                 line, entry = format_line(job), _entry_of(job)
             elif outdated and entry is not None:
-                line = format_line(parse_line(line, index))
+                line = format_line(parse_line(line, snap.header))
             lines.append(line)
             entries.append(entry)
         return lines, entries
 
     def _entries(self, snap):
-        """Light entries (status, type, run_at, id) for every line; None = not a job."""
-        if snap.header is not None and tuple(snap.header[:len(SEED)]) != SEED:
+        """Light entries for every line of snap (None = not a job); parses only new lines."""
+        self._snap = snap
+        if snap.header is not None and tuple(snap.header[:len(SEED_COLUMNS)]) != SEED_COLUMNS:
             raise StorageError(f'{self.path} is not a dbbasic-queue file: its header is '
                                f'{snap.header[:9]}')
-        jobs = snap.jobs
-        for line in snap.lines[len(jobs):]:
+        entries = snap.jobs
+        for line in snap.lines[len(entries):]:
             entry = _entry(line)
             if entry is None:
                 self._report_unparsable(line)
-            jobs.append(entry)
-        return jobs
+            entries.append(entry)
+        return entries
 
     def _full_job(self, i):
         """The whole Job on line i of the snapshot being planned, or None (reported)."""
-        snap = self._snap
         try:
-            return parse_line(snap.lines[i], header_index(snap.header or COLUMNS))
+            return parse_line(self._snap.lines[i], self._snap.header or COLUMNS)
         except UnparsableLine:
-            self._report_unparsable(snap.lines[i])
+            self._report_unparsable(self._snap.lines[i])
             return None
 
     def _report_unparsable(self, line):
@@ -457,29 +489,28 @@ class Queue:
     def _nothing_to_do(self, run):
         """True when nothing is due for these handlers: the idle poll of a worker loop.
 
-        Re-scans only when the file changed; otherwise costs one stat() plus a liveness
-        check of the workers holding claims.
+        Scans again only when the file changed; otherwise costs one stat() plus a
+        liveness check of each worker holding claims.
         """
         snap = self._table.snapshot()
         types = frozenset(run.handlers)
         cache = self._idle_cache
-        if cache is None or cache[0] is not snap or cache[1] != (len(snap.lines), types):
+        if cache is None or cache[0] != (snap.generation, len(snap.lines), types):
             next_due, claims, finished = math.inf, {}, False
-            self._snap = snap
-            for i, entry in enumerate(self._entries(snap)):
+            for entry in self._entries(snap):
                 if entry is None:
                     continue
                 if entry[0] == _PENDING:
                     if entry[1] in types and entry[2] < next_due:
                         next_due = entry[2]
                 elif entry[0] == _PROCESSING:
-                    job = self._full_job(i)
-                    if job is not None:
-                        claims[job.worker] = max(claims.get(job.worker, 0), job.claimed_at)
+                    _, worker, claimed_at = entry[3]
+                    claims[worker] = max(claims.get(worker, 0.0), claimed_at)
                 else:
                     finished = True
-            cache = self._idle_cache = (snap, (len(snap.lines), types), next_due, claims, finished)
-        _, _, next_due, claims, finished = cache
+            cache = (snap.generation, len(snap.lines), types), next_due, claims, finished
+            self._idle_cache = cache
+        _, next_due, claims, finished = cache
         now = self._clock()
         if finished or now >= next_due:
             return False
@@ -496,43 +527,38 @@ class Queue:
         present = {line.split(b'\t', 1)[0] for line in data.split(b'\n')}
         return {i for i in ids if i.encode('utf-8', 'surrogateescape') in present}
 
-    def read_rows(self):
-        """Every job of both files as rows of str in COLUMNS order (hot file first)."""
-        rows = []
-        for table in (self._table, self._archive):
-            data = table.read_bytes().decode('utf-8', 'surrogateescape')
-            lines = data.split('\n')
-            index = header_index(lines[0].split('\t')) if lines else {}
-            for line in lines[1:]:
-                if line:
-                    fields = split_line(line)
-                    rows.append([fields[index[c]] if c in index and index[c] < len(fields) else ''
-                                 for c in COLUMNS])
-        return rows
-
-
-SEED = COLUMNS[:9]
-
 
 def _entry(line):
+    """(status, type, run_at, claim) from the first columns of a line, or None.
+
+    claim is (id, worker, claimed_at) for processing rows, else None. Cheap on purpose:
+    a worker keeps one entry per queued job.
+    """
     fields = line.split('\t', 6)
-    if len(fields) < 7 or fields[3] not in _STATUS_WORDS or not fields[0]:
+    if len(fields) < 7 or not fields[0]:
         return None
+    status = _STATUS_WORDS.get(fields[3])
     try:
         run_at = float(fields[5] or 0)
     except ValueError:
         return None
-    job_type = fields[1]
-    if job_type.startswith('"'):
-        job_type = split_line(line)[1]
-    return (fields[3], job_type, run_at, fields[0])
+    if status is None:
+        return None
+    job_type = fields[1] if not fields[1].startswith('"') else split_line(line)[1]
+    claim = None
+    if status == _PROCESSING:
+        every = split_line(line)
+        try:
+            claimed_at = float(every[10]) if len(every) > 10 and every[10] else 0.0
+        except ValueError:
+            return None
+        claim = (fields[0], every[9] if len(every) > 9 else '', claimed_at)
+    return (status, sys.intern(job_type), run_at, claim)
 
 
 def _entry_of(job):
-    return (job.status.value, job.type, job.run_at, job.id)
-
-
-_STATUS_WORDS = frozenset(status.value for status in Status)
+    claim = (job.id, job.worker, job.claimed_at) if job.status is Status.PROCESSING else None
+    return (job.status.value, job.type, job.run_at, claim)
 
 
 def _find_line(data, job_id):
@@ -544,7 +570,7 @@ def _find_line(data, job_id):
     line = data[pos + 1:end if end >= 0 else len(data)].decode('utf-8', 'surrogateescape')
     header = data[:data.find(b'\n')].decode('utf-8', 'surrogateescape').split('\t')
     try:
-        return parse_line(line, header_index(header))
+        return parse_line(line, header)
     except UnparsableLine as exc:
         log.warning('job %s has a line that does not parse: %s', job_id, exc)
         return None
@@ -556,23 +582,13 @@ def _check_job_type(job_type):
         raise InvalidJobError(f'job_type must be a str, got {type(job_type).__name__}')
     if not job_type:
         raise InvalidJobError('job_type must not be empty')
-    if any(ch in job_type for ch in _FORBIDDEN_IN_TYPE) or one_line(job_type) != job_type:
+    if one_line(job_type) != job_type:
         raise InvalidJobError(f'job_type must be one line without tabs, got {job_type!r}')
 
 
-def _to_json(value, ensure_ascii=False):
-    text = json.dumps(value, ensure_ascii=ensure_ascii, allow_nan=False)
+def _payload_json(payload, encoder=_JSON):
     try:
-        text.encode('utf-8')
-    except UnicodeEncodeError:
-        # Lone surrogates: escape them so the file stays valid UTF-8.
-        return json.dumps(value, ensure_ascii=True, allow_nan=False)
-    return text
-
-
-def _payload_json(payload):
-    try:
-        return _to_json(payload)
+        return encoder.encode(payload)
     except (TypeError, ValueError) as exc:
         raise InvalidJobError(f'payload must be JSON-serializable (dict, list, str, int, '
                               f'finite float, bool, None): {exc}') from None
@@ -580,11 +596,15 @@ def _payload_json(payload):
 
 def _result_json(result, job):
     try:
-        return _to_json(result)
+        text = _JSON.encode(result)
+        text.encode('utf-8')
+        return text
+    except UnicodeEncodeError:
+        return _JSON_ASCII.encode(result)
     except (TypeError, ValueError) as exc:
         log.warning('job %s (%s) returned a result that is not JSON (%s); stored its repr',
                     job.id, job.type, exc)
-        return _to_json(repr(result))
+        return _JSON_ASCII.encode(repr(result))
 
 
 def _due_now(now):

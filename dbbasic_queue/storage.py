@@ -12,6 +12,7 @@ dbbasic-tsv while holding that lock: it would flock the file again and deadlock.
 """
 
 import fcntl
+import itertools
 import logging
 import os
 import secrets
@@ -29,6 +30,9 @@ ENCODING = 'utf-8'
 # Bytes that are not UTF-8 (a hand edit) survive a rewrite unchanged.
 DECODE_ERRORS = 'surrogateescape'
 FILE_MODE = 0o664
+LINES_PER_WRITE = 4096
+_generations = itertools.count()
+READ_CHUNK_BYTES = 1 << 20
 
 
 class FileLock:
@@ -76,6 +80,7 @@ class Snapshot:
     """
 
     def __init__(self, fd=None, header=None, lines=(), offset=0):
+        self.generation = next(_generations)
         self.fd = fd
         self.header = header
         self.lines = list(lines)
@@ -98,18 +103,27 @@ class Snapshot:
             self.fd = None
 
     def read_more(self, size):
-        """Read what was appended since, up to the last complete line of size bytes."""
-        data = _pread_all(self.fd, size - self.offset, self.offset)
-        complete = data.rfind(b'\n') + 1
-        if not complete:
-            return []
-        self.offset += complete
-        lines = data[:complete - 1].decode(ENCODING, DECODE_ERRORS).split('\n')
-        if self.header is None:
-            self.header = lines.pop(0).split('\t')
-        lines = [line for line in lines if line]
-        self.lines.extend(lines)
-        return lines
+        """Read what was appended since, up to the last complete line of size bytes.
+
+        Returns the new lines. Reads in chunks, so memory stays near the size of the lines.
+        """
+        new_lines = []
+        while self.offset < size:
+            data = os.pread(self.fd, min(READ_CHUNK_BYTES, size - self.offset), self.offset)
+            complete = data.rfind(b'\n') + 1
+            if not complete:
+                if len(data) < size - self.offset and data:
+                    data = _pread_all(self.fd, size - self.offset, self.offset)
+                    complete = data.rfind(b'\n') + 1
+                if not complete:
+                    break   # a line still being appended: the next read gets it whole
+            lines = data[:complete - 1].decode(ENCODING, DECODE_ERRORS).split('\n')
+            self.offset += complete
+            if self.header is None:
+                self.header = lines.pop(0).split('\t')
+            new_lines.extend(line for line in lines if line)
+        self.lines.extend(new_lines)
+        return new_lines
 
 
 class TableFile:
@@ -202,8 +216,8 @@ class TableFile:
         try:
             fd = os.open(tmp_path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
             self._copy_owner(fd, snap)
-            body = ''.join(line + '\n' for line in lines)
-            _write_all(fd, (self.header_line + '\n' + body).encode(ENCODING, DECODE_ERRORS))
+            _write_lines(fd, [self.header_line])
+            _write_lines(fd, lines)
             os.fsync(fd)
             with self.lock:
                 st = _stat_or_none(self.path)
@@ -212,7 +226,7 @@ class TableFile:
                 carried = []
                 if st is not None and st.st_size > snap.offset:
                     carried = snap.read_more(st.st_size)
-                    _write_all(fd, ''.join(l + '\n' for l in carried).encode(ENCODING, DECODE_ERRORS))
+                    _write_lines(fd, carried)
                     os.fsync(fd)
                 if under_lock is not None:
                     under_lock()
@@ -259,6 +273,13 @@ def _pread_all(fd, size, offset):
         size -= len(chunk)
         offset += len(chunk)
     return b''.join(chunks)
+
+
+def _write_lines(fd, lines):
+    # In slices, so a 100K-line file never sits in memory twice more as str and bytes.
+    for start in range(0, len(lines), LINES_PER_WRITE):
+        chunk = lines[start:start + LINES_PER_WRITE]
+        _write_all(fd, ('\n'.join(chunk) + '\n').encode(ENCODING, DECODE_ERRORS))
 
 
 def _write_all(fd, data):

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from dbbasic_queue import Queue, StorageError, liveness
-from dbbasic_queue.job import COLUMNS, Job, Status, format_line, header_index, parse_line
+from dbbasic_queue.job import Job, Status, format_line, parse_line
 from tests.conftest import SUBPROCESS_TIMEOUT_SECONDS, run_python, spawn, wait_all
 
 SLOW_WORKER = '''
@@ -79,7 +79,7 @@ def test_unstarted_claims_of_a_killed_worker_return_without_an_attempt(tmp_path)
         marker = liveness.start_marker(victim.pid)
         lines = queue.path.read_text().split('\n')
         worker = f'{liveness.HOST}:{victim.pid}:{marker}'
-        lines[1:4] = [format_line(parse_line(line, header_index(COLUMNS)).evolve(
+        lines[1:4] = [format_line(parse_line(line).evolve(
             status=Status.PROCESSING, worker=worker, claimed_at=time.time())) for line in lines[1:4]]
         queue.path.write_text('\n'.join(lines))
         assert queue.process_jobs({'slow': lambda p: p['n']})['completed'] == 0  # alive
