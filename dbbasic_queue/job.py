@@ -116,6 +116,16 @@ def format_line(job):
     return '\t'.join(map(_quote, fields))
 
 
+_NEW_JOB_TAIL = '\t0' + '\t' * (len(COLUMNS) - 7)   # attempts 0, the rest empty
+
+
+def format_new_line(job_id, job_type, payload_json, created_at, run_at):
+    """format_line(Job(...)) of a new pending job, without building the Job: enqueue's
+    hot path. Same text, byte for byte (tested)."""
+    return (f'{job_id}\t{_quote(job_type)}\t{_quote(payload_json)}\tpending\t{created_at}'
+            f'\t{format_time(run_at)}{_NEW_JOB_TAIL}')
+
+
 def split_line(line):
     """The fields of one TSV line, unquoted as the csv module would."""
     fields = line.split('\t')

@@ -37,7 +37,6 @@ import logging
 import math
 import os
 import random
-import secrets
 import signal
 import sys
 import threading
@@ -51,7 +50,7 @@ from pathlib import Path
 from . import liveness
 from .errors import InvalidJobError, StorageError
 from .job import (COLUMNS, FINAL_STATUSES, SEED_COLUMNS, Job, Status, UnparsableLine,
-                  column_order, format_line, one_line, parse_line, split_line)
+                  column_order, format_line, format_new_line, one_line, parse_line, split_line)
 from .storage import FileLock, TableFile
 
 log = logging.getLogger('dbbasic_queue')
@@ -63,10 +62,10 @@ LEASE_SECONDS = 3600            # claims from another host are trusted this long
 BACKOFF_BASE_SECONDS = 60       # 1.0.0's base: retry n waits base * 2**n
 BACKOFF_CAP_SECONDS = 3600
 BACKOFF_JITTER_FRACTION = 0.25  # up to +25 %, so failed jobs do not retry in lockstep
-MIN_BATCH_SECONDS = 0.2         # a batch holds at least this much measured work ...
+MIN_BATCH_SECONDS = 0.05        # a batch holds at least this much measured work ...
 REWRITE_SHARE = 0.1             # ... or enough that rewrites are <= 10 % of the time
 BATCH_GROWTH = 64
-MAX_BATCH_JOBS = 10_000         # bounds a worker's memory: each claim holds a Job
+MAX_BATCH_JOBS = 2_000          # bounds a worker's memory: each claim holds a Job
 ARCHIVE_FLUSH_SECONDS = 0.05    # finished jobs reach the archive at least this often
 CONFLICTS_BEFORE_LOCKING = 3    # after that many lost races, rewrite holding the lock
 _PENDING, _PROCESSING = Status.PENDING.value, Status.PROCESSING.value
@@ -116,6 +115,7 @@ class Queue:
         self.backoff_base_seconds = backoff_base_seconds
         self.lease_seconds = lease_seconds
         self._header_current = False
+        self._valid_types = set()
         self._state_lock = threading.RLock()
         self._snap = None
         self._idle_cache = None
@@ -131,20 +131,24 @@ class Queue:
 
         Costs one locked append: the file is never read (only its header, once).
         """
-        _check_job_type(job_type)
+        if job_type not in self._valid_types:
+            _check_job_type(job_type)
+            self._valid_types.add(job_type)
         now = self._clock()
-        job = Job(secrets.token_hex(8), job_type, _payload_json(payload), Status.PENDING,
-                  int(now), _due_now(now) if run_at is None else _timestamp(run_at))
+        run_at = _due_now(now) if run_at is None else _timestamp(run_at)
+        job_id = os.urandom(8).hex()
         try:
-            data = (format_line(job) + '\n').encode('utf-8')
+            line = format_new_line(job_id, job_type, _payload_json(payload), int(now), run_at)
+            data = (line + '\n').encode('utf-8')
         except UnicodeEncodeError:
             # Lone surrogates in a str: escape them so the file stays valid UTF-8.
-            job.payload_json = _payload_json(payload, _JSON_ASCII)
-            data = (format_line(job) + '\n').encode('utf-8')
+            line = format_new_line(job_id, job_type, _payload_json(payload, _JSON_ASCII),
+                                   int(now), run_at)
+            data = (line + '\n').encode('utf-8')
         if not self._header_current:
             self._upgrade_header()
         self._table.append(data)
-        return job.id
+        return job_id
 
     def _upgrade_header(self):
         """Rewrite a file with older columns (1.0.0's nine) to ours, once per Queue."""
@@ -174,12 +178,12 @@ class Queue:
             return False
         prefix = job_id + '\t'
 
-        def cancel(entries, now):
-            for i, line in enumerate(self._snap.lines):
+        def cancel(lines, now):
+            for i, line in enumerate(lines):
                 if line.startswith(prefix):
-                    if entries[i] is None or entries[i][0] != _PENDING:
-                        return None
                     job = self._full_job(i)
+                    if job is None or job.status is not Status.PENDING:
+                        return None
                     # It stays here as cancelled; the next worker rewrite archives it.
                     return _Plan(changes={i: job.evolve(
                         status=Status.CANCELLED, error='Cancelled by user', finished_at=now)},
@@ -187,7 +191,7 @@ class Queue:
             return None
 
         with self._state_lock:
-            return bool(self._rewrite(cancel))
+            return bool(self._rewrite(cancel, parse=False))
 
     def read_rows(self):
         """Every job line of both files as lists of str in COLUMNS order (hot file first)."""
@@ -410,20 +414,21 @@ class Queue:
         run.archive_flushed_at = time.perf_counter()
 
     # -- the file ------------------------------------------------------------------
-    def _rewrite(self, edit, before_rename=None):
+    def _rewrite(self, edit, before_rename=None, parse=True):
         """Apply edit(entries, now) -> _Plan | None to the file and return plan.result.
 
-        Reads and formats outside the lock; the commit checks under the lock that no one
-        replaced the file meanwhile, else this runs again (holding the lock after a few
-        lost races, so it always finishes).
+        With parse=False, edit gets the raw lines instead of entries (a lookup by id
+        needs no parsing of 100K lines). Reads and formats outside the lock; the commit
+        checks under the lock that no one replaced the file meanwhile, else this runs
+        again (holding the lock after a few lost races, so it always finishes).
         """
         attempt = 0
         while True:
             holding = self._table.lock if attempt >= CONFLICTS_BEFORE_LOCKING else nullcontext()
             with holding:
                 snap = self._table.snapshot()
-                entries = self._entries(snap)
-                plan = edit(entries, self._clock())
+                self._check_header(snap)
+                plan = edit(self._entries(snap) if parse else snap.lines, self._clock())
                 outdated = snap.header is not None and tuple(snap.header) != COLUMNS
                 if plan is None and not outdated:
                     return None
@@ -444,10 +449,14 @@ class Queue:
             attempt += 1
 
     def _new_lines(self, snap, plan, outdated):
+        """The new file's lines, and their entries as far as snap had parsed them."""
+        if outdated:
+            self._entries(snap)
+        parsed = len(snap.jobs)
         lines, entries = [], []
         changes = plan.changes
         for i, line in enumerate(snap.lines):
-            entry = snap.jobs[i]
+            entry = snap.jobs[i] if i < parsed else None
             if i in changes:
                 job = changes[i]
                 if job is None:
@@ -456,15 +465,19 @@ class Queue:
             elif outdated and entry is not None:
                 line = format_line(parse_line(line, snap.header))
             lines.append(line)
-            entries.append(entry)
+            if i < parsed:
+                entries.append(entry)
         return lines, entries
 
-    def _entries(self, snap):
-        """Light entries for every line of snap (None = not a job); parses only new lines."""
+    def _check_header(self, snap):
         self._snap = snap
         if snap.header is not None and tuple(snap.header[:len(SEED_COLUMNS)]) != SEED_COLUMNS:
             raise StorageError(f'{self.path} is not a dbbasic-queue file: its header is '
                                f'{snap.header[:9]}')
+
+    def _entries(self, snap):
+        """Light entries for every line of snap (None = not a job); parses only new lines."""
+        self._check_header(snap)
         entries = snap.jobs
         for line in snap.lines[len(entries):]:
             entry = _entry(line)

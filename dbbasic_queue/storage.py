@@ -15,12 +15,10 @@ import fcntl
 import itertools
 import logging
 import os
-import secrets
 import threading
+import weakref
 from contextlib import contextmanager
 from pathlib import Path
-
-from dbbasic.tsv import TSV
 
 from .errors import StorageError
 
@@ -31,6 +29,7 @@ ENCODING = 'utf-8'
 DECODE_ERRORS = 'surrogateescape'
 FILE_MODE = 0o664
 LINES_PER_WRITE = 4096
+APPEND_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC
 _generations = itertools.count()
 READ_CHUNK_BYTES = 1 << 20
 
@@ -40,16 +39,25 @@ class FileLock:
 
     def __init__(self, path):
         self.path = Path(path)
+        self._forget()
+        # flock belongs to the open file description, which a forked child shares: the
+        # child opens its own, or it would "hold" the lock together with its parent.
+        this = weakref.ref(self)
+        os.register_at_fork(after_in_child=lambda: this() and this()._forget())
+
+    def _forget(self):
         self._thread_lock = threading.RLock()
         self._depth = 0
         self._fd = None
-        self._fd_pid = None
 
     def __enter__(self):
         self._thread_lock.acquire()
         if self._depth == 0:
             try:
-                fcntl.flock(self._descriptor(), fcntl.LOCK_EX)
+                if self._fd is None:
+                    self.path.parent.mkdir(parents=True, exist_ok=True)
+                    self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
+                fcntl.flock(self._fd, fcntl.LOCK_EX)
             except BaseException:
                 self._thread_lock.release()
                 raise
@@ -61,15 +69,6 @@ class FileLock:
         if self._depth == 0:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
         self._thread_lock.release()
-
-    def _descriptor(self):
-        # flock belongs to the open file description, which a forked child shares:
-        # a child must open its own or it would "hold" the lock together with its parent.
-        if self._fd is None or self._fd_pid != os.getpid():
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
-            self._fd_pid = os.getpid()
-        return self._fd
 
 
 class Snapshot:
@@ -131,6 +130,7 @@ class TableFile:
 
     def __init__(self, path, columns, lock):
         self.path = Path(path)
+        self._path_text = str(self.path)  # os.open on a str skips Path.__fspath__: hot path
         self.columns = tuple(columns)
         self.lock = lock
         self.header_line = '\t'.join(self.columns)
@@ -141,10 +141,10 @@ class TableFile:
         """Append data (whole encoded lines) under the lock; create the table if missing."""
         with self.lock:
             try:
-                fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+                fd = os.open(self._path_text, APPEND_FLAGS)
             except FileNotFoundError:
                 self._create()
-                fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+                fd = os.open(self._path_text, APPEND_FLAGS)
             try:
                 _write_all(fd, data)
                 if fsync:
@@ -157,6 +157,9 @@ class TableFile:
     def _create(self):
         """Create the table with dbbasic-tsv; the caller holds the lock (TSV() takes none)."""
         if not self.path.exists():
+            # Imported here: dbbasic-tsv pulls in hashlib (~5 MB), and a worker whose files
+            # exist never needs it.
+            from dbbasic.tsv import TSV
             self.path.parent.mkdir(parents=True, exist_ok=True)
             TSV(self.path.stem, list(self.columns), data_dir=self.path.parent)
             os.chmod(self.path, FILE_MODE)
@@ -211,7 +214,7 @@ class TableFile:
         leaves either the old file or the new one, never a mix. under_lock() runs just
         before the rename, with the lock held and the version confirmed.
         """
-        tmp_path = self.path.with_name(f'.{self.path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp')
+        tmp_path = self.path.with_name(f'.{self.path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp')
         fd = None
         try:
             fd = os.open(tmp_path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
