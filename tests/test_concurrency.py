@@ -4,6 +4,8 @@ Real processes, a real shared file, an O_APPEND execution log written by the han
 """
 
 import collections
+import os
+import time
 
 from dbbasic_queue import Queue
 from tests.conftest import spawn, wait_all
@@ -106,3 +108,22 @@ def test_a_job_finished_by_another_process_is_seen_as_finished(tmp_path):
     wait_all([spawn(WORKER, queue_path, log_path, 0.2, 0)])
     assert long_lived.get_job(job_id)['status'] == 'completed'
     assert long_lived.cancel_job(job_id) is False
+
+
+def test_a_forked_child_does_not_share_its_parents_lock(tmp_path):
+    queue = Queue(tmp_path / 'data' / 'queue.tsv')
+    queue.enqueue('t', {})  # the lock file is open in this process now
+    read_end, write_end = os.pipe()
+    with queue._table.lock:
+        pid = os.fork()
+        if pid == 0:  # child: its enqueue must wait for the parent's lock
+            started = time.monotonic()
+            queue.enqueue('t', {'from': 'child'})
+            os.write(write_end, f'{time.monotonic() - started:.3f}'.encode())
+            os._exit(0)
+        time.sleep(0.5)
+    os.close(write_end)
+    waited = float(os.read(read_end, 64).decode())
+    os.waitpid(pid, 0)
+    assert waited >= 0.4
+    assert queue.process_jobs({'t': lambda p: 1})['completed'] == 2

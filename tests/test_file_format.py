@@ -1,5 +1,8 @@
 """Bad input (guarantee 9), one job per line (10), 1.0.0 files (11), dbbasic-tsv tables."""
 
+import csv
+import io
+import json
 import logging
 import math
 from datetime import date
@@ -11,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dbbasic_queue import COLUMNS, InvalidJobError, Queue
+from dbbasic_queue.job import Job, Status, format_line, format_new_line, one_line, split_line
 
 ONE_MB_STRING = 'x' * 1_000_000
 
@@ -60,6 +64,9 @@ def test_any_json_payload_and_any_error_text_keep_one_job_per_line(tmp_path_fact
     assert job['error'].startswith('RuntimeError: ') and '\n' not in job['error']
 
 
+CYCLIC = {'name': 'me'}
+CYCLIC['self'] = CYCLIC
+
 BAD_ENQUEUES = [
     (('', {}), r'job_type must not be empty'),
     ((None, {}), r'job_type must be a str, got NoneType'),
@@ -70,6 +77,7 @@ BAD_ENQUEUES = [
     (('t', {'o': object()}), r'payload must be JSON-serializable .*object'),
     (('t', {'x': math.nan}), r'payload must be JSON-serializable .*Out of range float'),
     (('t', {'x': math.inf}), r'payload must be JSON-serializable .*Out of range float'),
+    (('t', CYCLIC), r'payload must be JSON-serializable: it contains itself'),
     (('t', {}, '2027-01-01'), r'run_at must be Unix seconds \(int or float\) or a datetime, got str'),
     (('t', {}, date(2027, 1, 1)), r'run_at must be .* got date'),
     (('t', {}, True), r'run_at must be .* got bool'),
@@ -164,3 +172,26 @@ def test_enqueue_upgrades_a_1_0_0_header_before_appending(queue):
     assert all(len(line.split('\t')) == len(COLUMNS) for line in lines[1:] if line)
     assert queue.get_job(job_id)['payload'] == {'to': 'e@example.com'}
     assert queue.get_job('aaaaaaaaaaaaaaa1')['status'] == 'pending'
+
+
+@settings(max_examples=200, deadline=None)
+@given(job_type=st.text(min_size=1).filter(lambda t: one_line(t) == t), payload=json_values,
+       run_at=st.floats(min_value=0, max_value=4e9))
+def test_enqueue_fast_formatter_writes_what_format_line_writes(job_type, payload, run_at):
+    payload_json = json.dumps(payload, ensure_ascii=False)
+    job = Job('0123456789abcdef', job_type, payload_json, Status.PENDING, 1_800_000_000, run_at)
+    assert format_new_line(job.id, job_type, payload_json, 1_800_000_000, run_at) == format_line(job)
+
+
+@settings(max_examples=200, deadline=None)
+@given(fields=st.lists(st.text().map(one_line), min_size=12, max_size=12))
+def test_lines_are_written_in_the_csv_dialect_of_dbbasic_tsv(fields):
+    job = Job(fields[0] or 'x', fields[1] or 't', fields[2], Status.FAILED, 1, 2.5, 3, fields[7],
+              fields[8], fields[9])
+    line = format_line(job)
+    buffer = io.StringIO()
+    csv.writer(buffer, delimiter='\t', quoting=csv.QUOTE_MINIMAL, lineterminator='\n').writerow(
+        [job.id, job.type, job.payload_json, 'failed', '1', '2.5', '3', job.error,
+         job.result_json, job.worker, '', ''])
+    assert line + '\n' == buffer.getvalue()
+    assert split_line(line) == next(csv.reader([line], delimiter='\t'))
