@@ -65,14 +65,22 @@ class Job:
     def result(self):
         return json.loads(self.result_json) if self.result_json else None
 
-    def to_dict(self):
-        """The public view returned by get_job (payload and result decoded)."""
-        return {
+    def to_dict(self, full=False):
+        """The public view returned by get_job (payload and result decoded).
+
+        full=True adds worker, claimed_at and finished_at (None when unset).
+        """
+        view = {
             'id': self.id, 'type': self.type, 'payload': self.payload,
             'status': self.status.value, 'created_at': self.created_at,
             'run_at': number(self.run_at), 'attempts': self.attempts,
             'error': self.error or None, 'result': self.result,
         }
+        if full:
+            view.update(worker=self.worker or None,
+                        claimed_at=number(self.claimed_at) if self.claimed_at else None,
+                        finished_at=number(self.finished_at) if self.finished_at else None)
+        return view
 
     def evolve(self, **changes):
         """A copy with some fields changed (dataclasses.replace, without its cost)."""

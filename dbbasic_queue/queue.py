@@ -50,8 +50,9 @@ from pathlib import Path
 from . import liveness
 from .errors import InvalidJobError, StorageError
 from .job import (COLUMNS, FINAL_STATUSES, SEED_COLUMNS, Job, Status, UnparsableLine,
-                  column_order, format_line, format_new_line, one_line, parse_line, split_line)
-from .storage import FileLock, TableFile
+                  column_order, format_line, format_new_line, number, one_line, parse_line,
+                  split_line)
+from .storage import FileLock, TableFile, split_header
 
 log = logging.getLogger('dbbasic_queue')
 
@@ -68,6 +69,7 @@ BATCH_GROWTH = 64
 MAX_BATCH_JOBS = 2_000          # bounds a worker's memory: each claim holds a Job
 ARCHIVE_FLUSH_SECONDS = 0.05    # finished jobs reach the archive at least this often
 CONFLICTS_BEFORE_LOCKING = 3    # after that many lost races, rewrite holding the lock
+DEFERRED_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 _PENDING, _PROCESSING = Status.PENDING.value, Status.PROCESSING.value
 _STATUS_WORDS = {status.value: status.value for status in Status}
 
@@ -115,7 +117,10 @@ class _Run:
     archive_unsynced: bool = False
     archive_flushed_at: float = 0.0
     rewrite_seconds: float = 0.0
+    jobs_left: object = None                        # None = no limit
+    deadline: object = None                         # time.monotonic() value, or None
     stop_requested: bool = False
+    signals: list = field(default_factory=list)     # deferred until the run is tidy
     summary: Counter = field(default_factory=Counter)
 
 
@@ -216,31 +221,203 @@ class Queue:
         """Every job line of both files as lists of str in COLUMNS order (hot file first)."""
         rows = []
         for table in (self._table, self._archive):
-            lines = table.read_bytes().decode('utf-8', 'surrogateescape').split('\n')
-            order = column_order(tuple(lines[0].split('\t')))
-            for line in lines[1:]:
-                if line:
-                    fields = split_line(line)
-                    if order is not None:
-                        fields = [fields[i] if i is not None and i < len(fields) else ''
-                                  for i in order]
-                    rows.append(fields + [''] * (len(COLUMNS) - len(fields)))
+            header, lines = table.read_lines()
+            order = column_order(tuple(header or COLUMNS))
+            for line in lines:
+                fields = split_line(line)
+                if order is not None:
+                    fields = [fields[i] if i is not None and i < len(fields) else ''
+                              for i in order]
+                rows.append(fields + [''] * (len(COLUMNS) - len(fields)))
         return rows
 
+    # -- inspection and maintenance (the CLI's stats, list, show, retry, purge, check) --
+    def find_job(self, job_id):
+        """The Job (every column) with this id, or None. Like get_job, reads the files."""
+        if not isinstance(job_id, str) or not job_id or '\t' in job_id or '\n' in job_id:
+            return None
+        job = _find_line(self._table.read_bytes(), job_id)
+        if job is None or job.status is not Status.PENDING:
+            job = _find_line(self._archive.read_bytes(), job_id) or job
+        return job
+
+    def _file_lines(self):
+        """(file path, line number, line, Job or None) for every line of both files."""
+        for table in (self._table, self._archive):
+            header, lines = table.read_lines()
+            for number, line in enumerate(lines, start=2):
+                try:
+                    job = parse_line(line, header)
+                except UnparsableLine:
+                    job = None
+                yield table.path, number, line, job
+
+    def jobs(self):
+        """Every job of both files (hot file first, then the archive), as Jobs.
+
+        A job found in both (after a crash) is given once, as the archive has it.
+        """
+        found = {}
+        for _, _, _, job in self._file_lines():
+            if job is not None and (job.id not in found or found[job.id].status is Status.PENDING
+                                    or job.status in FINAL_STATUSES):
+                found[job.id] = job
+        return list(found.values())
+
+    def list_jobs(self, status=None, job_type=None, limit=None):
+        """Jobs as get_job dicts with worker/claimed_at/finished_at, filtered, in file order."""
+        if status is not None and status not in _STATUS_WORDS:
+            raise ValueError(f'status must be one of {", ".join(_STATUS_WORDS)}, got {status!r}')
+        chosen = [job.to_dict(full=True) for job in self.jobs()
+                  if (status is None or job.status.value == status)
+                  and (job_type is None or job.type == job_type)]
+        return chosen if limit is None else chosen[:limit]
+
+    def stats(self):
+        """Counts by status and by type, oldest pending age, next due time, live workers."""
+        now = self._clock()
+        by_status = dict.fromkeys(_STATUS_WORDS, 0)
+        by_type, workers = {}, set()
+        oldest_created, next_due = None, None
+        for job in self.jobs():
+            status = job.status.value
+            by_status[status] += 1
+            counts = by_type.setdefault(job.type, dict.fromkeys(_STATUS_WORDS, 0))
+            counts[status] += 1
+            if job.status is Status.PENDING:
+                oldest_created = min(oldest_created or job.created_at, job.created_at)
+                next_due = min(next_due or job.run_at, job.run_at)
+            elif job.status is Status.PROCESSING and liveness.claim_is_alive(
+                    job.worker, job.claimed_at, now, self.lease_seconds):
+                workers.add(job.worker)
+        return {
+            'total': sum(by_status.values()), 'by_status': by_status, 'by_type': by_type,
+            'oldest_pending_seconds': None if oldest_created is None else max(0, now - oldest_created),
+            'next_due_at': None if next_due is None else number(next_due),
+            'workers': sorted(workers),
+        }
+
+    def retry(self, job_id=None, *, failed=False, job_type=None):
+        """Make failed or cancelled jobs pending again, with fresh attempts; returns their ids.
+
+        Either one job_id, or failed=True for every failed job (of job_type, if given).
+        A job_id that is not failed or cancelled raises ValueError; an unknown one, KeyError.
+        """
+        if (job_id is None) == (not failed):
+            raise ValueError('give either a job_id or failed=True')
+        now = self._clock()
+
+        def chosen(job):
+            if job_id is not None:
+                return job.id == job_id
+            return job.status is Status.FAILED and (job_type is None or job.type == job_type)
+
+        with self._state_lock, self._table.lock:
+            archive = self._archive.snapshot()
+            header = archive.header or COLUMNS
+            keep, revived = [], {}
+            for line in archive.lines:
+                try:
+                    job = parse_line(line, header)
+                except UnparsableLine:
+                    job = None
+                if job is not None and chosen(job):
+                    if job.status not in (Status.FAILED, Status.CANCELLED):
+                        raise ValueError(f'job {job.id} is {job.status.value}: only failed '
+                                         f'and cancelled jobs can be retried')
+                    revived[job.id] = job.evolve(status=Status.PENDING, attempts=0, run_at=now,
+                                                 worker='', claimed_at=0.0, finished_at=0.0)
+                else:
+                    keep.append(line)
+            if job_id is not None and not revived:
+                current = self.find_job(job_id)
+                if current is None:
+                    raise KeyError(job_id)
+                raise ValueError(f'job {job_id} is {current.status.value}: only failed and '
+                                 f'cancelled jobs can be retried')
+            if revived:
+                # Pending first, then gone from the archive: a crash between leaves the
+                # job in both files, and the pending copy wins; it is never lost.
+                self._table.append(''.join(format_line(j) + '\n' for j in revived.values())
+                                   .encode('utf-8'), fsync=True)
+                self._archive.commit(archive, keep)
+        return list(revived)
+
+    def purge(self, statuses, older_than_seconds, dry_run=False):
+        """Delete finished jobs of these statuses that finished more than older_than_seconds
+        ago from the archive; returns their ids. dry_run only lists them.
+        """
+        statuses = set(statuses)
+        allowed = {status.value for status in FINAL_STATUSES}
+        if not statuses or not statuses <= allowed:
+            raise ValueError(f'statuses must be some of {", ".join(sorted(allowed))}, '
+                             f'got {", ".join(sorted(statuses)) or "none"}')
+        _check_limit('older_than_seconds', older_than_seconds)
+        cutoff = self._clock() - older_than_seconds
+        with self._state_lock, self._table.lock:
+            archive = self._archive.snapshot()
+            header = archive.header or COLUMNS
+            keep, purged = [], []
+            for line in archive.lines:
+                try:
+                    job = parse_line(line, header)
+                except UnparsableLine:
+                    job = None
+                if (job is not None and job.status.value in statuses
+                        and (job.finished_at or job.created_at) < cutoff):
+                    purged.append(job.id)
+                else:
+                    keep.append(line)
+            if purged and not dry_run:
+                self._archive.commit(archive, keep)
+        return purged
+
+    def check(self):
+        """Problems found in the files, as one-line descriptions (empty: all is well).
+
+        Lines that are not jobs, ids that appear more than once, jobs still claimed by a
+        worker that is gone, temp files left by a crashed rewrite.
+        """
+        problems, seen, now = [], {}, self._clock()
+        for path, number, line, job in self._file_lines():
+            if job is None:
+                problems.append(f'{path.name}:{number}: not a job: {line[:80]!r}')
+                continue
+            if job.id in seen:
+                problems.append(f'{path.name}:{number}: job {job.id} also at {seen[job.id]}')
+            seen[job.id] = f'{path.name}:{number}'
+            if job.status is Status.PROCESSING and not liveness.claim_is_alive(
+                    job.worker, job.claimed_at, now, self.lease_seconds):
+                problems.append(f'{path.name}:{number}: job {job.id} is processing by '
+                                f'{job.worker or "an unknown worker"}, which is gone')
+        for leftover in sorted(self.path.parent.glob(f'.{self.path.stem}.*.tmp')):
+            pid = leftover.name.split('.')[-3]
+            if not pid.isdigit() or liveness.start_marker(int(pid)) is None:
+                problems.append(f'{leftover.name}: temp file left by an interrupted rewrite')
+        return problems
+
     # -- processing --------------------------------------------------------------
-    def process_jobs(self, handlers, max_attempts=MAX_ATTEMPTS):
+    def process_jobs(self, handlers, max_attempts=MAX_ATTEMPTS, *, max_jobs=None,
+                     max_seconds=None):
         """Run every due job whose type has a handler, then return counts by outcome.
 
         Returns {'completed': n, 'retried': n, 'failed': n, 'recovered': n}. A handler
-        gets the decoded payload; its return value is stored as the job's result. On
-        SIGTERM the current job finishes, claimed jobs not yet started go back to
-        pending, and the signal is then handled as it would have been.
+        gets the decoded payload; its return value is stored as the job's result.
+        max_jobs and max_seconds stop it early (a job already started always finishes).
+        On SIGTERM or SIGINT the current job finishes, claimed jobs not yet started go
+        back to pending, and the signal is then handled as it would have been (a second
+        SIGINT interrupts the running job at once).
         """
         _check_handlers(handlers, max_attempts)
-        run = _Run(dict(handlers), max_attempts, liveness.current_worker())
-        with self._state_lock, _deferred_sigterm(run):
+        _check_limit('max_jobs', max_jobs)
+        _check_limit('max_seconds', max_seconds)
+        run = _Run(dict(handlers), max_attempts, liveness.current_worker(), jobs_left=max_jobs,
+                   deadline=None if max_seconds is None else time.monotonic() + max_seconds)
+        with self._state_lock, _deferred_signals(run):
             try:
-                while not run.stop_requested:
+                while not run.stop_requested and run.jobs_left != 0:
+                    if run.jobs_left is not None:
+                        run.batch_size = min(run.batch_size, run.jobs_left)
                     batch = self._claim(run)
                     if not batch:
                         break
@@ -382,11 +559,15 @@ class Queue:
         started, ran = time.perf_counter(), 0
         run.archive_flushed_at = started
         for job in batch:
+            if run.deadline is not None and time.monotonic() >= run.deadline:
+                run.stop_requested = True
             if run.stop_requested:
                 break
             run.unstarted.popleft()
             self._execute(run, job)
             ran += 1
+            if run.jobs_left is not None:
+                run.jobs_left -= 1
             if time.perf_counter() - run.archive_flushed_at >= ARCHIVE_FLUSH_SECONDS:
                 self._flush_archive(run)
         if ran:
@@ -398,6 +579,7 @@ class Queue:
     def _execute(self, run, job):
         """Run one claimed job and record its outcome (finished jobs go to the archive)."""
         attempts = job.attempts + 1
+        started = time.perf_counter()
         try:
             result = run.handlers[job.type](job.payload)
         except Exception as exc:
@@ -415,10 +597,13 @@ class Queue:
         if outcome.status in FINAL_STATUSES:
             run.archive_buffer.append(format_line(outcome))
             run.outcomes[job.id] = None
-            run.summary['completed' if outcome.status is Status.COMPLETED else 'failed'] += 1
+            word = outcome.status.value
         else:
             run.outcomes[job.id] = outcome
-            run.summary['retried'] += 1
+            word = 'retried'
+        run.summary[word] += 1
+        log.info('%s %s %s %.3fs attempt %d/%d', job.id, job.type, word,
+                 time.perf_counter() - started, attempts, run.max_attempts)
 
     def _flush_archive(self, run, fsync=False):
         """Append the finished jobs of this run to the archive (fsync before a rewrite)."""
@@ -600,7 +785,7 @@ def _find_line(data, job_id):
         return None
     end = data.find(b'\n', pos + 1)
     line = data[pos + 1:end if end >= 0 else len(data)].decode('utf-8', 'surrogateescape')
-    header = data[:data.find(b'\n')].decode('utf-8', 'surrogateescape').split('\t')
+    header = split_header(data[:data.find(b'\n')].decode('utf-8', 'surrogateescape'))
     try:
         return parse_line(line, header)
     except UnparsableLine as exc:
@@ -659,6 +844,12 @@ def _timestamp(run_at):
     return float(run_at)
 
 
+def _check_limit(name, value):
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                              or value < 0):
+        raise ValueError(f'{name} must be a number >= 0 or None, got {value!r}')
+
+
 def _check_handlers(handlers, max_attempts):
     if not hasattr(handlers, 'items') or not all(callable(h) for h in handlers.values()):
         raise TypeError('handlers must be a dict of job_type -> callable(payload)')
@@ -667,34 +858,40 @@ def _check_handlers(handlers, max_attempts):
 
 
 @contextmanager
-def _deferred_sigterm(run):
-    """While jobs run, SIGTERM asks the loop to stop after the current job.
+def _deferred_signals(run):
+    """While jobs run, SIGTERM and SIGINT ask the loop to stop after the current job.
 
-    Afterwards the signal is handled as before (by default: the process terminates),
-    once the claims of jobs not yet started have been given back.
+    Afterwards each signal is handled as before (by default SIGTERM terminates the
+    process and SIGINT raises KeyboardInterrupt), once the claims of jobs not yet
+    started have been given back. A second SIGINT interrupts the running job at once.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.getsignal(signal.SIGTERM)
-    if previous in (signal.SIG_IGN, None):
-        yield
-        return
 
     def request_stop(signum, frame):
-        log.warning('SIGTERM: stopping after the current job')
+        if signum in run.signals and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        log.warning('%s: stopping after the current job', signal.Signals(signum).name)
+        run.signals.append(signum)
         run.stop_requested = True
 
-    signal.signal(signal.SIGTERM, request_stop)
+    previous = {}
+    for signum in DEFERRED_SIGNALS:
+        handler = signal.getsignal(signum)
+        if handler not in (signal.SIG_IGN, None):
+            previous[signum] = handler
+            signal.signal(signum, request_stop)
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
-        if run.stop_requested:
-            if previous == signal.SIG_DFL:
-                os.kill(os.getpid(), signal.SIGTERM)
-            elif callable(previous):
-                previous(signal.SIGTERM, None)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        for signum in dict.fromkeys(run.signals):
+            if previous[signum] == signal.SIG_DFL:
+                os.kill(os.getpid(), signum)
+            elif callable(previous[signum]):
+                previous[signum](signum, None)
 
 
 # -- the default queue and the module functions ------------------------------------------
@@ -716,9 +913,9 @@ def enqueue(job_type, payload, run_at=None):
     return default_queue().enqueue(job_type, payload, run_at)
 
 
-def process_jobs(handlers, max_attempts=MAX_ATTEMPTS):
+def process_jobs(handlers, max_attempts=MAX_ATTEMPTS, **limits):
     """Run the due jobs of the default queue; returns counts by outcome."""
-    return default_queue().process_jobs(handlers, max_attempts)
+    return default_queue().process_jobs(handlers, max_attempts, **limits)
 
 
 def get_job(job_id):

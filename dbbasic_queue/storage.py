@@ -119,7 +119,7 @@ class Snapshot:
             lines = data[:complete - 1].decode(ENCODING, DECODE_ERRORS).split('\n')
             self.offset += complete
             if self.header is None:
-                self.header = lines.pop(0).split('\t')
+                self.header = split_header(lines.pop(0))
             new_lines.extend(line for line in lines if line)
         self.lines.extend(new_lines)
         return new_lines
@@ -171,7 +171,14 @@ class TableFile:
                 first = f.readline()
         except FileNotFoundError:
             return None
-        return first.rstrip(b'\r\n').decode(ENCODING, DECODE_ERRORS).split('\t')
+        return split_header(first.rstrip(b'\n').decode(ENCODING, DECODE_ERRORS))
+
+    def read_lines(self):
+        """(header fields or None, the other lines) of the whole file, read now."""
+        lines = self.read_bytes().decode(ENCODING, DECODE_ERRORS).split('\n')
+        if not lines[0]:
+            return None, []
+        return split_header(lines[0]), [line for line in lines[1:] if line]
 
     def read_bytes(self):
         """The whole file as bytes (b'' if it does not exist)."""
@@ -264,6 +271,12 @@ class TableFile:
             except PermissionError:
                 log.warning('%s will be owned by uid %d instead of %d: run workers as '
                             'the file\'s owner', self.path, os.geteuid(), st.st_uid)
+
+
+def split_header(text):
+    """The column names of a header line. dbbasic-tsv ends the header it writes with
+    CRLF (csv's default line terminator); our rewrites end it with LF."""
+    return text.rstrip('\r').split('\t')
 
 
 def _pread_all(fd, size, offset):
