@@ -133,7 +133,7 @@ def cmd_work(queue, args):
     started, totals = time.monotonic(), {}
     progress = _Progress(queue, handlers, args.log_handler) if sys.stderr.isatty() else None
     try:
-        while True:
+        while not stop:
             if args.max_seconds is not None:
                 limits['max_seconds'] = max(0.0, args.max_seconds - (time.monotonic() - started))
             summary = queue.process_jobs(handlers, args.max_attempts, **limits)

@@ -1,0 +1,123 @@
+"""The real clients, unchanged from PyPI: dbbasic-cli, dbbasic-email, dbbasic-admin;
+and every example, run as a user would run it."""
+
+import shutil
+import socket
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from dbbasic_queue import Queue
+from tests.conftest import REPO, SUBPROCESS_TIMEOUT_SECONDS, python_env, run_python
+
+
+def test_dbbasic_cli_discovers_the_queue_commands(tmp_path):
+    dbbasic = shutil.which('dbbasic')
+    assert dbbasic, 'dbbasic-cli is a dev dependency'
+    queue = Queue(tmp_path / 'data' / 'queue.tsv')
+    queue.enqueue('send_email', {'to': 'a@example.com'})
+    queue.enqueue('report', {})
+    run = lambda *args: subprocess.run([dbbasic, *args], cwd=tmp_path, capture_output=True,
+                                       text=True, env=python_env(), timeout=SUBPROCESS_TIMEOUT_SECONDS)
+    stats = run('queue:stats')
+    assert stats.returncode == 0, stats.stderr
+    assert 'pending     2' in stats.stdout and 'send_email' in stats.stdout
+    (tmp_path / 'handlers.py').write_text('HANDLERS = {"send_email": lambda p: "sent"}\n')
+    worker = run('queue:worker', 'handlers:HANDLERS')
+    assert worker.returncode == 0 and 'send_email completed' in worker.stderr
+    assert run('queue:show', 'ffffffffffffffff').returncode == 1
+    help_text = run('help').stdout
+    assert 'queue:worker' in help_text and 'queue:stats' in help_text
+
+
+def test_dbbasic_email_sends_through_the_queue_to_a_real_smtp_sink(tmp_path):
+    from aiosmtpd.controller import Controller
+
+    received = []
+
+    class Collect:
+        async def handle_DATA(self, server, session, envelope):
+            received.append(envelope)
+            return '250 OK'
+
+    with socket.socket() as probe:
+        probe.bind(('127.0.0.1', 0))
+        port = probe.getsockname()[1]
+    controller = Controller(Collect(), hostname='127.0.0.1', port=port)
+    controller.start()
+    try:
+        code = textwrap.dedent('''
+            import os, sys
+            os.environ.update(SMTP_HOST='127.0.0.1', SMTP_PORT=sys.argv[1])
+            import dbbasic_email
+            from dbbasic_email.cli import queue_command
+            from dbbasic_queue import get_job, process_jobs
+            job_id = dbbasic_email.send_email('user@example.com', 'Welcome', 'Thanks for signing up!')
+            print(process_jobs(dbbasic_email.QUEUE_HANDLERS, max_attempts=3))
+            print(get_job(job_id)['status'])
+            queue_command([])
+        ''')
+        result = subprocess.run([sys.executable, '-c', code, str(port)], cwd=tmp_path,
+                                capture_output=True, text=True, env=python_env(),
+                                timeout=SUBPROCESS_TIMEOUT_SECONDS)
+    finally:
+        controller.stop()
+    assert result.returncode == 0, result.stderr
+    assert len(received) == 1 and received[0].rcpt_tos == ['user@example.com']
+    assert b'Subject: Welcome' in received[0].content
+    lines = result.stdout.splitlines()
+    assert "'completed': 1" in lines[0] and lines[1] == 'completed'
+    assert 'Total:     1' in result.stdout and 'Completed: 1' in result.stdout
+
+
+def test_read_tsv_shim_gives_every_job_as_nine_columns(tmp_path, monkeypatch):
+    import dbbasic_queue
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv(dbbasic_queue.ENV_VAR, raising=False)
+    done = dbbasic_queue.enqueue('send_email', {'to': 'a'})
+    dbbasic_queue.process_jobs({'send_email': lambda p: 1})
+    waiting = dbbasic_queue.enqueue('send_email', {'to': 'b'})
+    rows = dbbasic_queue._read_tsv()
+    assert all(len(row) == 9 and all(isinstance(v, str) for v in row) for row in rows)
+    assert sorted((row[0], row[3]) for row in rows) == sorted([(done, 'completed'), (waiting, 'pending')])
+
+
+def test_dbbasic_admin_lists_the_queue_files_with_their_rows(tmp_path, monkeypatch):
+    from dbbasic_admin.discover import discover_tsv_tables, read_tsv_data
+    monkeypatch.chdir(tmp_path)
+    queue = Queue(tmp_path / 'data' / 'queue.tsv')
+    for n in range(3):
+        queue.enqueue('send_email', {'to': f'{n}@example.com', 'note': 'tab\there'})
+    queue.process_jobs({'send_email': lambda p: None}, max_jobs=1)
+    tables = {t['name']: t for t in discover_tsv_tables()}
+    assert tables['queue']['rows'] == 2 and tables['queue.done']['rows'] == 1
+    assert tables['queue']['columns'][:4] == ['id', 'type', 'payload', 'status']
+    rows = read_tsv_data('queue')
+    assert [row['status'] for row in rows] == ['pending', 'pending']
+
+
+@pytest.mark.parametrize('example,expected', [
+    ('quickstart.py', 'report    completed'),
+    ('report_example.py', 'report: completed  export: completed attempts=2'),
+    ('email_example.py', 'status: completed | the SMTP sink received 1 message(s)'),
+])
+def test_each_example_runs(example, expected, tmp_path):
+    result = subprocess.run([sys.executable, str(REPO / 'examples' / example)], cwd=tmp_path,
+                            capture_output=True, text=True, env=python_env(),
+                            timeout=SUBPROCESS_TIMEOUT_SECONDS)
+    assert result.returncode == 0, result.stderr
+    assert expected in result.stdout
+    assert not (tmp_path / 'data').exists()  # examples work in their own temp directory
+
+
+def test_the_cron_worker_example_drains_the_default_queue(tmp_path):
+    queue = Queue(tmp_path / 'data' / 'queue.tsv')
+    job_id = queue.enqueue('send_email', {'to': 'a@example.com'})
+    result = subprocess.run([sys.executable, str(REPO / 'examples' / 'workers' / 'queue_worker.py')],
+                            cwd=tmp_path, capture_output=True, text=True, env=python_env(),
+                            timeout=SUBPROCESS_TIMEOUT_SECONDS)
+    assert result.returncode == 0, result.stderr
+    assert f'{job_id} send_email completed' in result.stderr
+    assert queue.get_job(job_id)['result']['to'] == 'a@example.com'
