@@ -127,6 +127,7 @@ def short(value, width=40):
 # -- commands ----------------------------------------------------------------------
 def cmd_work(queue, args):
     handlers = load_handlers(args.handlers)
+    timeout = None if args.timeout is None else parse_duration(args.timeout)
     limits = {'max_jobs': args.max_jobs, 'max_seconds': args.max_seconds}
     stop = []
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: stop.append(signum))
@@ -136,7 +137,7 @@ def cmd_work(queue, args):
         while not stop:
             if args.max_seconds is not None:
                 limits['max_seconds'] = max(0.0, args.max_seconds - (time.monotonic() - started))
-            summary = queue.process_jobs(handlers, args.max_attempts, **limits)
+            summary = queue.process_jobs(handlers, args.max_attempts, timeout=timeout, **limits)
             for key, count in summary.items():
                 totals[key] = totals.get(key, 0) + count
             if args.max_jobs is not None:
@@ -198,7 +199,9 @@ def cmd_enqueue(queue, args):
         run_at = parse_time(args.at)
     elif args.delay is not None:
         run_at = time.time() + parse_duration(args.delay)
-    job_id = queue.enqueue(args.type, payload, run_at=run_at)
+    job_id = queue.enqueue(args.type, payload, run_at=run_at, priority=args.priority,
+                           unique_key=args.unique_key, max_attempts=args.max_attempts,
+                           timeout=None if args.timeout is None else parse_duration(args.timeout))
     if args.json:
         print_json({'id': job_id})
     else:
@@ -232,9 +235,10 @@ def cmd_list(queue, args):
     if args.json:
         print_json(jobs)
         return EXIT_OK
-    print_table([[j['id'], j['type'], j['status'], j['attempts'], when(j['run_at']),
-                  short(j['error'] or '', 30), short(j['payload'])] for j in jobs],
-                ['id', 'type', 'status', 'attempts', 'run_at', 'error', 'payload'])
+    print_table([[j['id'], j['type'], j['status'], j['priority'], j['attempts'],
+                  when(j['run_at']), short(j['error'] or '', 30), short(j['payload'])]
+                 for j in jobs],
+                ['id', 'type', 'status', 'priority', 'attempts', 'run_at', 'error', 'payload'])
     return EXIT_OK
 
 
@@ -246,7 +250,8 @@ def cmd_show(queue, args):
     if args.json:
         print_json(view)
         return EXIT_OK
-    for key in ('id', 'type', 'status', 'attempts', 'error', 'worker'):
+    for key in ('id', 'type', 'status', 'attempts', 'max_attempts', 'priority', 'timeout',
+                'unique_key', 'error', 'worker'):
         print(f'{key + ":":13} {view[key] if view[key] is not None else "-"}')
     for key in ('created_at', 'run_at', 'claimed_at', 'finished_at'):
         print(f'{key + ":":13} {when(view[key])}')
@@ -317,7 +322,10 @@ def build_parser():
     work.add_argument('--sleep', type=float, default=1.0, metavar='S', help='seconds between polls')
     work.add_argument('--max-jobs', type=int, metavar='N')
     work.add_argument('--max-seconds', type=float, metavar='S')
-    work.add_argument('--max-attempts', type=int, default=3, metavar='N')
+    work.add_argument('--max-attempts', type=int, default=3, metavar='N',
+                      help='for jobs enqueued without their own (default 3)')
+    work.add_argument('--timeout', metavar='DURATION',
+                      help='for jobs enqueued without their own: interrupt handlers after this')
     work.set_defaults(run=cmd_work)
 
     enqueue = commands.add_parser('enqueue', help='add a job, print its id')
@@ -326,6 +334,11 @@ def build_parser():
     when_group = enqueue.add_mutually_exclusive_group()
     when_group.add_argument('--at', metavar='TIME', help='Unix seconds or ISO 8601')
     when_group.add_argument('--in', dest='delay', metavar='DURATION', help='e.g. 90s, 15m, 2h, 7d')
+    enqueue.add_argument('--priority', type=int, default=0, metavar='N', help='higher runs first')
+    enqueue.add_argument('--unique-key', metavar='KEY',
+                         help='while a job with this key is pending or running, print its id')
+    enqueue.add_argument('--timeout', metavar='DURATION', help='interrupt the handler after this')
+    enqueue.add_argument('--max-attempts', type=int, metavar='N', help="this job's attempt limit")
     enqueue.set_defaults(run=cmd_enqueue)
 
     commands.add_parser('stats', help='counts per status and type, workers').set_defaults(run=cmd_stats)

@@ -11,3 +11,11 @@ class InvalidJobError(QueueError, ValueError):
 
 class StorageError(QueueError):
     """The queue file could not be read or written; the previous file is intact."""
+
+
+class JobTimedOut(BaseException):
+    """Raised inside a handler that ran past its timeout.
+
+    A BaseException, like KeyboardInterrupt, so that a handler's `except Exception`
+    cannot swallow it; the worker records the attempt as 'TimeoutError: ...'.
+    """

@@ -16,7 +16,9 @@ from dataclasses import dataclass
 SEED_COLUMNS = ('id', 'type', 'payload', 'status', 'created_at', 'run_at',
                 'attempts', 'error', 'result')
 # Ours come after the seed's nine, so 1.0.0 readers and `cut -f1-9` still work.
-COLUMNS = SEED_COLUMNS + ('worker', 'claimed_at', 'finished_at')
+# priority is last, so a worker finds it with one rfind instead of splitting the line.
+COLUMNS = SEED_COLUMNS + ('worker', 'claimed_at', 'finished_at', 'unique_key', 'timeout',
+                          'max_attempts', 'priority')
 
 
 class Status(str, enum.Enum):
@@ -56,6 +58,10 @@ class Job:
     worker: str = ''
     claimed_at: float = 0.0
     finished_at: float = 0.0
+    unique_key: str = ''
+    timeout: float = 0.0        # seconds; 0 = process_jobs' default
+    max_attempts: int = 0       # 0 = process_jobs' default
+    priority: int = 0           # higher runs first
 
     @property
     def payload(self):
@@ -79,7 +85,10 @@ class Job:
         if full:
             view.update(worker=self.worker or None,
                         claimed_at=number(self.claimed_at) if self.claimed_at else None,
-                        finished_at=number(self.finished_at) if self.finished_at else None)
+                        finished_at=number(self.finished_at) if self.finished_at else None,
+                        unique_key=self.unique_key or None,
+                        timeout=number(self.timeout) if self.timeout else None,
+                        max_attempts=self.max_attempts or None, priority=self.priority)
         return view
 
     def evolve(self, **changes):
@@ -108,7 +117,8 @@ def format_time(seconds):
     return f'{math.ceil(seconds * 1000) / 1000:.3f}'.rstrip('0').rstrip('.')
 
 
-def _quote(field):
+def quote_field(field):
+    """A field as csv QUOTE_MINIMAL writes it with a tab delimiter."""
     if '"' in field or '\t' in field or '\n' in field or '\r' in field:
         return '"' + field.replace('"', '""') + '"'
     return field
@@ -120,17 +130,20 @@ def format_line(job):
               format_time(job.run_at), str(job.attempts), one_line(job.error),
               job.result_json, job.worker,
               format_time(job.claimed_at) if job.claimed_at else '',
-              format_time(job.finished_at) if job.finished_at else '')
-    return '\t'.join(map(_quote, fields))
+              format_time(job.finished_at) if job.finished_at else '',
+              job.unique_key, format_time(job.timeout) if job.timeout else '',
+              str(job.max_attempts) if job.max_attempts else '',
+              str(job.priority) if job.priority else '')
+    return '\t'.join(map(quote_field, fields))
 
 
 _NEW_JOB_TAIL = '\t0' + '\t' * (len(COLUMNS) - 7)   # attempts 0, the rest empty
 
 
 def format_new_line(job_id, job_type, payload_json, created_at, run_at):
-    """format_line(Job(...)) of a new pending job, without building the Job: enqueue's
-    hot path. Same text, byte for byte (tested)."""
-    return (f'{job_id}\t{_quote(job_type)}\t{_quote(payload_json)}\tpending\t{created_at}'
+    """format_line(Job(...)) of a new pending job without options, without building the
+    Job: enqueue's hot path. Same text, byte for byte (tested)."""
+    return (f'{job_id}\t{quote_field(job_type)}\t{quote_field(payload_json)}\tpending\t{created_at}'
             f'\t{format_time(run_at)}{_NEW_JOB_TAIL}')
 
 
@@ -159,13 +172,15 @@ def parse_line(line, header=COLUMNS):
     elif len(fields) < len(COLUMNS):
         fields += [''] * (len(COLUMNS) - len(fields))
     (job_id, job_type, payload, status_word, created_at, run_at, attempts, error, result,
-     worker, claimed_at, finished_at) = fields[:len(COLUMNS)]
+     worker, claimed_at, finished_at, unique_key, timeout, max_attempts,
+     priority) = fields[:len(COLUMNS)]
     try:
         if not job_id or not job_type or status_word not in _STATUS_BY_WORD:
             raise ValueError('missing id, type or status')
         return Job(job_id, job_type, payload, _STATUS_BY_WORD[status_word],
                    int(float(created_at or 0)), float(run_at or 0), int(attempts or 0),
-                   error, result, worker, float(claimed_at or 0), float(finished_at or 0))
+                   error, result, worker, float(claimed_at or 0), float(finished_at or 0),
+                   unique_key, float(timeout or 0), int(max_attempts or 0), int(priority or 0))
     except ValueError as exc:
         raise UnparsableLine(f'{exc}: {line[:200]!r}') from None
 

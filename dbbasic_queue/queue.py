@@ -44,13 +44,13 @@ import time
 from collections import Counter, deque
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from . import liveness
-from .errors import InvalidJobError, StorageError
+from .errors import InvalidJobError, JobTimedOut, StorageError
 from .job import (COLUMNS, FINAL_STATUSES, SEED_COLUMNS, Job, Status, UnparsableLine,
-                  column_order, format_line, format_new_line, number, one_line, parse_line,
+                  column_order, format_line, format_new_line, number, quote_field as _quote_field, one_line, parse_line,
                   split_line)
 from .storage import FileLock, TableFile, split_header
 
@@ -70,6 +70,7 @@ MAX_BATCH_JOBS = 2_000          # bounds a worker's memory: each claim holds a J
 ARCHIVE_FLUSH_SECONDS = 0.05    # finished jobs reach the archive at least this often
 CONFLICTS_BEFORE_LOCKING = 3    # after that many lost races, rewrite holding the lock
 DEFERRED_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+ACTIVE_STATUSES = frozenset({Status.PENDING, Status.PROCESSING})
 _PENDING, _PROCESSING = Status.PENDING.value, Status.PROCESSING.value
 _STATUS_WORDS = {status.value: status.value for status in Status}
 
@@ -108,6 +109,7 @@ class _Run:
     """The state of one process_jobs call."""
     handlers: dict
     max_attempts: int
+    timeout: object
     worker: str
     batch_size: int = 1
     claimed: dict = field(default_factory=dict)     # id -> Job as claimed
@@ -150,29 +152,65 @@ class Queue:
         return self._archive.path
 
     # -- enqueue ---------------------------------------------------------------
-    def enqueue(self, job_type, payload, run_at=None):
+    def enqueue(self, job_type, payload, run_at=None, *, delay=None, priority=0,
+                unique_key=None, timeout=None, max_attempts=None):
         """Add a job and return its id; raises InvalidJobError (writing nothing) on bad input.
 
-        Costs one locked append: the file is never read (only its header, once).
+        run_at: Unix seconds or a datetime; or delay: seconds or a timedelta from now.
+        priority: higher runs first (default 0). timeout: seconds a handler may run.
+        max_attempts: overrides process_jobs' default for this job. unique_key: while a
+        job with this key is pending or processing, return its id instead of adding one.
+        Costs one locked append, never reading the file; with a unique_key, one read of
+        the hot file under the lock.
         """
         if job_type not in self._valid_types:
             _check_job_type(job_type)
             self._valid_types.add(job_type)
         now = self._clock()
-        run_at = _due_now(now) if run_at is None else _timestamp(run_at)
+        run_at = _run_at(now, run_at, delay)
+        payload_json = _payload_json(payload)
         job_id = os.urandom(8).hex()
+        if priority == 0 and unique_key is None and timeout is None and max_attempts is None:
+            line = format_new_line(job_id, job_type, payload_json, int(now), run_at)
+        else:
+            line = format_line(Job(job_id, job_type, payload_json, Status.PENDING, int(now), run_at,
+                                   **_job_options(priority, unique_key, timeout, max_attempts)))
         try:
-            line = format_new_line(job_id, job_type, _payload_json(payload), int(now), run_at)
             data = (line + '\n').encode('utf-8')
         except UnicodeEncodeError:
             # Lone surrogates in a str: escape them so the file stays valid UTF-8.
-            line = format_new_line(job_id, job_type, _payload_json(payload, _JSON_ASCII),
-                                   int(now), run_at)
-            data = (line + '\n').encode('utf-8')
+            escaped = _payload_json(payload, _JSON_ASCII)
+            data = (line.replace(_quote_field(payload_json), _quote_field(escaped), 1)
+                    + '\n').encode('utf-8')
         if not self._header_current:
             self._upgrade_header()
-        self._table.append(data)
+        if unique_key is None:
+            self._table.append(data)
+            return job_id
+        with self._table.lock:
+            existing = self._active_job_with_key(unique_key)
+            if existing is not None:
+                return existing
+            self._table.append(data)
         return job_id
+
+    def _active_job_with_key(self, unique_key):
+        """The id of the pending or processing job with this unique_key, or None."""
+        data = self._table.read_bytes()
+        needle = ('\t' + _quote_field(unique_key) + '\t').encode('utf-8', 'surrogateescape')
+        header = None
+        pos = data.find(needle)
+        while pos >= 0:
+            start, end = data.rfind(b'\n', 0, pos) + 1, data.find(b'\n', pos)
+            header = header or split_header(data[:data.find(b'\n')].decode('utf-8', 'surrogateescape'))
+            try:
+                job = parse_line(data[start:end].decode('utf-8', 'surrogateescape'), header)
+            except UnparsableLine:
+                job = None
+            if job is not None and job.unique_key == unique_key and job.status in ACTIVE_STATUSES:
+                return job.id
+            pos = data.find(needle, end)
+        return None
 
     def _upgrade_header(self):
         """Rewrite a file with older columns (1.0.0's nine) to ours, once per Queue."""
@@ -397,21 +435,27 @@ class Queue:
         return problems
 
     # -- processing --------------------------------------------------------------
-    def process_jobs(self, handlers, max_attempts=MAX_ATTEMPTS, *, max_jobs=None,
-                     max_seconds=None):
+    def process_jobs(self, handlers, max_attempts=MAX_ATTEMPTS, *, timeout=None,
+                     max_jobs=None, max_seconds=None):
         """Run every due job whose type has a handler, then return counts by outcome.
 
         Returns {'completed': n, 'retried': n, 'failed': n, 'recovered': n}. A handler
         gets the decoded payload; its return value is stored as the job's result.
+        timeout (seconds) is the default for jobs enqueued without one: a handler still
+        running then is interrupted and the attempt fails with a TimeoutError (SIGALRM:
+        only in the main thread, and not inside C code that blocks signals).
+        max_attempts is the default for jobs enqueued without their own.
         max_jobs and max_seconds stop it early (a job already started always finishes).
         On SIGTERM or SIGINT the current job finishes, claimed jobs not yet started go
         back to pending, and the signal is then handled as it would have been (a second
         SIGINT interrupts the running job at once).
         """
         _check_handlers(handlers, max_attempts)
+        _check_timeout(timeout)
         _check_limit('max_jobs', max_jobs)
         _check_limit('max_seconds', max_seconds)
-        run = _Run(dict(handlers), max_attempts, liveness.current_worker(), jobs_left=max_jobs,
+        run = _Run(dict(handlers), max_attempts, timeout, liveness.current_worker(),
+                   jobs_left=max_jobs,
                    deadline=None if max_seconds is None else time.monotonic() + max_seconds)
         with self._state_lock, _deferred_signals(run):
             try:
@@ -473,11 +517,15 @@ class Queue:
         return plan if plan.changes or plan.archive else None
 
     def _claim_due(self, run, entries, candidates, plan, now):
-        """Claim up to run.batch_size due jobs: earliest run_at first, then file order."""
+        """Claim up to run.batch_size due jobs: highest priority first, then earliest
+        run_at, then file (enqueue) order."""
         def run_at(i):
             return plan.changes[i].run_at if i in plan.changes else entries[i][2]
+
+        def order(i):
+            return (-entries[i][4], run_at(i), i)
         due = [i for i in candidates if run_at(i) <= now and entries[i][1] in run.handlers]
-        for i in heapq.nsmallest(run.batch_size, due, key=lambda i: (run_at(i), i)):
+        for i in heapq.nsmallest(run.batch_size, due, key=order):
             job = plan.changes.get(i) or self._full_job(i)
             if job is not None:
                 claimed = job.evolve(status=Status.PROCESSING, worker=run.worker, claimed_at=now)
@@ -516,7 +564,7 @@ class Queue:
         claims = [(i, job) for i, job in ((i, self._full_job(i)) for i in indexes) if job]
         archived = self._archived_ids({job.id for _, job in claims})
         unfinished = []
-        for i, job in sorted(claims, key=lambda c: (c[1].run_at, c[0])):
+        for i, job in sorted(claims, key=lambda c: (-c[1].priority, c[1].run_at, c[0])):
             if job.id in archived:
                 plan.changes[i] = None
             else:
@@ -526,7 +574,8 @@ class Queue:
         (first, crashed), rest = unfinished[0], unfinished[1:]
         error = f'WorkerLost: worker {crashed.worker or "of dbbasic-queue 1.0.0"} died running this job'
         log.warning('job %s (%s): %s', crashed.id, crashed.type, error)
-        outcome = self._after_failure(crashed, crashed.attempts + 1, error, run.max_attempts, now)
+        outcome = self._after_failure(crashed, crashed.attempts + 1, error,
+                                      crashed.max_attempts or run.max_attempts, now)
         pending = [i for i, _ in rest]
         if outcome.status is Status.FAILED:
             plan.changes[first] = None
@@ -579,14 +628,22 @@ class Queue:
     def _execute(self, run, job):
         """Run one claimed job and record its outcome (finished jobs go to the archive)."""
         attempts = job.attempts + 1
+        max_attempts = job.max_attempts or run.max_attempts
+        timeout = job.timeout or run.timeout
         started = time.perf_counter()
         try:
-            result = run.handlers[job.type](job.payload)
+            with _time_limit(timeout):
+                result = run.handlers[job.type](job.payload)
         except Exception as exc:
             log.exception('job %s (%s) failed on attempt %d of %d', job.id, job.type,
-                          attempts, run.max_attempts)
+                          attempts, max_attempts)
             outcome = self._after_failure(job, attempts, f'{type(exc).__name__}: {exc}',
-                                          run.max_attempts, self._clock())
+                                          max_attempts, self._clock())
+        except JobTimedOut:
+            error = f'TimeoutError: job ran longer than its timeout of {timeout:g} s'
+            log.error('job %s (%s) failed on attempt %d of %d: %s', job.id, job.type,
+                      attempts, max_attempts, error)
+            outcome = self._after_failure(job, attempts, error, max_attempts, self._clock())
         except BaseException:
             # KeyboardInterrupt, SystemExit: not the job's fault; it goes back untouched.
             run.unstarted.appendleft(job.id)
@@ -603,7 +660,7 @@ class Queue:
             word = 'retried'
         run.summary[word] += 1
         log.info('%s %s %s %.3fs attempt %d/%d', job.id, job.type, word,
-                 time.perf_counter() - started, attempts, run.max_attempts)
+                 time.perf_counter() - started, attempts, max_attempts)
 
     def _flush_archive(self, run, fsync=False):
         """Append the finished jobs of this run to the archive (fsync before a rewrite)."""
@@ -683,8 +740,9 @@ class Queue:
         """Light entries for every line of snap (None = not a job); parses only new lines."""
         self._check_header(snap)
         entries = snap.jobs
+        has_priority = snap.header is None or tuple(snap.header) == COLUMNS
         for line in snap.lines[len(entries):]:
-            entry = _entry(line)
+            entry = _entry(line, has_priority)
             if entry is None:
                 self._report_unparsable(line)
             entries.append(entry)
@@ -745,11 +803,12 @@ class Queue:
         return {i for i in ids if i.encode('utf-8', 'surrogateescape') in present}
 
 
-def _entry(line):
-    """(status, type, run_at, claim) from the first columns of a line, or None.
+def _entry(line, has_priority=True):
+    """(status, type, run_at, claim, priority) from a line's cheap columns, or None.
 
     claim is (id, worker, claimed_at) for processing rows, else None. Cheap on purpose:
-    a worker keeps one entry per queued job.
+    a worker keeps one entry per queued job. has_priority is False for files written
+    before the priority column existed.
     """
     fields = line.split('\t', 6)
     if len(fields) < 7 or not fields[0]:
@@ -757,6 +816,7 @@ def _entry(line):
     status = _STATUS_WORDS.get(fields[3])
     try:
         run_at = float(fields[5] or 0)
+        priority = int(line[line.rfind('\t') + 1:] or 0) if has_priority else 0
     except ValueError:
         return None
     if status is None:
@@ -770,12 +830,12 @@ def _entry(line):
         except ValueError:
             return None
         claim = (fields[0], every[9] if len(every) > 9 else '', claimed_at)
-    return (status, sys.intern(job_type), run_at, claim)
+    return (status, sys.intern(job_type), run_at, claim, priority)
 
 
 def _entry_of(job):
     claim = (job.id, job.worker, job.claimed_at) if job.status is Status.PROCESSING else None
-    return (job.status.value, job.type, job.run_at, claim)
+    return (job.status.value, job.type, job.run_at, claim, job.priority)
 
 
 def _find_line(data, job_id):
@@ -825,6 +885,67 @@ def _result_json(result, job):
         log.warning('job %s (%s) returned a result that is not JSON (%r); stored its repr',
                     job.id, job.type, exc)
         return _JSON_ASCII(repr(result))
+
+
+def _run_at(now, run_at, delay):
+    if run_at is not None and delay is not None:
+        raise InvalidJobError('give run_at or delay, not both')
+    if delay is not None:
+        if isinstance(delay, timedelta):
+            delay = delay.total_seconds()
+        if (isinstance(delay, bool) or not isinstance(delay, (int, float))
+                or not math.isfinite(delay) or delay < 0):
+            raise InvalidJobError(f'delay must be seconds >= 0 or a timedelta, got {delay!r}')
+        return now + delay
+    return _due_now(now) if run_at is None else _timestamp(run_at)
+
+
+def _job_options(priority, unique_key, timeout, max_attempts):
+    """The Job fields of enqueue's options, validated (InvalidJobError otherwise)."""
+    if isinstance(priority, bool) or not isinstance(priority, int):
+        raise InvalidJobError(f'priority must be an int, got {priority!r}')
+    if unique_key is not None and (not isinstance(unique_key, str) or not unique_key
+                                   or one_line(unique_key) != unique_key):
+        raise InvalidJobError(f'unique_key must be a non-empty one-line str, got {unique_key!r}')
+    try:
+        _check_timeout(timeout)
+    except ValueError as exc:
+        raise InvalidJobError(str(exc)) from None
+    if max_attempts is not None and (isinstance(max_attempts, bool)
+                                     or not isinstance(max_attempts, int) or max_attempts < 1):
+        raise InvalidJobError(f'max_attempts must be an int >= 1, got {max_attempts!r}')
+    return {'priority': priority, 'unique_key': unique_key or '', 'timeout': timeout or 0.0,
+            'max_attempts': max_attempts or 0}
+
+
+def _check_timeout(timeout):
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
+                                or not math.isfinite(timeout) or timeout <= 0):
+        raise ValueError(f'timeout must be seconds > 0, got {timeout!r}')
+
+
+@contextmanager
+def _time_limit(seconds):
+    """Raise JobTimedOut in the main thread once seconds have passed (0/None: no limit)."""
+    if not seconds:
+        yield
+        return
+    if threading.current_thread() is not threading.main_thread():
+        log.warning('timeout of %g s not enforced: process_jobs is not in the main thread',
+                    seconds)
+        yield
+        return
+
+    def expire(signum, frame):
+        raise JobTimedOut()
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def _due_now(now):
@@ -908,9 +1029,9 @@ def default_queue():
     return _default[1]
 
 
-def enqueue(job_type, payload, run_at=None):
-    """Add a job to the default queue; returns its id (16 hex chars)."""
-    return default_queue().enqueue(job_type, payload, run_at)
+def enqueue(job_type, payload, run_at=None, **options):
+    """Add a job to the default queue; returns its id (16 hex chars). See Queue.enqueue."""
+    return default_queue().enqueue(job_type, payload, run_at, **options)
 
 
 def process_jobs(handlers, max_attempts=MAX_ATTEMPTS, **limits):

@@ -157,7 +157,8 @@ def test_stats_list_and_show(workdir):
     assert as_json['by_type']['broken']['failed'] == 1 and as_json['total'] == 3
 
     listed = cli(workdir, 'list', '--status', 'failed', check_code=0).stdout.splitlines()
-    assert listed[0].split() == ['id', 'type', 'status', 'attempts', 'run_at', 'error', 'payload']
+    assert listed[0].split() == ['id', 'type', 'status', 'priority', 'attempts', 'run_at', 'error',
+                                 'payload']
     assert len(listed) == 2 and failed in listed[1] and 'RuntimeError: always broken' in listed[1]
     jobs = json.loads(cli(workdir, '--json', 'list', '--type', 'send_email', check_code=0).stdout)
     assert {job['id'] for job in jobs} == {done, later}
@@ -238,3 +239,33 @@ def test_the_console_script_is_installed(workdir):
     result = subprocess.run(['dbbasic-queue', '--help'], capture_output=True, text=True,
                             timeout=SUBPROCESS_TIMEOUT_SECONDS)
     assert result.returncode == 0 and 'work' in result.stdout and 'purge' in result.stdout
+
+
+def test_enqueue_options_are_stored_shown_and_validated(workdir):
+    first = cli(workdir, 'enqueue', 'slow', '{"seconds": 5}', '--priority', '7', '--unique-key',
+                'nightly', '--timeout', '1s', '--max-attempts', '1', check_code=0).stdout.strip()
+    again = cli(workdir, 'enqueue', 'slow', '{}', '--unique-key', 'nightly', check_code=0).stdout.strip()
+    assert again == first
+    shown = cli(workdir, 'show', first, check_code=0).stdout
+    for expected in ('priority:     7', 'unique_key:   nightly', 'timeout:      1',
+                     'max_attempts: 1'):
+        assert expected in shown
+    assert '7' in cli(workdir, 'list', check_code=0).stdout.splitlines()[1].split()
+    cli(workdir, 'work', 'handlers:HANDLERS', check_code=0)
+    job = queue_in(workdir).get_job(first)
+    assert job['status'] == 'failed' and job['error'].startswith('TimeoutError')
+    for bad, message in [(['--priority', 'high'], "invalid int value: 'high'"),
+                         (['--unique-key', ''], 'unique_key must be a non-empty'),
+                         (['--timeout', '-3'], "bad duration '-3'"),
+                         (['--max-attempts', '0'], 'max_attempts must be an int >= 1')]:
+        result = cli(workdir, 'enqueue', 'slow', '{}', *bad, check_code=2)
+        assert message in result.stderr and result.stderr.count('\n') == 1
+
+
+def test_work_timeout_is_the_default_for_jobs_without_one(workdir):
+    job_id = cli(workdir, 'enqueue', 'slow', '{"seconds": 5}', check_code=0).stdout.strip()
+    started = time.monotonic()
+    cli(workdir, 'work', 'handlers:HANDLERS', '--timeout', '0.5s', '--max-attempts', '1',
+        check_code=0)
+    assert time.monotonic() - started < 4
+    assert queue_in(workdir).get_job(job_id)['error'].startswith('TimeoutError')

@@ -187,11 +187,12 @@ def test_enqueue_fast_formatter_writes_what_format_line_writes(job_type, payload
 @given(fields=st.lists(st.text().map(one_line), min_size=12, max_size=12))
 def test_lines_are_written_in_the_csv_dialect_of_dbbasic_tsv(fields):
     job = Job(fields[0] or 'x', fields[1] or 't', fields[2], Status.FAILED, 1, 2.5, 3, fields[7],
-              fields[8], fields[9])
+              fields[8], fields[9], unique_key=fields[10], timeout=1.5, max_attempts=4,
+              priority=-2)
     line = format_line(job)
     buffer = io.StringIO()
     csv.writer(buffer, delimiter='\t', quoting=csv.QUOTE_MINIMAL, lineterminator='\n').writerow(
         [job.id, job.type, job.payload_json, 'failed', '1', '2.5', '3', job.error,
-         job.result_json, job.worker, '', ''])
+         job.result_json, job.worker, '', '', job.unique_key, '1.5', '4', '-2'])
     assert line + '\n' == buffer.getvalue()
     assert split_line(line) == next(csv.reader([line], delimiter='\t'))
