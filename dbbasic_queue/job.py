@@ -27,12 +27,13 @@ class Status(str, enum.Enum):
     COMPLETED = 'completed'
     FAILED = 'failed'
     CANCELLED = 'cancelled'
+    MIGRATED = 'migrated'       # moved to Redis by `dbbasic-queue migrate`
 
     def __str__(self):
         return self.value
 
 
-FINAL_STATUSES = frozenset({Status.COMPLETED, Status.FAILED, Status.CANCELLED})
+FINAL_STATUSES = frozenset({Status.COMPLETED, Status.FAILED, Status.CANCELLED, Status.MIGRATED})
 _STATUS_BY_WORD = {status.value: status for status in Status}
 _ONE_LINE = str.maketrans({'\t': ' ', '\n': ' ', '\r': ' ', '\x0b': ' ', '\x0c': ' ',
                            '\x1c': ' ', '\x1d': ' ', '\x1e': ' ', '\x85': ' ',

@@ -48,7 +48,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from . import liveness
-from .errors import InvalidJobError, JobTimedOut, StorageError
+from .errors import InvalidJobError, JobTimedOut, QueueError, StorageError
 from .job import (COLUMNS, FINAL_STATUSES, SEED_COLUMNS, Job, Status, UnparsableLine,
                   column_order, format_line, format_new_line, number, quote_field as _quote_field, one_line, parse_line,
                   split_line)
@@ -127,7 +127,20 @@ class _Run:
 
 
 class Queue:
-    """A job queue stored in one TSV file (plus its archive of finished jobs)."""
+    """A job queue stored in one TSV file (plus its archive of finished jobs).
+
+    Queue('redis://host:port/db') gives the same API on RQ instead (rq_backend).
+    """
+
+    def __new__(cls, path=DEFAULT_PATH, **options):
+        if cls is Queue and str(path).startswith(('redis://', 'rediss://', 'unix://')):
+            try:
+                from .rq_backend import RedisQueue
+            except ImportError as exc:
+                raise QueueError(f'{path} needs the rq extra: pip install '
+                                 f'"dbbasic-queue[rq]" ({exc})') from None
+            return RedisQueue(str(path), **options)
+        return super().__new__(cls)
 
     def __init__(self, path=DEFAULT_PATH, *, clock=time.time,
                  backoff_base_seconds=BACKOFF_BASE_SECONDS, lease_seconds=LEASE_SECONDS):
@@ -410,6 +423,41 @@ class Queue:
                 self._archive.commit(archive, keep)
         return purged
 
+    def mark_migrated(self, job_ids):
+        """Mark these pending (hot file) and failed (archive) jobs 'migrated', moving them
+        to the archive; called by migrate once Redis has them. Never deletes a row."""
+        job_ids = set(job_ids)
+
+        def migrated(entries, now):
+            plan = _Plan()
+            rows = [(i, self._full_job(i)) for i, line in enumerate(self._snap.lines)
+                    if line.split('\t', 1)[0] in job_ids]
+            rows = [(i, job) for i, job in rows if job and job.status is Status.PENDING]
+            already = self._archived_ids({job.id for _, job in rows})
+            for i, job in rows:
+                plan.changes[i] = None
+                if job.id not in already:
+                    plan.archive.append(job.evolve(status=Status.MIGRATED, finished_at=now))
+            return plan if plan.changes else None
+
+        with self._state_lock:
+            self._rewrite(migrated, parse=False)
+            with self._table.lock:
+                archive = self._archive.snapshot()
+                header = archive.header or COLUMNS
+                lines, changed = [], False
+                for line in archive.lines:
+                    if line.split('\t', 1)[0] in job_ids:
+                        try:
+                            job = parse_line(line, header)
+                        except UnparsableLine:
+                            job = None
+                        if job is not None and job.status is Status.FAILED:
+                            line, changed = format_line(job.evolve(status=Status.MIGRATED)), True
+                    lines.append(line)
+                if changed:
+                    self._archive.commit(archive, lines)
+
     def check(self):
         """Problems found in the files, as one-line descriptions (empty: all is well).
 
@@ -508,7 +556,7 @@ class Queue:
                     dead.setdefault(worker, []).append(i)
             else:
                 finished.append(i)
-        self._apply_outcomes(run, mine, plan)
+        candidates.extend(self._apply_outcomes(run, mine, plan))
         self._archive_finished(finished, plan)
         for indexes in dead.values():
             candidates.extend(self._recover(run, indexes, plan, now))
@@ -533,15 +581,21 @@ class Queue:
                 plan.result.append(claimed)
 
     def _apply_outcomes(self, run, mine, plan):
+        """Write back this run's outcomes and unstarted claims; returns the indexes of
+        jobs pending again (a retry may be due at once)."""
+        pending = []
         for job_id, outcome in run.outcomes.items():
             if job_id in mine:
                 plan.changes[mine[job_id]] = outcome
+                if outcome is not None:
+                    pending.append(mine[job_id])
             else:
                 log.warning('job %s vanished from %s while this worker ran it', job_id, self.path)
         for job_id in run.unstarted:
             if job_id in mine:
                 plan.changes[mine[job_id]] = run.claimed[job_id].evolve(
                     status=Status.PENDING, worker='', claimed_at=0.0)
+        return pending
 
     def _archive_finished(self, finished, plan):
         """Move finished rows (a cancel, a 1.0.0 file) to the archive, exactly once."""

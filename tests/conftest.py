@@ -1,7 +1,10 @@
 import os
+import shutil
+import socket
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -78,3 +81,56 @@ def wait_all(procs, timeout=SUBPROCESS_TIMEOUT_SECONDS):
             raise
         results.append((proc.returncode, out, err))
     return results
+
+
+def free_port():
+    with socket.socket() as probe:
+        probe.bind(('127.0.0.1', 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope='session')
+def redis_server(tmp_path_factory):
+    """A real redis-server on 127.0.0.1, a free port, a temp dir; stopped at the end."""
+    executable = shutil.which('redis-server')
+    if executable is None:
+        pytest.fail('redis-server is not installed (Debian: apt-get install redis-server)')
+    port = free_port()
+    server = subprocess.Popen([executable, '--port', str(port), '--bind', '127.0.0.1',
+                               '--dir', str(tmp_path_factory.mktemp('redis')), '--save', '',
+                               '--appendonly', 'no', '--daemonize', 'no'],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f'redis://127.0.0.1:{port}/0'
+    from redis import Redis
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            Redis.from_url(url).ping()
+            break
+        except Exception:
+            if time.monotonic() > deadline or server.poll() is not None:
+                server.kill()
+                pytest.fail(f'redis-server did not start on port {port}')
+            time.sleep(0.05)
+    yield url
+    server.terminate()
+    try:
+        server.wait(timeout=SUBPROCESS_TIMEOUT_SECONDS)
+    except subprocess.TimeoutExpired:
+        server.kill()
+
+
+@pytest.fixture
+def redis_url(redis_server):
+    """The test server, emptied for this test."""
+    from redis import Redis
+    Redis.from_url(redis_server).flushall()
+    return redis_server
+
+
+@pytest.fixture(params=['file', 'rq'])
+def backend(request, tmp_path):
+    """The location of an empty queue on each backend: the behavioural tests run on both."""
+    if request.param == 'file':
+        return str(tmp_path / 'data' / 'queue.tsv')
+    return request.getfixturevalue('redis_url')

@@ -1,0 +1,435 @@
+"""The same API on RQ (Redis), for when one file is no longer enough.
+
+    DBBASIC_QUEUE=redis://127.0.0.1:6379/0      # or Queue('redis://127.0.0.1:6379/0')
+
+Needs `pip install dbbasic-queue[rq]`; importing dbbasic_queue alone never imports rq.
+
+How the API maps onto RQ:
+- Each job is an RQ job calling dispatch(job_type, payload), on one RQ queue per job
+  type ('dbbasic:send_email'), so a worker only takes the types it has handlers for.
+- Job data, meta and results are stored with RQ's JSON serializer: no pickle of user data.
+- run_at/delay -> RQ scheduling (rounded up to the second: never early);
+  max_attempts and backoff -> rq Retry; timeout -> the same SIGALRM limit as the file
+  backend; priority > 0 -> the front of its type's queue (RQ has no finer priorities).
+- process_jobs(handlers) runs a SimpleWorker in burst mode: it drains what is due and
+  returns, so cron workers keep working. `dbbasic-queue work --loop` runs a
+  long-lived worker (run_worker) on as many machines as you like.
+- Statuses: queued/scheduled/deferred -> pending, started -> processing,
+  finished -> completed, failed -> failed, canceled/stopped -> cancelled.
+- A worker that dies mid-job: RQ fails or retries the job when its heartbeat expires
+  (about a minute), not at once as the file backend does on the same host.
+"""
+
+import json
+import logging
+import math
+import os
+import threading
+import time
+from collections import Counter
+from datetime import datetime, timezone
+
+from redis import Redis
+from redis.exceptions import WatchError
+from rq import Queue as RQQueue
+from rq import Retry, SimpleWorker, get_current_job
+from rq.exceptions import NoSuchJobError
+from rq.job import Job as RQJob
+from rq.job import JobStatus
+from rq.results import Result
+from rq.serializers import JSONSerializer
+
+from . import queue as file_queue
+from .errors import JobTimedOut, QueueError
+from .job import Job, Status, one_line
+
+log = logging.getLogger('dbbasic_queue')
+
+QUEUE_PREFIX = 'dbbasic:'                  # RQ queue of a job type: dbbasic:<type>
+TYPES_KEY = 'dbbasic_queue:types'          # every job type ever enqueued (for stats, list)
+UNIQUE_KEY_PREFIX = 'dbbasic_queue:unique:'
+UNIQUE_CLAIM_GRACE_SECONDS = 60            # a unique key set, its job not yet saved
+KEEP_FOREVER = -1                          # results and failures stay until purge
+DISPATCH = 'dbbasic_queue.rq_backend.dispatch'
+STATUSES = {
+    JobStatus.QUEUED: Status.PENDING, JobStatus.SCHEDULED: Status.PENDING,
+    JobStatus.DEFERRED: Status.PENDING, JobStatus.STARTED: Status.PROCESSING,
+    JobStatus.FINISHED: Status.COMPLETED, JobStatus.FAILED: Status.FAILED,
+    JobStatus.CANCELED: Status.CANCELLED, JobStatus.STOPPED: Status.CANCELLED,
+}
+ACTIVE = (Status.PENDING, Status.PROCESSING)
+
+# What the worker of this process runs with: set by process_jobs, read by dispatch.
+_current = threading.local()
+
+
+def is_redis_url(location):
+    return str(location).startswith(('redis://', 'rediss://', 'unix://'))
+
+
+def dispatch(job_type, payload):
+    """The function every RQ job of ours runs: the handler process_jobs gave for job_type."""
+    run = _current.run
+    job = get_current_job()
+    attempts = job.meta.get('attempts', 0) + 1
+    max_attempts = job.meta.get('max_attempts') or run['max_attempts']
+    job.meta['attempts'] = attempts
+    job.save_meta()
+    # process_jobs' max_attempts holds for jobs enqueued without their own.
+    job.retries_left = max(0, max_attempts - attempts)
+    job.retry_intervals = [math.ceil(run['backoff'](attempts))] * max(job.retries_left, 1)
+    timeout = job.meta.get('timeout') or run['timeout']
+    started = time.perf_counter()
+    try:
+        with file_queue._time_limit(timeout):
+            result = run['handlers'][job_type](payload)
+    except JobTimedOut:
+        _failed(run, job, job_type, f'TimeoutError: job ran longer than its timeout of '
+                                    f'{timeout:g} s', started)
+        raise TimeoutError(f'job ran longer than its timeout of {timeout:g} s') from None
+    except Exception as exc:
+        log.exception('job %s (%s) failed on attempt %d of %d', job.id, job_type, attempts,
+                      max_attempts)
+        _failed(run, job, job_type, f'{type(exc).__name__}: {exc}', started)
+        raise
+    if job.meta.get('error'):
+        job.meta['error'] = ''
+        job.save_meta()
+    _count(run, job, job_type, 'completed', started)
+    return json.loads(file_queue._result_json(result, job))
+
+
+def _failed(run, job, job_type, error, started):
+    # Our one-line error, as the file has it; RQ keeps the whole traceback beside it.
+    job.meta['error'] = one_line(error)
+    job.save_meta()
+    _count(run, job, job_type, 'retried' if job.retries_left else 'failed', started)
+
+
+def _count(run, job, job_type, word, started):
+    run['summary'][word] += 1
+    log.info('%s %s %s %.3fs attempt %d/%d', job.id, job_type, word,
+             time.perf_counter() - started, job.meta['attempts'],
+             job.meta.get('max_attempts') or run['max_attempts'])
+
+
+class RedisQueue:
+    """dbbasic-queue's API on RQ. Queue('redis://...') returns one of these."""
+
+    def __init__(self, url, *, clock=time.time,
+                 backoff_base_seconds=file_queue.BACKOFF_BASE_SECONDS, lease_seconds=None):
+        self.url = self.path = url
+        self.redis = Redis.from_url(url)
+        self._clock = clock
+        self.backoff_base_seconds = backoff_base_seconds
+        self.lease_seconds = 0  # RQ watches its own workers: see stats()
+        self._valid_types = set()
+
+    backoff_seconds = file_queue.Queue.backoff_seconds
+
+    def _rq(self, job_type):
+        return RQQueue(QUEUE_PREFIX + job_type, connection=self.redis, serializer=JSONSerializer)
+
+    def _types(self):
+        return sorted(t.decode() for t in self.redis.smembers(TYPES_KEY))
+
+    # -- the four calls ----------------------------------------------------------------
+    def enqueue(self, job_type, payload, run_at=None, *, delay=None, priority=0,
+                unique_key=None, timeout=None, max_attempts=None, job_id=None, attempts=0,
+                error=''):
+        """Add a job; returns its id. Same arguments and errors as Queue.enqueue.
+
+        job_id, attempts and error are for migrate: a job keeps its id and history.
+        """
+        if job_type not in self._valid_types:
+            file_queue._check_job_type(job_type)
+            self._valid_types.add(job_type)
+        now = self._clock()
+        run_at = file_queue._run_at(now, run_at, delay)
+        file_queue._payload_json(payload)  # the same validation and errors as the file
+        options = file_queue._job_options(priority, unique_key, timeout, max_attempts)
+        job_id = job_id or os.urandom(8).hex()
+        limit = options['max_attempts'] or file_queue.MAX_ATTEMPTS
+        retries = max(0, limit - attempts - 1)
+        rq_queue = self._rq(job_type)
+        job = rq_queue.create_job(
+            DISPATCH, args=(job_type, payload), job_id=job_id, timeout=KEEP_FOREVER,
+            result_ttl=KEEP_FOREVER, failure_ttl=KEEP_FOREVER,
+            retry=Retry(max=retries, interval=math.ceil(self.backoff_seconds(attempts + 1)))
+            if retries else None,
+            meta={'attempts': attempts, 'created_at': int(now), 'run_at': run_at,
+                  'error': error, 'max_attempts': options['max_attempts'],
+                  'timeout': options['timeout'], 'priority': priority,
+                  'unique_key': options['unique_key']})
+
+        def save():
+            # One MULTI/EXEC: the job exists in Redis only together with its place in line.
+            with self.redis.pipeline() as pipe:
+                if run_at > now:
+                    when = datetime.fromtimestamp(math.ceil(run_at), timezone.utc)
+                    rq_queue.schedule_job(job, when, pipeline=pipe)
+                else:
+                    rq_queue.enqueue_job(job, pipeline=pipe, at_front=priority > 0)
+                pipe.sadd(TYPES_KEY, job_type)
+                pipe.execute()
+
+        if unique_key is None:
+            save()
+            return job_id
+        return self._enqueue_unique(unique_key, job_id, save)
+
+    def _enqueue_unique(self, unique_key, job_id, save):
+        key = UNIQUE_KEY_PREFIX + unique_key
+        while True:
+            if self.redis.set(key, f'{job_id} {time.time()}', nx=True):
+                save()
+                return job_id
+            with self.redis.pipeline() as pipe:
+                try:
+                    pipe.watch(key)
+                    value = pipe.get(key)
+                    if value is None:
+                        continue
+                    holder, since = value.decode().split()
+                    job = self.find_job(holder)
+                    if job is None and time.time() - float(since) < UNIQUE_CLAIM_GRACE_SECONDS:
+                        return holder  # its enqueue is saving it right now
+                    if job is not None and job.status in ACTIVE:
+                        return holder
+                    pipe.multi()
+                    pipe.delete(key)  # the holder finished: the key is free
+                    pipe.execute()
+                except WatchError:
+                    continue
+
+    def get_job(self, job_id):
+        """The job as a dict, or None: the same keys as the file backend."""
+        job = self.find_job(job_id)
+        return job.to_dict() if job else None
+
+    def cancel_job(self, job_id):
+        """True if the job was pending and is now cancelled, else False."""
+        rq_job = self._fetch(job_id)
+        if rq_job is None:
+            return False
+        with self.redis.pipeline() as pipe:
+            try:
+                pipe.watch(rq_job.key)
+                if STATUSES.get(rq_job.get_status(refresh=True)) is not Status.PENDING:
+                    return False
+                pipe.multi()  # rq's cancel buffers into our transaction: all or nothing
+                rq_job.cancel(pipeline=pipe)
+                pipe.execute()
+            except WatchError:
+                return False  # a worker took it meanwhile
+        return True
+
+    def process_jobs(self, handlers, max_attempts=file_queue.MAX_ATTEMPTS, *, timeout=None,
+                     max_jobs=None, max_seconds=None):
+        """Drain the due jobs of these types with an RQ worker in burst mode; counts."""
+        return self._work(handlers, max_attempts, timeout, max_jobs, max_seconds, burst=True)
+
+    def run_worker(self, handlers, max_attempts=file_queue.MAX_ATTEMPTS, *, timeout=None,
+                   max_jobs=None, max_seconds=None):
+        """A long-lived RQ worker (with its scheduler) for these types, until stopped."""
+        return self._work(handlers, max_attempts, timeout, max_jobs, max_seconds, burst=False)
+
+    def _work(self, handlers, max_attempts, timeout, max_jobs, max_seconds, burst):
+        file_queue._check_handlers(handlers, max_attempts)
+        file_queue._check_timeout(timeout)
+        file_queue._check_limit('max_jobs', max_jobs)
+        file_queue._check_limit('max_seconds', max_seconds)
+        summary = Counter()
+        if not handlers or max_jobs == 0:
+            return _summary(summary)
+        _current.run = {'handlers': dict(handlers), 'max_attempts': max_attempts,
+                        'timeout': timeout, 'backoff': self.backoff_seconds, 'summary': summary}
+        worker = SimpleWorker([self._rq(t) for t in handlers], connection=self.redis,
+                              serializer=JSONSerializer)
+        timer = None
+        if max_seconds is not None:
+            timer = threading.Timer(max_seconds, worker.request_stop, args=(None, None))
+            timer.daemon = True
+            timer.start()
+        try:
+            worker.work(burst=burst, with_scheduler=True, max_jobs=max_jobs,
+                        logging_level='WARNING')
+        finally:
+            if timer is not None:
+                timer.cancel()
+            del _current.run
+        return _summary(summary)
+
+    # -- inspection --------------------------------------------------------------------
+    def _fetch(self, job_id):
+        if not isinstance(job_id, str) or not job_id:
+            return None
+        try:
+            job = RQJob.fetch(job_id, connection=self.redis, serializer=JSONSerializer)
+        except NoSuchJobError:
+            return None
+        return job if job.func_name == DISPATCH else None
+
+    def find_job(self, job_id):
+        """The Job (every field the file has) with this id, or None."""
+        rq_job = self._fetch(job_id)
+        return None if rq_job is None else self._as_job(rq_job)
+
+    def _as_job(self, rq_job):
+        job_type, payload = rq_job.args
+        meta = rq_job.meta
+        status = STATUSES.get(rq_job.get_status(refresh=False), Status.PENDING)
+        latest = rq_job.latest_result()
+        error, result_json = meta.get('error', ''), ''
+        if latest is not None and latest.type == Result.Type.FAILED:
+            error = error or one_line(_last_line(latest.exc_string or ''))
+        elif latest is not None and latest.type == Result.Type.SUCCESSFUL:
+            error, result_json = '', json.dumps(latest.return_value, ensure_ascii=False)
+        run_at = meta.get('run_at') or 0.0
+        if rq_job.get_status(refresh=False) == JobStatus.SCHEDULED:
+            registry = self._rq(job_type).scheduled_job_registry
+            run_at = registry.get_scheduled_time(rq_job).timestamp()
+        return Job(rq_job.id, job_type, json.dumps(payload, ensure_ascii=False), status,
+                   meta.get('created_at', 0), run_at, meta.get('attempts', 0), error,
+                   result_json, rq_job.worker_name or '',
+                   rq_job.started_at.replace(tzinfo=timezone.utc).timestamp() if rq_job.started_at else 0.0,
+                   rq_job.ended_at.replace(tzinfo=timezone.utc).timestamp() if rq_job.ended_at else 0.0,
+                   meta.get('unique_key', ''), meta.get('timeout') or 0.0,
+                   meta.get('max_attempts') or 0, meta.get('priority', 0))
+
+    def _job_ids(self, job_type):
+        rq_queue = self._rq(job_type)
+        ids = list(rq_queue.job_ids)
+        for registry in (rq_queue.scheduled_job_registry, rq_queue.deferred_job_registry,
+                         rq_queue.started_job_registry, rq_queue.finished_job_registry,
+                         rq_queue.failed_job_registry, rq_queue.canceled_job_registry):
+            ids.extend(registry.get_job_ids())
+        return list(dict.fromkeys(ids))
+
+    def jobs(self):
+        """Every job of every type, as Jobs."""
+        found = []
+        for job_type in self._types():
+            for rq_job in RQJob.fetch_many(self._job_ids(job_type), connection=self.redis,
+                                           serializer=JSONSerializer):
+                if rq_job is not None and rq_job.func_name == DISPATCH:
+                    found.append(self._as_job(rq_job))
+        return found
+
+    list_jobs = file_queue.Queue.list_jobs
+
+    def stats(self):
+        """Counts by status and by type, oldest pending age, next due, live workers."""
+        stats = file_queue.Queue.stats(self)
+        stats['workers'] = sorted(w.name for w in SimpleWorker.all(connection=self.redis))
+        return stats
+
+    def retry(self, job_id=None, *, failed=False, job_type=None):
+        """Requeue failed or cancelled jobs with fresh attempts; returns their ids."""
+        if (job_id is None) == (not failed):
+            raise ValueError('give either a job_id or failed=True')
+        if job_id is not None:
+            job = self.find_job(job_id)
+            if job is None:
+                raise KeyError(job_id)
+            if job.status not in (Status.FAILED, Status.CANCELLED):
+                raise ValueError(f'job {job_id} is {job.status.value}: only failed and '
+                                 f'cancelled jobs can be retried')
+            chosen = [job]
+        else:
+            chosen = [j for j in self.jobs() if j.status is Status.FAILED
+                      and (job_type is None or j.type == job_type)]
+        for job in chosen:
+            rq_job = self._fetch(job.id)
+            rq_job.meta.update(attempts=0, error='')
+            rq_job.save_meta()
+            rq_job.retries_left = None
+            rq_job.delete(remove_from_queue=True)
+            self.enqueue(job.type, job.payload, job_id=job.id, priority=job.priority,
+                         timeout=job.timeout or None, max_attempts=job.max_attempts or None)
+        return [job.id for job in chosen]
+
+    def purge(self, statuses, older_than_seconds, dry_run=False):
+        """Delete finished jobs of these statuses older than older_than_seconds; their ids."""
+        allowed = {s.value for s in file_queue.FINAL_STATUSES}
+        statuses = set(statuses)
+        if not statuses or not statuses <= allowed:
+            raise ValueError(f'statuses must be some of {", ".join(sorted(allowed))}, '
+                             f'got {", ".join(sorted(statuses)) or "none"}')
+        cutoff = self._clock() - older_than_seconds
+        purged = [job.id for job in self.jobs() if job.status.value in statuses
+                  and (job.finished_at or job.created_at) < cutoff]
+        if not dry_run:
+            for job_id in purged:
+                self._fetch(job_id).delete(remove_from_queue=True)
+        return purged
+
+    def check(self):
+        """Problems: jobs still 'started' by a worker whose heartbeat expired."""
+        problems = []
+        for job_type in self._types():
+            registry = self._rq(job_type).started_job_registry
+            for job_id in registry.get_expired_job_ids():
+                problems.append(f'job {job_id} ({job_type}) is started by a worker that stopped '
+                                f'answering; RQ fails or retries it at its next maintenance')
+        return problems
+
+
+def _summary(counts):
+    return {name: counts[name] for name in ('completed', 'retried', 'failed', 'recovered')}
+
+
+def _last_line(traceback_text):
+    lines = [line for line in traceback_text.strip().splitlines() if line.strip()]
+    return lines[-1].strip() if lines else ''
+
+
+def migrate(source, target, dry_run=False, batch_size=500):
+    """Move every pending and failed job of the file queue `source` into RQ `target`.
+
+    Each job keeps its id, type, payload, run_at, attempts and error. Safe to run twice
+    and to interrupt: a job RQ already has is not created again, and a file row is marked
+    'migrated' (never deleted) only after RQ has its job. Returns the moved Jobs.
+    """
+    jobs = [job for job in source.jobs() if job.status in (Status.PENDING, Status.FAILED)]
+    if dry_run:
+        return jobs
+    for start in range(0, len(jobs), batch_size):
+        batch = jobs[start:start + batch_size]
+        for job in batch:
+            if target.find_job(job.id) is None:
+                _copy(job, target)
+        source.mark_migrated({job.id for job in batch})
+    return jobs
+
+
+def _copy(job, target):
+    options = {'job_id': job.id, 'attempts': job.attempts, 'error': job.error,
+               'priority': job.priority, 'timeout': job.timeout or None,
+               'max_attempts': job.max_attempts or None}
+    if job.status is Status.PENDING:
+        target.enqueue(job.type, job.payload, job.run_at, **options)
+        return
+    # A failed job goes straight into RQ's failed registry, atomically.
+    rq_queue = target._rq(job.type)
+    rq_job = rq_queue.create_job(
+        DISPATCH, args=(job.type, job.payload), job_id=job.id, timeout=KEEP_FOREVER,
+        result_ttl=KEEP_FOREVER, failure_ttl=KEEP_FOREVER, status=JobStatus.FAILED,
+        meta={'attempts': job.attempts, 'created_at': job.created_at, 'run_at': job.run_at,
+              'error': job.error, 'max_attempts': job.max_attempts, 'timeout': job.timeout,
+              'priority': job.priority, 'unique_key': job.unique_key})
+    rq_job.origin = rq_queue.name
+    with target.redis.pipeline() as pipe:
+        pipe.sadd(TYPES_KEY, job.type)
+        rq_job.save(pipeline=pipe)
+        rq_queue.failed_job_registry.add(rq_job, ttl=KEEP_FOREVER, exc_string=job.error,
+                                         pipeline=pipe)
+        pipe.execute()
+
+
+def raise_if_unavailable(url):
+    """Fail fast with one clear QueueError when Redis at url does not answer."""
+    try:
+        Redis.from_url(url, socket_connect_timeout=2).ping()
+    except Exception as exc:
+        raise QueueError(f'cannot reach Redis at {url}: {exc}') from None
