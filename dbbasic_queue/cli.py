@@ -27,7 +27,7 @@ PROGRESS_MIN_JOBS = 1000         # show a progress line instead of per-job lines
 PROGRESS_INTERVAL_SECONDS = 0.2
 DURATION_UNITS_SECONDS = {'s': 1, 'm': 60, 'h': 3600, 'd': 86400, 'w': 604800}
 DURATION_PATTERN = re.compile(r'(\d+(?:\.\d+)?)([smhdw]?)')
-STATUSES = ('pending', 'processing', 'completed', 'failed', 'cancelled')
+STATUSES = ('pending', 'processing', 'completed', 'failed', 'cancelled', 'migrated')
 
 
 class UsageError(Exception):
@@ -137,6 +137,10 @@ def cmd_work(queue, args):
         while not stop:
             if args.max_seconds is not None:
                 limits['max_seconds'] = max(0.0, args.max_seconds - (time.monotonic() - started))
+            if args.loop and hasattr(queue, 'run_worker'):
+                # On RQ, --loop is RQ's own long-running worker (it blocks on Redis).
+                totals = queue.run_worker(handlers, args.max_attempts, timeout=timeout, **limits)
+                break
             summary = queue.process_jobs(handlers, args.max_attempts, timeout=timeout, **limits)
             for key, count in summary.items():
                 totals[key] = totals.get(key, 0) + count
@@ -299,6 +303,29 @@ def cmd_purge(queue, args):
     return EXIT_OK
 
 
+def cmd_migrate(queue, args):
+    if not hasattr(queue, 'mark_migrated'):
+        raise UsageError('migrate moves a file queue into Redis: give --queue a .tsv file')
+    from .rq_backend import is_redis_url, migrate, raise_if_unavailable
+    if not is_redis_url(args.to):
+        raise UsageError(f'--to must be a redis:// URL, got {args.to!r}')
+    raise_if_unavailable(args.to)
+    live = [w for w in queue.stats()['workers']]
+    if live and not args.dry_run:
+        raise UsageError(f'workers are still running on {queue.path} ({", ".join(live)}): '
+                         f'stop them (and their cron lines) first')
+    moved = migrate(queue, Queue(args.to), dry_run=args.dry_run)
+    if args.json:
+        print_json({'dry_run': args.dry_run, 'jobs': [{'id': j.id, 'type': j.type,
+                                                        'status': j.status.value} for j in moved]})
+        return EXIT_OK
+    print_table([[j.id, j.type, j.status.value, j.attempts] for j in moved],
+                ['id', 'type', 'status', 'attempts'])
+    verb = 'would move' if args.dry_run else 'moved'
+    print(f'{verb} {len(moved)} job(s) to {args.to}')
+    return EXIT_OK
+
+
 def cmd_check(queue, args):
     problems = queue.check()
     if args.json:
@@ -365,12 +392,17 @@ def build_parser():
 
     purge = commands.add_parser('purge', help='delete old finished jobs from the archive')
     purge.add_argument('--status', nargs='+', required=True,
-                       choices=('completed', 'failed', 'cancelled'))
+                       choices=('completed', 'failed', 'cancelled', 'migrated'))
     purge.add_argument('--older-than', required=True, metavar='DURATION', help='e.g. 7d')
     purge.add_argument('--dry-run', action='store_true')
     purge.set_defaults(run=cmd_purge)
 
     commands.add_parser('check', help='find problems; exit 1 if any').set_defaults(run=cmd_check)
+
+    migrate = commands.add_parser('migrate', help='move pending and failed jobs into Redis (RQ)')
+    migrate.add_argument('--to', required=True, metavar='redis://HOST:PORT/DB')
+    migrate.add_argument('--dry-run', action='store_true')
+    migrate.set_defaults(run=cmd_migrate)
     return parser
 
 
@@ -434,6 +466,7 @@ COMMANDS = {
         ('cancel', 'Cancel a pending job: queue:cancel ID'),
         ('purge', 'Delete old finished jobs: queue:purge --status S --older-than 7d'),
         ('check', 'Find problems in the queue files'),
+        ('migrate', 'Move pending and failed jobs into Redis: queue:migrate --to redis://...'),
     ]},
 }
 
