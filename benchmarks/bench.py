@@ -250,6 +250,53 @@ def worker_speedup(workdir, jobs):
     return seconds[0] / seconds[1]
 
 
+# -- the RQ backend ------------------------------------------------------------------
+def start_redis(workdir):
+    """A redis-server on 127.0.0.1 and a free port, or None if it is not installed."""
+    import shutil
+    import socket
+    if shutil.which('redis-server') is None:
+        return None, None
+    with socket.socket() as probe:
+        probe.bind(('127.0.0.1', 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen(['redis-server', '--port', str(port), '--bind', '127.0.0.1',
+                               '--dir', workdir, '--save', '', '--appendonly', 'no'],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f'redis://127.0.0.1:{port}/0'
+    from redis import Redis
+    for _ in range(200):
+        try:
+            Redis.from_url(url).ping()
+            return server, url
+        except Exception:
+            time.sleep(0.05)
+    server.kill()
+    return None, None
+
+
+def rq_enqueue_us(url, count):
+    from redis import Redis
+    Redis.from_url(url).flushall()
+    queue = Queue(url)
+    started = time.perf_counter()
+    for _ in range(count):
+        queue.enqueue('send_email', EMAIL)
+    return (time.perf_counter() - started) / count * 1e6
+
+
+def rq_drain_us(url, count):
+    from redis import Redis
+    Redis.from_url(url).flushall()
+    queue = Queue(url)
+    for _ in range(count):
+        queue.enqueue('send_email', EMAIL)
+    started = time.perf_counter()
+    done = queue.process_jobs({'send_email': noop})['completed']
+    assert done == count, (done, count)
+    return (time.perf_counter() - started) / count * 1e6
+
+
 # -- the table -----------------------------------------------------------------------
 def median_of(runs, measure):
     return statistics.median(measure() for _ in range(runs))
@@ -264,7 +311,8 @@ def main(argv=None):
     rows = []
 
     def row(figure, value, unit, target, ok, note=''):
-        rows.append((figure, f'{value:,.1f} {unit}', target, 'yes' if ok else 'NO', note))
+        met = '-' if ok is None else 'yes' if ok else 'NO'
+        rows.append((figure, f'{value:,.1f} {unit}', target, met, note))
 
     with tempfile.TemporaryDirectory(prefix='dbbasic-queue-bench-') as workdir:
         for backlog in ([0, 10_000] if args.quick else [0, 10_000, 100_000]):
@@ -327,6 +375,22 @@ def main(argv=None):
         jobs = 100 if args.quick else 400
         value = median_of(runs, lambda: worker_speedup(workdir, jobs))
         row(f'2 workers vs 1, {jobs} jobs of 10 ms', value, 'x', '>= 1.8x', value >= 1.8)
+
+        server, url = start_redis(workdir)
+        if server is None:
+            rows.append(('RQ backend', 'skipped', 'redis-server not installed', '-', ''))
+        else:
+            try:
+                count = 500 if args.quick else 2_000
+                value = median_of(runs, lambda: rq_enqueue_us(url, count))
+                row('RQ backend: enqueue', value, 'us', 'for comparison', None,
+                    'local redis-server, rq ' + __import__('rq').__version__)
+                value = median_of(runs, lambda: rq_drain_us(url, count))
+                row(f'RQ backend: drain/job, {count:,} backlog', value, 'us', 'for comparison',
+                    None, 'SimpleWorker, burst mode')
+            finally:
+                server.terminate()
+                server.wait(timeout=60)
 
     print(f'dbbasic-queue benchmark ({"quick" if args.quick else "full"}, median of {runs}) '
           f'on {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}')
