@@ -32,27 +32,27 @@ machine, or one shared volume with a lease; graduate to Redis (RQ) beyond that.
 """
 
 import heapq
-import json
 import logging
 import math
 import os
 import random
-import signal
 import sys
 import threading
 import time
 from collections import Counter, deque
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
 from pathlib import Path
 
 from . import liveness
-from .errors import InvalidJobError, JobTimedOut, QueueError, StorageError
+from .errors import JobTimedOut, QueueError, StorageError
 from .job import (COLUMNS, FINAL_STATUSES, SEED_COLUMNS, Job, Status, UnparsableLine,
-                  column_order, format_line, format_new_line, number, quote_field as _quote_field, one_line, parse_line,
-                  split_line)
+                  format_line, format_new_line, parse_line, quote_field, split_line)
+from .maintenance import FileMaintenance
+from .signals import deferred_signals, time_limit
 from .storage import FileLock, TableFile, split_header
+from .validate import (JSON_ASCII, check_handlers, check_job_type, check_limit, check_timeout,
+                       job_options, payload_json, result_json, run_at_from)
 
 log = logging.getLogger('dbbasic_queue')
 
@@ -69,31 +69,9 @@ BATCH_GROWTH = 64
 MAX_BATCH_JOBS = 2_000          # bounds a worker's memory: each claim holds a Job
 ARCHIVE_FLUSH_SECONDS = 0.05    # finished jobs reach the archive at least this often
 CONFLICTS_BEFORE_LOCKING = 3    # after that many lost races, rewrite holding the lock
-DEFERRED_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 ACTIVE_STATUSES = frozenset({Status.PENDING, Status.PROCESSING})
 _PENDING, _PROCESSING = Status.PENDING.value, Status.PROCESSING.value
 _STATUS_WORDS = {status.value: status.value for status in Status}
-
-
-def _json_encoder(ensure_ascii):
-    """value -> JSON text, like json.dumps(value, allow_nan=False).
-
-    The C encoder is built once here instead of on every call as JSONEncoder.encode
-    does: that halves enqueue's JSON cost. Without cycle markers, a cyclic payload ends
-    in RecursionError, which _payload_json reports like any unserializable payload.
-    """
-    encoder = json.JSONEncoder(ensure_ascii=ensure_ascii, allow_nan=False)
-    if json.encoder.c_make_encoder is None:
-        return encoder.encode
-    encode_str = (json.encoder.encode_basestring_ascii if ensure_ascii
-                  else json.encoder.encode_basestring)
-    c_encode = json.encoder.c_make_encoder(None, encoder.default, encode_str, None, ': ', ', ',
-                                           False, False, False)
-    return lambda value: ''.join(c_encode(value, 0))
-
-
-_JSON = _json_encoder(ensure_ascii=False)
-_JSON_ASCII = _json_encoder(ensure_ascii=True)
 
 
 @dataclass
@@ -126,7 +104,7 @@ class _Run:
     summary: Counter = field(default_factory=Counter)
 
 
-class Queue:
+class Queue(FileMaintenance):
     """A job queue stored in one TSV file (plus its archive of finished jobs).
 
     Queue('redis://host:port/db') gives the same API on RQ instead (rq_backend).
@@ -177,23 +155,23 @@ class Queue:
         the hot file under the lock.
         """
         if job_type not in self._valid_types:
-            _check_job_type(job_type)
+            check_job_type(job_type)
             self._valid_types.add(job_type)
         now = self._clock()
-        run_at = _run_at(now, run_at, delay)
-        payload_json = _payload_json(payload)
+        run_at = run_at_from(now, run_at, delay)
+        payload_text = payload_json(payload)
         job_id = os.urandom(8).hex()
         if priority == 0 and unique_key is None and timeout is None and max_attempts is None:
-            line = format_new_line(job_id, job_type, payload_json, int(now), run_at)
+            line = format_new_line(job_id, job_type, payload_text, int(now), run_at)
         else:
-            line = format_line(Job(job_id, job_type, payload_json, Status.PENDING, int(now), run_at,
-                                   **_job_options(priority, unique_key, timeout, max_attempts)))
+            line = format_line(Job(job_id, job_type, payload_text, Status.PENDING, int(now), run_at,
+                                   **job_options(priority, unique_key, timeout, max_attempts)))
         try:
             data = (line + '\n').encode('utf-8')
         except UnicodeEncodeError:
             # Lone surrogates in a str: escape them so the file stays valid UTF-8.
-            escaped = _payload_json(payload, _JSON_ASCII)
-            data = (line.replace(_quote_field(payload_json), _quote_field(escaped), 1)
+            escaped = payload_json(payload, JSON_ASCII)
+            data = (line.replace(quote_field(payload_text), quote_field(escaped), 1)
                     + '\n').encode('utf-8')
         if not self._header_current:
             self._upgrade_header()
@@ -210,7 +188,7 @@ class Queue:
     def _active_job_with_key(self, unique_key):
         """The id of the pending or processing job with this unique_key, or None."""
         data = self._table.read_bytes()
-        needle = ('\t' + _quote_field(unique_key) + '\t').encode('utf-8', 'surrogateescape')
+        needle = ('\t' + quote_field(unique_key) + '\t').encode('utf-8', 'surrogateescape')
         header = None
         pos = data.find(needle)
         while pos >= 0:
@@ -239,12 +217,7 @@ class Queue:
 
         Reads the files each time, so it sees what any other process wrote.
         """
-        if not isinstance(job_id, str) or not job_id or '\t' in job_id or '\n' in job_id:
-            return None
-        job = _find_line(self._table.read_bytes(), job_id)
-        if job is None or job.status is not Status.PENDING:
-            # A finished job is in the archive; after a crash it may be in both files.
-            job = _find_line(self._archive.read_bytes(), job_id) or job
+        job = self.find_job(job_id)
         return job.to_dict() if job else None
 
     def cancel_job(self, job_id):
@@ -267,161 +240,6 @@ class Queue:
 
         with self._state_lock:
             return bool(self._rewrite(cancel, parse=False))
-
-    def read_rows(self):
-        """Every job line of both files as lists of str in COLUMNS order (hot file first)."""
-        rows = []
-        for table in (self._table, self._archive):
-            header, lines = table.read_lines()
-            order = column_order(tuple(header or COLUMNS))
-            for line in lines:
-                fields = split_line(line)
-                if order is not None:
-                    fields = [fields[i] if i is not None and i < len(fields) else ''
-                              for i in order]
-                rows.append(fields + [''] * (len(COLUMNS) - len(fields)))
-        return rows
-
-    # -- inspection and maintenance (the CLI's stats, list, show, retry, purge, check) --
-    def find_job(self, job_id):
-        """The Job (every column) with this id, or None. Like get_job, reads the files."""
-        if not isinstance(job_id, str) or not job_id or '\t' in job_id or '\n' in job_id:
-            return None
-        job = _find_line(self._table.read_bytes(), job_id)
-        if job is None or job.status is not Status.PENDING:
-            job = _find_line(self._archive.read_bytes(), job_id) or job
-        return job
-
-    def _file_lines(self):
-        """(file path, line number, line, Job or None) for every line of both files."""
-        for table in (self._table, self._archive):
-            header, lines = table.read_lines()
-            for number, line in enumerate(lines, start=2):
-                try:
-                    job = parse_line(line, header)
-                except UnparsableLine:
-                    job = None
-                yield table.path, number, line, job
-
-    def jobs(self):
-        """Every job of both files (hot file first, then the archive), as Jobs.
-
-        A job found in both (after a crash) is given once, as the archive has it.
-        """
-        found = {}
-        for _, _, _, job in self._file_lines():
-            if job is not None and (job.id not in found or found[job.id].status is Status.PENDING
-                                    or job.status in FINAL_STATUSES):
-                found[job.id] = job
-        return list(found.values())
-
-    def list_jobs(self, status=None, job_type=None, limit=None):
-        """Jobs as get_job dicts with worker/claimed_at/finished_at, filtered, in file order."""
-        if status is not None and status not in _STATUS_WORDS:
-            raise ValueError(f'status must be one of {", ".join(_STATUS_WORDS)}, got {status!r}')
-        chosen = [job.to_dict(full=True) for job in self.jobs()
-                  if (status is None or job.status.value == status)
-                  and (job_type is None or job.type == job_type)]
-        return chosen if limit is None else chosen[:limit]
-
-    def stats(self):
-        """Counts by status and by type, oldest pending age, next due time, live workers."""
-        now = self._clock()
-        by_status = dict.fromkeys(_STATUS_WORDS, 0)
-        by_type, workers = {}, set()
-        oldest_created, next_due = None, None
-        for job in self.jobs():
-            status = job.status.value
-            by_status[status] += 1
-            counts = by_type.setdefault(job.type, dict.fromkeys(_STATUS_WORDS, 0))
-            counts[status] += 1
-            if job.status is Status.PENDING:
-                oldest_created = min(oldest_created or job.created_at, job.created_at)
-                next_due = min(next_due or job.run_at, job.run_at)
-            elif job.status is Status.PROCESSING and liveness.claim_is_alive(
-                    job.worker, job.claimed_at, now, self.lease_seconds):
-                workers.add(job.worker)
-        return {
-            'total': sum(by_status.values()), 'by_status': by_status, 'by_type': by_type,
-            'oldest_pending_seconds': None if oldest_created is None else max(0, now - oldest_created),
-            'next_due_at': None if next_due is None else number(next_due),
-            'workers': sorted(workers),
-        }
-
-    def retry(self, job_id=None, *, failed=False, job_type=None):
-        """Make failed or cancelled jobs pending again, with fresh attempts; returns their ids.
-
-        Either one job_id, or failed=True for every failed job (of job_type, if given).
-        A job_id that is not failed or cancelled raises ValueError; an unknown one, KeyError.
-        """
-        if (job_id is None) == (not failed):
-            raise ValueError('give either a job_id or failed=True')
-        now = self._clock()
-
-        def chosen(job):
-            if job_id is not None:
-                return job.id == job_id
-            return job.status is Status.FAILED and (job_type is None or job.type == job_type)
-
-        with self._state_lock, self._table.lock:
-            archive = self._archive.snapshot()
-            header = archive.header or COLUMNS
-            keep, revived = [], {}
-            for line in archive.lines:
-                try:
-                    job = parse_line(line, header)
-                except UnparsableLine:
-                    job = None
-                if job is not None and chosen(job):
-                    if job.status not in (Status.FAILED, Status.CANCELLED):
-                        raise ValueError(f'job {job.id} is {job.status.value}: only failed '
-                                         f'and cancelled jobs can be retried')
-                    revived[job.id] = job.evolve(status=Status.PENDING, attempts=0, run_at=now,
-                                                 worker='', claimed_at=0.0, finished_at=0.0)
-                else:
-                    keep.append(line)
-            if job_id is not None and not revived:
-                current = self.find_job(job_id)
-                if current is None:
-                    raise KeyError(job_id)
-                raise ValueError(f'job {job_id} is {current.status.value}: only failed and '
-                                 f'cancelled jobs can be retried')
-            if revived:
-                # Pending first, then gone from the archive: a crash between leaves the
-                # job in both files, and the pending copy wins; it is never lost.
-                self._table.append(''.join(format_line(j) + '\n' for j in revived.values())
-                                   .encode('utf-8'), fsync=True)
-                self._archive.commit(archive, keep)
-        return list(revived)
-
-    def purge(self, statuses, older_than_seconds, dry_run=False):
-        """Delete finished jobs of these statuses that finished more than older_than_seconds
-        ago from the archive; returns their ids. dry_run only lists them.
-        """
-        statuses = set(statuses)
-        allowed = {status.value for status in FINAL_STATUSES}
-        if not statuses or not statuses <= allowed:
-            raise ValueError(f'statuses must be some of {", ".join(sorted(allowed))}, '
-                             f'got {", ".join(sorted(statuses)) or "none"}')
-        _check_limit('older_than_seconds', older_than_seconds)
-        cutoff = self._clock() - older_than_seconds
-        with self._state_lock, self._table.lock:
-            archive = self._archive.snapshot()
-            header = archive.header or COLUMNS
-            keep, purged = [], []
-            for line in archive.lines:
-                try:
-                    job = parse_line(line, header)
-                except UnparsableLine:
-                    job = None
-                if (job is not None and job.status.value in statuses
-                        and (job.finished_at or job.created_at) < cutoff):
-                    purged.append(job.id)
-                else:
-                    keep.append(line)
-            if purged and not dry_run:
-                self._archive.commit(archive, keep)
-        return purged
 
     def mark_migrated(self, job_ids):
         """Mark these pending (hot file) and failed (archive) jobs 'migrated', moving them
@@ -458,30 +276,6 @@ class Queue:
                 if changed:
                     self._archive.commit(archive, lines)
 
-    def check(self):
-        """Problems found in the files, as one-line descriptions (empty: all is well).
-
-        Lines that are not jobs, ids that appear more than once, jobs still claimed by a
-        worker that is gone, temp files left by a crashed rewrite.
-        """
-        problems, seen, now = [], {}, self._clock()
-        for path, number, line, job in self._file_lines():
-            if job is None:
-                problems.append(f'{path.name}:{number}: not a job: {line[:80]!r}')
-                continue
-            if job.id in seen:
-                problems.append(f'{path.name}:{number}: job {job.id} also at {seen[job.id]}')
-            seen[job.id] = f'{path.name}:{number}'
-            if job.status is Status.PROCESSING and not liveness.claim_is_alive(
-                    job.worker, job.claimed_at, now, self.lease_seconds):
-                problems.append(f'{path.name}:{number}: job {job.id} is processing by '
-                                f'{job.worker or "an unknown worker"}, which is gone')
-        for leftover in sorted(self.path.parent.glob(f'.{self.path.stem}.*.tmp')):
-            pid = leftover.name.split('.')[-3]
-            if not pid.isdigit() or liveness.start_marker(int(pid)) is None:
-                problems.append(f'{leftover.name}: temp file left by an interrupted rewrite')
-        return problems
-
     # -- processing --------------------------------------------------------------
     def process_jobs(self, handlers, max_attempts=MAX_ATTEMPTS, *, timeout=None,
                      max_jobs=None, max_seconds=None):
@@ -498,14 +292,14 @@ class Queue:
         back to pending, and the signal is then handled as it would have been (a second
         SIGINT interrupts the running job at once).
         """
-        _check_handlers(handlers, max_attempts)
-        _check_timeout(timeout)
-        _check_limit('max_jobs', max_jobs)
-        _check_limit('max_seconds', max_seconds)
+        check_handlers(handlers, max_attempts)
+        check_timeout(timeout)
+        check_limit('max_jobs', max_jobs)
+        check_limit('max_seconds', max_seconds)
         run = _Run(dict(handlers), max_attempts, timeout, liveness.current_worker(),
                    jobs_left=max_jobs,
                    deadline=None if max_seconds is None else time.monotonic() + max_seconds)
-        with self._state_lock, _deferred_signals(run):
+        with self._state_lock, deferred_signals(run):
             try:
                 while not run.stop_requested and run.jobs_left != 0:
                     if run.jobs_left is not None:
@@ -686,7 +480,7 @@ class Queue:
         timeout = job.timeout or run.timeout
         started = time.perf_counter()
         try:
-            with _time_limit(timeout):
+            with time_limit(timeout):
                 result = run.handlers[job.type](job.payload)
         except Exception as exc:
             log.exception('job %s (%s) failed on attempt %d of %d', job.id, job.type,
@@ -704,7 +498,7 @@ class Queue:
             raise
         else:
             outcome = job.evolve(status=Status.COMPLETED, attempts=attempts, error='',
-                                 result_json=_result_json(result, job), finished_at=self._clock())
+                                 result_json=result_json(result, job), finished_at=self._clock())
         if outcome.status in FINAL_STATUSES:
             run.archive_buffer.append(format_line(outcome))
             run.outcomes[job.id] = None
@@ -890,183 +684,6 @@ def _entry(line, has_priority=True):
 def _entry_of(job):
     claim = (job.id, job.worker, job.claimed_at) if job.status is Status.PROCESSING else None
     return (job.status.value, job.type, job.run_at, claim, job.priority)
-
-
-def _find_line(data, job_id):
-    """The last job in data (a whole file) whose id is job_id, or None."""
-    pos = data.rfind(b'\n' + job_id.encode('utf-8', 'surrogateescape') + b'\t')
-    if pos < 0:
-        return None
-    end = data.find(b'\n', pos + 1)
-    line = data[pos + 1:end if end >= 0 else len(data)].decode('utf-8', 'surrogateescape')
-    header = split_header(data[:data.find(b'\n')].decode('utf-8', 'surrogateescape'))
-    try:
-        return parse_line(line, header)
-    except UnparsableLine as exc:
-        log.warning('job %s has a line that does not parse: %s', job_id, exc)
-        return None
-
-
-# -- validation -----------------------------------------------------------------------
-def _check_job_type(job_type):
-    if not isinstance(job_type, str):
-        raise InvalidJobError(f'job_type must be a str, got {type(job_type).__name__}')
-    if not job_type:
-        raise InvalidJobError('job_type must not be empty')
-    if one_line(job_type) != job_type:
-        raise InvalidJobError(f'job_type must be one line without tabs, got {job_type!r}')
-
-
-def _payload_json(payload, encode=_JSON):
-    try:
-        return encode(payload)
-    except RecursionError:
-        raise InvalidJobError('payload must be JSON-serializable: it contains itself, '
-                              'or is nested too deeply') from None
-    except (TypeError, ValueError) as exc:
-        raise InvalidJobError(f'payload must be JSON-serializable (dict, list, str, int, '
-                              f'finite float, bool, None): {exc}') from None
-
-
-def _result_json(result, job):
-    try:
-        text = _JSON(result)
-        text.encode('utf-8')
-        return text
-    except UnicodeEncodeError:
-        return _JSON_ASCII(result)
-    except (TypeError, ValueError, RecursionError) as exc:
-        log.warning('job %s (%s) returned a result that is not JSON (%r); stored its repr',
-                    job.id, job.type, exc)
-        return _JSON_ASCII(repr(result))
-
-
-def _run_at(now, run_at, delay):
-    if run_at is not None and delay is not None:
-        raise InvalidJobError('give run_at or delay, not both')
-    if delay is not None:
-        if isinstance(delay, timedelta):
-            delay = delay.total_seconds()
-        if (isinstance(delay, bool) or not isinstance(delay, (int, float))
-                or not math.isfinite(delay) or delay < 0):
-            raise InvalidJobError(f'delay must be seconds >= 0 or a timedelta, got {delay!r}')
-        return now + delay
-    return _due_now(now) if run_at is None else _timestamp(run_at)
-
-
-def _job_options(priority, unique_key, timeout, max_attempts):
-    """The Job fields of enqueue's options, validated (InvalidJobError otherwise)."""
-    if isinstance(priority, bool) or not isinstance(priority, int):
-        raise InvalidJobError(f'priority must be an int, got {priority!r}')
-    if unique_key is not None and (not isinstance(unique_key, str) or not unique_key
-                                   or one_line(unique_key) != unique_key):
-        raise InvalidJobError(f'unique_key must be a non-empty one-line str, got {unique_key!r}')
-    try:
-        _check_timeout(timeout)
-    except ValueError as exc:
-        raise InvalidJobError(str(exc)) from None
-    if max_attempts is not None and (isinstance(max_attempts, bool)
-                                     or not isinstance(max_attempts, int) or max_attempts < 1):
-        raise InvalidJobError(f'max_attempts must be an int >= 1, got {max_attempts!r}')
-    return {'priority': priority, 'unique_key': unique_key or '', 'timeout': timeout or 0.0,
-            'max_attempts': max_attempts or 0}
-
-
-def _check_timeout(timeout):
-    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
-                                or not math.isfinite(timeout) or timeout <= 0):
-        raise ValueError(f'timeout must be seconds > 0, got {timeout!r}')
-
-
-@contextmanager
-def _time_limit(seconds):
-    """Raise JobTimedOut in the main thread once seconds have passed (0/None: no limit)."""
-    if not seconds:
-        yield
-        return
-    if threading.current_thread() is not threading.main_thread():
-        log.warning('timeout of %g s not enforced: process_jobs is not in the main thread',
-                    seconds)
-        yield
-        return
-
-    def expire(signum, frame):
-        raise JobTimedOut()
-
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
-
-
-def _due_now(now):
-    # Stored times round up to the millisecond (never early); "now" rounds down so a job
-    # enqueued for now is due at once.
-    return math.floor(now * 1000) / 1000
-
-
-def _timestamp(run_at):
-    if isinstance(run_at, datetime):
-        return run_at.timestamp()
-    if isinstance(run_at, bool) or not isinstance(run_at, (int, float)):
-        raise InvalidJobError(f'run_at must be Unix seconds (int or float) or a datetime, '
-                              f'got {type(run_at).__name__}')
-    if not math.isfinite(run_at):
-        raise InvalidJobError(f'run_at must be finite, got {run_at!r}')
-    return float(run_at)
-
-
-def _check_limit(name, value):
-    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
-                              or value < 0):
-        raise ValueError(f'{name} must be a number >= 0 or None, got {value!r}')
-
-
-def _check_handlers(handlers, max_attempts):
-    if not hasattr(handlers, 'items') or not all(callable(h) for h in handlers.values()):
-        raise TypeError('handlers must be a dict of job_type -> callable(payload)')
-    if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1:
-        raise ValueError(f'max_attempts must be an int >= 1, got {max_attempts!r}')
-
-
-@contextmanager
-def _deferred_signals(run):
-    """While jobs run, SIGTERM and SIGINT ask the loop to stop after the current job.
-
-    Afterwards each signal is handled as before (by default SIGTERM terminates the
-    process and SIGINT raises KeyboardInterrupt), once the claims of jobs not yet
-    started have been given back. A second SIGINT interrupts the running job at once.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def request_stop(signum, frame):
-        if signum in run.signals and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        log.warning('%s: stopping after the current job', signal.Signals(signum).name)
-        run.signals.append(signum)
-        run.stop_requested = True
-
-    previous = {}
-    for signum in DEFERRED_SIGNALS:
-        handler = signal.getsignal(signum)
-        if handler not in (signal.SIG_IGN, None):
-            previous[signum] = handler
-            signal.signal(signum, request_stop)
-    try:
-        yield
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-        for signum in dict.fromkeys(run.signals):
-            if previous[signum] == signal.SIG_DFL:
-                os.kill(os.getpid(), signum)
-            elif callable(previous[signum]):
-                previous[signum](signum, None)
 
 
 # -- the default queue and the module functions ------------------------------------------

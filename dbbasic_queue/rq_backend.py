@@ -40,6 +40,10 @@ from rq.results import Result
 from rq.serializers import JSONSerializer
 
 from . import queue as file_queue
+from .maintenance import Inspection
+from .signals import time_limit
+from .validate import (check_handlers, check_job_type, check_limit, check_timeout, job_options,
+                       payload_json, result_json, run_at_from)
 from .errors import JobTimedOut, QueueError
 from .job import Job, Status, one_line
 
@@ -81,7 +85,7 @@ def dispatch(job_type, payload):
     timeout = job.meta.get('timeout') or run['timeout']
     started = time.perf_counter()
     try:
-        with file_queue._time_limit(timeout):
+        with time_limit(timeout):
             result = run['handlers'][job_type](payload)
     except JobTimedOut:
         _failed(run, job, job_type, f'TimeoutError: job ran longer than its timeout of '
@@ -96,7 +100,7 @@ def dispatch(job_type, payload):
         job.meta['error'] = ''
         job.save_meta()
     _count(run, job, job_type, 'completed', started)
-    return json.loads(file_queue._result_json(result, job))
+    return json.loads(result_json(result, job))
 
 
 def _failed(run, job, job_type, error, started):
@@ -113,7 +117,7 @@ def _count(run, job, job_type, word, started):
              job.meta.get('max_attempts') or run['max_attempts'])
 
 
-class RedisQueue:
+class RedisQueue(Inspection):
     """dbbasic-queue's API on RQ. Queue('redis://...') returns one of these."""
 
     def __init__(self, url, *, clock=time.time,
@@ -142,12 +146,12 @@ class RedisQueue:
         job_id, attempts and error are for migrate: a job keeps its id and history.
         """
         if job_type not in self._valid_types:
-            file_queue._check_job_type(job_type)
+            check_job_type(job_type)
             self._valid_types.add(job_type)
         now = self._clock()
-        run_at = file_queue._run_at(now, run_at, delay)
-        file_queue._payload_json(payload)  # the same validation and errors as the file
-        options = file_queue._job_options(priority, unique_key, timeout, max_attempts)
+        run_at = run_at_from(now, run_at, delay)
+        payload_json(payload)  # the same validation and errors as the file
+        options = job_options(priority, unique_key, timeout, max_attempts)
         job_id = job_id or os.urandom(8).hex()
         limit = options['max_attempts'] or file_queue.MAX_ATTEMPTS
         retries = max(0, limit - attempts - 1)
@@ -235,10 +239,10 @@ class RedisQueue:
         return self._work(handlers, max_attempts, timeout, max_jobs, max_seconds, burst=False)
 
     def _work(self, handlers, max_attempts, timeout, max_jobs, max_seconds, burst):
-        file_queue._check_handlers(handlers, max_attempts)
-        file_queue._check_timeout(timeout)
-        file_queue._check_limit('max_jobs', max_jobs)
-        file_queue._check_limit('max_seconds', max_seconds)
+        check_handlers(handlers, max_attempts)
+        check_timeout(timeout)
+        check_limit('max_jobs', max_jobs)
+        check_limit('max_seconds', max_seconds)
         summary = Counter()
         if not handlers or max_jobs == 0:
             return _summary(summary)
@@ -316,11 +320,9 @@ class RedisQueue:
                     found.append(self._as_job(rq_job))
         return found
 
-    list_jobs = file_queue.Queue.list_jobs
-
     def stats(self):
         """Counts by status and by type, oldest pending age, next due, live workers."""
-        stats = file_queue.Queue.stats(self)
+        stats = Inspection.stats(self)
         stats['workers'] = sorted(w.name for w in SimpleWorker.all(connection=self.redis))
         return stats
 

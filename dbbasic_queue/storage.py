@@ -17,7 +17,6 @@ import logging
 import os
 import threading
 import weakref
-from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import StorageError

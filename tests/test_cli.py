@@ -1,7 +1,6 @@
 """The dbbasic-queue command line, run as a real subprocess: output and exit codes."""
 
 import json
-import os
 import signal
 import subprocess
 import sys

@@ -10,7 +10,7 @@ import textwrap
 import pytest
 
 from dbbasic_queue import Queue
-from tests.conftest import REPO, SUBPROCESS_TIMEOUT_SECONDS, python_env, run_python
+from tests.conftest import REPO, SUBPROCESS_TIMEOUT_SECONDS, python_env
 
 
 def test_dbbasic_cli_discovers_the_queue_commands(tmp_path):

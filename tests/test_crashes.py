@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from dbbasic_queue import Queue, StorageError, liveness
+from dbbasic_queue import Queue, liveness
 from dbbasic_queue.job import Job, Status, format_line, parse_line
 from tests.conftest import SUBPROCESS_TIMEOUT_SECONDS, run_python, spawn, wait_all
 

@@ -6,7 +6,6 @@ import json
 import logging
 import math
 from datetime import date
-from pathlib import Path
 
 import pytest
 from dbbasic.tsv import TSV

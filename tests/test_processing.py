@@ -2,8 +2,6 @@
 
 import logging
 
-import pytest
-
 from dbbasic_queue import Queue
 
 

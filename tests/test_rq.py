@@ -12,7 +12,7 @@ import zlib
 from redis import Redis
 
 from dbbasic_queue import Queue
-from tests.conftest import SUBPROCESS_TIMEOUT_SECONDS, python_env, run_python, spawn, wait_all
+from tests.conftest import SUBPROCESS_TIMEOUT_SECONDS, python_env, run_python
 
 
 def cli(cwd, *args, env=None):

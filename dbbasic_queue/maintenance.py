@@ -1,0 +1,215 @@
+"""Reading and tidying a file queue: what the CLI's list, show, stats, retry, purge and
+check do. The queue logic that moves jobs is in queue.py; this only reads, and rewrites
+the archive."""
+
+import logging
+
+from . import liveness
+from .job import (COLUMNS, FINAL_STATUSES, Status, UnparsableLine, column_order, format_line,
+                  number, parse_line, split_line)
+from .storage import split_header
+from .validate import check_limit
+
+log = logging.getLogger('dbbasic_queue')
+STATUS_WORDS = tuple(status.value for status in Status)
+
+
+class Inspection:
+    """list_jobs and stats, for any backend that can list its jobs()."""
+
+    def list_jobs(self, status=None, job_type=None, limit=None):
+        """Jobs as get_job dicts with the extra columns, filtered, in storage order."""
+        if status is not None and status not in STATUS_WORDS:
+            raise ValueError(f'status must be one of {", ".join(STATUS_WORDS)}, got {status!r}')
+        chosen = [job.to_dict(full=True) for job in self.jobs()
+                  if (status is None or job.status.value == status)
+                  and (job_type is None or job.type == job_type)]
+        return chosen if limit is None else chosen[:limit]
+
+    def stats(self):
+        """Counts by status and by type, oldest pending age, next due time, live workers."""
+        now = self._clock()
+        by_status = dict.fromkeys(STATUS_WORDS, 0)
+        by_type, workers = {}, set()
+        oldest_created, next_due = None, None
+        for job in self.jobs():
+            status = job.status.value
+            by_status[status] += 1
+            counts = by_type.setdefault(job.type, dict.fromkeys(STATUS_WORDS, 0))
+            counts[status] += 1
+            if job.status is Status.PENDING:
+                oldest_created = min(oldest_created or job.created_at, job.created_at)
+                next_due = min(next_due or job.run_at, job.run_at)
+            elif job.status is Status.PROCESSING and liveness.claim_is_alive(
+                    job.worker, job.claimed_at, now, self.lease_seconds):
+                workers.add(job.worker)
+        return {
+            'total': sum(by_status.values()), 'by_status': by_status, 'by_type': by_type,
+            'oldest_pending_seconds': None if oldest_created is None else max(0, now - oldest_created),
+            'next_due_at': None if next_due is None else number(next_due),
+            'workers': sorted(workers),
+        }
+
+
+class FileMaintenance(Inspection):
+    """The file queue's side of the CLI: find, list, retry, purge, check."""
+
+    def read_rows(self):
+        """Every job line of both files as lists of str in COLUMNS order (hot file first)."""
+        rows = []
+        for table in (self._table, self._archive):
+            header, lines = table.read_lines()
+            order = column_order(tuple(header or COLUMNS))
+            for line in lines:
+                fields = split_line(line)
+                if order is not None:
+                    fields = [fields[i] if i is not None and i < len(fields) else ''
+                              for i in order]
+                rows.append(fields + [''] * (len(COLUMNS) - len(fields)))
+        return rows
+
+    def find_job(self, job_id):
+        """The Job (every column) with this id, or None. Like get_job, reads the files."""
+        if not isinstance(job_id, str) or not job_id or '\t' in job_id or '\n' in job_id:
+            return None
+        job = find_line(self._table.read_bytes(), job_id)
+        if job is None or job.status is not Status.PENDING:
+            job = find_line(self._archive.read_bytes(), job_id) or job
+        return job
+
+    def _file_lines(self):
+        """(file path, line number, line, Job or None) for every line of both files."""
+        for table in (self._table, self._archive):
+            header, lines = table.read_lines()
+            for line_number, line in enumerate(lines, start=2):
+                try:
+                    job = parse_line(line, header)
+                except UnparsableLine:
+                    job = None
+                yield table.path, line_number, line, job
+
+    def jobs(self):
+        """Every job of both files (hot file first, then the archive), as Jobs.
+
+        A job found in both (after a crash) is given once, as the archive has it.
+        """
+        found = {}
+        for _, _, _, job in self._file_lines():
+            if job is not None and (job.id not in found or found[job.id].status is Status.PENDING
+                                    or job.status in FINAL_STATUSES):
+                found[job.id] = job
+        return list(found.values())
+
+    def retry(self, job_id=None, *, failed=False, job_type=None):
+        """Make failed or cancelled jobs pending again, with fresh attempts; returns their ids.
+
+        Either one job_id, or failed=True for every failed job (of job_type, if given).
+        A job_id that is not failed or cancelled raises ValueError; an unknown one, KeyError.
+        """
+        if (job_id is None) == (not failed):
+            raise ValueError('give either a job_id or failed=True')
+        now = self._clock()
+
+        def chosen(job):
+            if job_id is not None:
+                return job.id == job_id
+            return job.status is Status.FAILED and (job_type is None or job.type == job_type)
+
+        with self._state_lock, self._table.lock:
+            archive = self._archive.snapshot()
+            header = archive.header or COLUMNS
+            keep, revived = [], {}
+            for line in archive.lines:
+                try:
+                    job = parse_line(line, header)
+                except UnparsableLine:
+                    job = None
+                if job is not None and chosen(job):
+                    if job.status not in (Status.FAILED, Status.CANCELLED):
+                        raise ValueError(f'job {job.id} is {job.status.value}: only failed '
+                                         f'and cancelled jobs can be retried')
+                    revived[job.id] = job.evolve(status=Status.PENDING, attempts=0, run_at=now,
+                                                 worker='', claimed_at=0.0, finished_at=0.0)
+                else:
+                    keep.append(line)
+            if job_id is not None and not revived:
+                current = self.find_job(job_id)
+                if current is None:
+                    raise KeyError(job_id)
+                raise ValueError(f'job {job_id} is {current.status.value}: only failed and '
+                                 f'cancelled jobs can be retried')
+            if revived:
+                # Pending first, then gone from the archive: a crash between leaves the
+                # job in both files, and the pending copy wins; it is never lost.
+                self._table.append(''.join(format_line(j) + '\n' for j in revived.values())
+                                   .encode('utf-8'), fsync=True)
+                self._archive.commit(archive, keep)
+        return list(revived)
+
+    def purge(self, statuses, older_than_seconds, dry_run=False):
+        """Delete finished jobs of these statuses that finished more than older_than_seconds
+        ago from the archive; returns their ids. dry_run only lists them.
+        """
+        statuses = set(statuses)
+        allowed = {status.value for status in FINAL_STATUSES}
+        if not statuses or not statuses <= allowed:
+            raise ValueError(f'statuses must be some of {", ".join(sorted(allowed))}, '
+                             f'got {", ".join(sorted(statuses)) or "none"}')
+        check_limit('older_than_seconds', older_than_seconds)
+        cutoff = self._clock() - older_than_seconds
+        with self._state_lock, self._table.lock:
+            archive = self._archive.snapshot()
+            header = archive.header or COLUMNS
+            keep, purged = [], []
+            for line in archive.lines:
+                try:
+                    job = parse_line(line, header)
+                except UnparsableLine:
+                    job = None
+                if (job is not None and job.status.value in statuses
+                        and (job.finished_at or job.created_at) < cutoff):
+                    purged.append(job.id)
+                else:
+                    keep.append(line)
+            if purged and not dry_run:
+                self._archive.commit(archive, keep)
+        return purged
+
+    def check(self):
+        """Problems found in the files, as one-line descriptions (empty: all is well).
+
+        Lines that are not jobs, ids that appear more than once, jobs still claimed by a
+        worker that is gone, temp files left by a crashed rewrite.
+        """
+        problems, seen, now = [], {}, self._clock()
+        for path, line_number, line, job in self._file_lines():
+            if job is None:
+                problems.append(f'{path.name}:{line_number}: not a job: {line[:80]!r}')
+                continue
+            if job.id in seen:
+                problems.append(f'{path.name}:{line_number}: job {job.id} also at {seen[job.id]}')
+            seen[job.id] = f'{path.name}:{line_number}'
+            if job.status is Status.PROCESSING and not liveness.claim_is_alive(
+                    job.worker, job.claimed_at, now, self.lease_seconds):
+                problems.append(f'{path.name}:{line_number}: job {job.id} is processing by '
+                                f'{job.worker or "an unknown worker"}, which is gone')
+        for leftover in sorted(self.path.parent.glob(f'.{self.path.stem}.*.tmp')):
+            pid = leftover.name.split('.')[-3]
+            if not pid.isdigit() or liveness.start_marker(int(pid)) is None:
+                problems.append(f'{leftover.name}: temp file left by an interrupted rewrite')
+        return problems
+
+
+def find_line(data, job_id):
+    """The last job in data (a whole file) whose id is job_id, or None."""
+    pos = data.rfind(b'\n' + job_id.encode('utf-8', 'surrogateescape') + b'\t')
+    if pos < 0:
+        return None
+    end = data.find(b'\n', pos + 1)
+    line = data[pos + 1:end if end >= 0 else len(data)].decode('utf-8', 'surrogateescape')
+    header = split_header(data[:data.find(b'\n')].decode('utf-8', 'surrogateescape'))
+    try:
+        return parse_line(line, header)
+    except UnparsableLine as exc:
+        log.warning('job %s has a line that does not parse: %s', job_id, exc)
+        return None

@@ -1,0 +1,133 @@
+"""Checks of what callers pass in: one clear exception per bad value, before anything
+is written. Shared by both backends, so their errors are the same."""
+
+import json
+import logging
+import math
+from datetime import datetime, timedelta
+
+from .errors import InvalidJobError
+from .job import one_line
+
+log = logging.getLogger('dbbasic_queue')
+
+
+def json_encoder(ensure_ascii):
+    """value -> JSON text, like json.dumps(value, allow_nan=False).
+
+    The C encoder is built once here instead of on every call as JSONEncoder.encode
+    does: that halves enqueue's JSON cost. Without cycle markers, a cyclic payload ends
+    in RecursionError, which payload_json reports like any unserializable payload.
+    """
+    encoder = json.JSONEncoder(ensure_ascii=ensure_ascii, allow_nan=False)
+    if json.encoder.c_make_encoder is None:
+        return encoder.encode
+    encode_str = (json.encoder.encode_basestring_ascii if ensure_ascii
+                  else json.encoder.encode_basestring)
+    c_encode = json.encoder.c_make_encoder(None, encoder.default, encode_str, None, ': ', ', ',
+                                           False, False, False)
+    return lambda value: ''.join(c_encode(value, 0))
+
+
+JSON = json_encoder(ensure_ascii=False)
+JSON_ASCII = json_encoder(ensure_ascii=True)
+
+
+def check_job_type(job_type):
+    if not isinstance(job_type, str):
+        raise InvalidJobError(f'job_type must be a str, got {type(job_type).__name__}')
+    if not job_type:
+        raise InvalidJobError('job_type must not be empty')
+    if one_line(job_type) != job_type:
+        raise InvalidJobError(f'job_type must be one line without tabs, got {job_type!r}')
+
+
+def payload_json(payload, encode=JSON):
+    try:
+        return encode(payload)
+    except RecursionError:
+        raise InvalidJobError('payload must be JSON-serializable: it contains itself, '
+                              'or is nested too deeply') from None
+    except (TypeError, ValueError) as exc:
+        raise InvalidJobError(f'payload must be JSON-serializable (dict, list, str, int, '
+                              f'finite float, bool, None): {exc}') from None
+
+
+def result_json(result, job):
+    try:
+        text = JSON(result)
+        text.encode('utf-8')
+        return text
+    except UnicodeEncodeError:
+        return JSON_ASCII(result)
+    except (TypeError, ValueError, RecursionError) as exc:
+        log.warning('job %s (%s) returned a result that is not JSON (%r); stored its repr',
+                    job.id, job.type, exc)
+        return JSON_ASCII(repr(result))
+
+
+def run_at_from(now, run_at, delay):
+    if run_at is not None and delay is not None:
+        raise InvalidJobError('give run_at or delay, not both')
+    if delay is not None:
+        if isinstance(delay, timedelta):
+            delay = delay.total_seconds()
+        if (isinstance(delay, bool) or not isinstance(delay, (int, float))
+                or not math.isfinite(delay) or delay < 0):
+            raise InvalidJobError(f'delay must be seconds >= 0 or a timedelta, got {delay!r}')
+        return now + delay
+    return due_now(now) if run_at is None else timestamp_of(run_at)
+
+
+def job_options(priority, unique_key, timeout, max_attempts):
+    """The Job fields of enqueue's options, validated (InvalidJobError otherwise)."""
+    if isinstance(priority, bool) or not isinstance(priority, int):
+        raise InvalidJobError(f'priority must be an int, got {priority!r}')
+    if unique_key is not None and (not isinstance(unique_key, str) or not unique_key
+                                   or one_line(unique_key) != unique_key):
+        raise InvalidJobError(f'unique_key must be a non-empty one-line str, got {unique_key!r}')
+    try:
+        check_timeout(timeout)
+    except ValueError as exc:
+        raise InvalidJobError(str(exc)) from None
+    if max_attempts is not None and (isinstance(max_attempts, bool)
+                                     or not isinstance(max_attempts, int) or max_attempts < 1):
+        raise InvalidJobError(f'max_attempts must be an int >= 1, got {max_attempts!r}')
+    return {'priority': priority, 'unique_key': unique_key or '', 'timeout': timeout or 0.0,
+            'max_attempts': max_attempts or 0}
+
+
+def check_timeout(timeout):
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
+                                or not math.isfinite(timeout) or timeout <= 0):
+        raise ValueError(f'timeout must be seconds > 0, got {timeout!r}')
+
+
+def due_now(now):
+    # Stored times round up to the millisecond (never early); "now" rounds down so a job
+    # enqueued for now is due at once.
+    return math.floor(now * 1000) / 1000
+
+
+def timestamp_of(run_at):
+    if isinstance(run_at, datetime):
+        return run_at.timestamp()
+    if isinstance(run_at, bool) or not isinstance(run_at, (int, float)):
+        raise InvalidJobError(f'run_at must be Unix seconds (int or float) or a datetime, '
+                              f'got {type(run_at).__name__}')
+    if not math.isfinite(run_at):
+        raise InvalidJobError(f'run_at must be finite, got {run_at!r}')
+    return float(run_at)
+
+
+def check_limit(name, value):
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                              or value < 0):
+        raise ValueError(f'{name} must be a number >= 0 or None, got {value!r}')
+
+
+def check_handlers(handlers, max_attempts):
+    if not hasattr(handlers, 'items') or not all(callable(h) for h in handlers.values()):
+        raise TypeError('handlers must be a dict of job_type -> callable(payload)')
+    if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1:
+        raise ValueError(f'max_attempts must be an int >= 1, got {max_attempts!r}')
