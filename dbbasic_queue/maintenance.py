@@ -51,6 +51,11 @@ class Inspection:
         }
 
 
+    def read_rows(self):
+        """Every job as a list of str in COLUMNS order (what _read_tsv returns)."""
+        return [split_line(format_line(job)) for job in self.jobs()]
+
+
 class FileMaintenance(Inspection):
     """The file queue's side of the CLI: find, list, retry, purge, check."""
 

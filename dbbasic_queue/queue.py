@@ -5,16 +5,21 @@ Usage::
     from dbbasic_queue import enqueue, process_jobs, get_job, cancel_job
 
     job_id = enqueue('send_email', {'to': 'user@example.com'})
+    enqueue('report', {'day': 27}, delay=3600, priority=5, unique_key='report:27',
+            timeout=600, max_attempts=5)
     process_jobs({'send_email': send}, max_attempts=3)   # from cron, every minute
     get_job(job_id)['status']                           # 'completed'
 
 The module functions act on data/queue.tsv under the current directory, or on the
-path in the DBBASIC_QUEUE environment variable. `Queue(path)` is the same API on a
-queue of your own (data/email.tsv ...).
+location in the DBBASIC_QUEUE environment variable: a .tsv path, or a redis:// URL
+for the same API on RQ (rq_backend). `Queue(location)` is the same API on a queue of
+your own (data/email.tsv ...).
 
 Files: data/queue.tsv holds pending and processing jobs, one per line; finished jobs
-(completed, failed, cancelled) move to data/queue.done.tsv beside it, so history never
-slows the hot path. Both are dbbasic-tsv tables with the seed's nine columns first.
+(completed, failed, cancelled, migrated) move to data/queue.done.tsv beside it, so
+history never slows the hot path. Both are dbbasic-tsv tables, the seed's nine columns
+first. Storage (files, locks, atomic rewrites) is storage.py; this module is the queue
+logic: claims, outcomes, retries, recovery, ordering.
 
 Guarantees:
 - Nothing is lost: enqueue appends under an exclusive flock; every change is a rewrite
@@ -25,6 +30,7 @@ Guarantees:
   worker on another host: once LEASE_SECONDS have passed since the claim). The crash
   counts as an attempt, so a job that kills its worker every time ends failed.
 - Failures retry with exponential backoff; at max_attempts a job is failed and kept.
+- Due jobs run by priority, then run_at, then enqueue order; never before run_at.
 
 Limits: at-least-once, not exactly-once: a worker that dies after its handler returned
 but before recording it runs the job again, so handlers should be idempotent. One

@@ -1,6 +1,7 @@
 """The dbbasic-queue command line, run as a real subprocess: output and exit codes."""
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -268,3 +269,32 @@ def test_work_timeout_is_the_default_for_jobs_without_one(workdir):
         check_code=0)
     assert time.monotonic() - started < 4
     assert queue_in(workdir).get_job(job_id)['error'].startswith('TimeoutError')
+
+
+def test_work_on_a_terminal_shows_progress_instead_of_a_line_per_job(workdir):
+    import pty
+    queue = queue_in(workdir)
+    for n in range(1200):
+        queue.enqueue('send_email', {'to': f'{n}@example.com'})
+    controller, terminal = pty.openpty()
+    worker = subprocess.Popen([sys.executable, '-m', 'dbbasic_queue', 'work', 'handlers:HANDLERS'],
+                              cwd=workdir, env=python_env(), stdout=subprocess.DEVNULL,
+                              stderr=terminal)
+    os.close(terminal)
+    output = b''
+    try:
+        while True:
+            try:
+                chunk = os.read(controller, 4096)
+            except OSError:  # the terminal closed: the worker exited
+                break
+            if not chunk:
+                break
+            output += chunk
+    finally:
+        worker.wait(timeout=SUBPROCESS_TIMEOUT_SECONDS)
+        os.close(controller)
+    text = output.decode()
+    assert worker.returncode == 0
+    assert '1,200/1,200 jobs' in text and '/s' in text
+    assert 'send_email completed' not in text

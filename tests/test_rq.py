@@ -160,3 +160,11 @@ def test_migrate_refuses_an_unreachable_redis_with_one_line(tmp_path):
     result = cli(tmp_path, 'migrate', '--to', 'redis://127.0.0.1:1/0')
     assert result.returncode == 1 and result.stderr.count('\n') == 1
     assert 'cannot reach Redis at redis://127.0.0.1:1/0' in result.stderr
+
+
+def test_read_tsv_shim_works_on_redis_too(redis_url, monkeypatch):
+    import dbbasic_queue
+    monkeypatch.setenv('DBBASIC_QUEUE', redis_url)
+    job_id = dbbasic_queue.enqueue('send_email', {'to': 'a'})
+    assert [(row[0], row[1], row[3]) for row in dbbasic_queue._read_tsv()] == [
+        (job_id, 'send_email', 'pending')]
