@@ -1,4 +1,6 @@
-"""Retries (guarantee 5), routing (6), scheduling (7) and cancel_job (8)."""
+"""Retries (guarantee 5), scheduling (7) and cancel_job (8) on the file, with a fake clock.
+
+Routing (6) and a success after a failure are in test_backends.py, run on both backends."""
 
 import logging
 
@@ -55,33 +57,6 @@ def test_the_traceback_goes_to_the_dbbasic_queue_logger(queue, caplog):
     record = caplog.records[-1]
     assert record.name == 'dbbasic_queue' and record.exc_info[0] is ValueError
     assert 'Traceback' in caplog.text
-
-
-def test_a_job_succeeding_after_a_failure_clears_its_error(queue, clock):
-    calls = []
-
-    def flaky(payload):
-        calls.append(1)
-        if len(calls) == 1:
-            raise RuntimeError('first time')
-        return 'ok'
-
-    job_id = queue.enqueue('t', {})
-    queue.process_jobs({'t': flaky})
-    clock.advance(1000)
-    queue.process_jobs({'t': flaky})
-    job = queue.get_job(job_id)
-    assert (job['status'], job['attempts'], job['error'], job['result']) == ('completed', 2, None, 'ok')
-
-
-def test_only_jobs_with_a_handler_are_claimed_the_rest_stay_pending_untouched(queue):
-    email = queue.enqueue('send_email', {})
-    report = queue.enqueue('build_report', {})
-    assert queue.process_jobs({'send_email': lambda p: 'sent'})['completed'] == 1
-    job = queue.get_job(report)
-    assert (job['status'], job['attempts'], job['error']) == ('pending', 0, None)
-    assert queue.process_jobs({'build_report': lambda p: 'built'})['completed'] == 1
-    assert queue.get_job(email)['result'] == 'sent'
 
 
 def test_a_job_never_runs_before_its_run_at(queue, clock):
