@@ -56,6 +56,7 @@ class FileLock:
                 if self._fd is None:
                     self.path.parent.mkdir(parents=True, exist_ok=True)
                     self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
+                    weakref.finalize(self, os.close, self._fd)
                 fcntl.flock(self._fd, fcntl.LOCK_EX)
             except BaseException:
                 self._thread_lock.release()
@@ -86,9 +87,11 @@ class Snapshot:
         self.jobs = []  # parsed lines, filled in by the queue layer
         if fd is None:
             self.ino = self.dev = None
+            self._finalizer = None
         else:
             st = os.fstat(fd)
             self.ino, self.dev = st.st_ino, st.st_dev
+            self._finalizer = weakref.finalize(self, os.close, fd)
 
     def is_file(self, st):
         if st is None or self.fd is None:
@@ -96,8 +99,8 @@ class Snapshot:
         return st.st_ino == self.ino and st.st_dev == self.dev
 
     def close(self):
-        if self.fd is not None:
-            os.close(self.fd)
+        if self._finalizer is not None:
+            self._finalizer()   # closes the fd, once
             self.fd = None
 
     def read_more(self, size):
@@ -134,24 +137,46 @@ class TableFile:
         self.lock = lock
         self.header_line = '\t'.join(self.columns)
         self._snapshot = None
+        self._append_fd = None
+        self._append_identity = None
 
     # -- appending -------------------------------------------------------------
     def append(self, data, fsync=False):
         """Append data (whole encoded lines) under the lock; create the table if missing."""
         with self.lock:
+            fd = self._append_descriptor()
             try:
-                fd = os.open(self._path_text, APPEND_FLAGS)
-            except FileNotFoundError:
-                self._create()
-                fd = os.open(self._path_text, APPEND_FLAGS)
-            try:
-                _write_all(fd, data)
+                written = os.write(fd, data)
+                if written < len(data):
+                    # Disk full or a size limit mid-line: leave no half line behind.
+                    os.ftruncate(fd, os.fstat(fd).st_size - written)
+                    raise OSError(f'short write ({written} of {len(data)} bytes), undone')
                 if fsync:
                     os.fsync(fd)
             except OSError as exc:
                 raise StorageError(f'cannot append to {self.path}: {exc}') from exc
-            finally:
-                os.close(fd)
+
+    def _append_descriptor(self):
+        """An O_APPEND descriptor of the current file; the caller holds the lock.
+
+        Kept open between appends: a stat() under the lock tells whether a rewrite has
+        replaced the file since (our descriptor holds the old inode, so its number cannot
+        be reused meanwhile). Cheaper than open() + close() on every enqueue.
+        """
+        try:
+            st = os.stat(self._path_text)
+        except FileNotFoundError:
+            self._create()
+            st = os.stat(self._path_text)
+        if self._append_fd is not None and self._append_identity == (st.st_ino, st.st_dev):
+            return self._append_fd
+        if self._append_fd is not None:
+            self._close_append()
+        fd = os.open(self._path_text, APPEND_FLAGS)
+        self._close_append = weakref.finalize(self, os.close, fd)
+        appended = os.fstat(fd)
+        self._append_fd, self._append_identity = fd, (appended.st_ino, appended.st_dev)
+        return fd
 
     def _create(self):
         """Create the table with dbbasic-tsv; the caller holds the lock (TSV() takes none)."""
