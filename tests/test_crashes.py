@@ -178,3 +178,24 @@ queue.process_jobs({'slow': slow})
     jobs = [queue.get_job(i) for i in ids]
     assert [j['status'] for j in jobs[:4]] == ['completed'] * 4
     assert all(j['status'] == 'pending' and j['attempts'] == 0 for j in jobs[4:])
+
+
+def test_an_append_cut_short_by_a_size_limit_leaves_no_half_line(tmp_path):
+    queue = Queue(tmp_path / 'data' / 'queue.tsv')
+    queue.enqueue('t', {'n': 1})
+    before = queue.path.read_bytes()
+    code = '''
+import resource, sys
+from dbbasic_queue import Queue, StorageError
+limit = int(sys.argv[2])
+resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+try:
+    Queue(sys.argv[1]).enqueue('t', {'n': 2, 'padding': 'x' * 500})
+except StorageError as exc:
+    print('StorageError:', exc)
+'''
+    result = run_python(code, queue.path, len(before) + 40)
+    assert result.returncode == 0, result.stderr
+    assert 'short write' in result.stdout and 'undone' in result.stdout
+    assert queue.path.read_bytes() == before
+    assert queue.process_jobs({'t': lambda p: p['n']})['completed'] == 1
