@@ -168,3 +168,22 @@ def test_read_tsv_shim_works_on_redis_too(redis_url, monkeypatch):
     job_id = dbbasic_queue.enqueue('send_email', {'to': 'a'})
     assert [(row[0], row[1], row[3]) for row in dbbasic_queue._read_tsv()] == [
         (job_id, 'send_email', 'pending')]
+
+
+def test_retry_purge_and_check_on_redis(redis_url):
+    queue = Queue(redis_url, backoff_base_seconds=0)
+    broken = queue.enqueue('report', {}, max_attempts=1)
+    done = queue.enqueue('send_email', {})
+    queue.process_jobs({'report': lambda p: 1 / 0, 'send_email': lambda p: 'ok'})
+    assert queue.get_job(broken)['status'] == 'failed'
+    assert queue.retry(failed=True, job_type='report') == [broken]
+    job = queue.get_job(broken)
+    assert (job['status'], job['attempts'], job['error']) == ('pending', 0, None)
+    assert queue.process_jobs({'report': lambda p: 'fixed'})['completed'] == 1
+    assert queue.get_job(broken)['result'] == 'fixed'
+    assert queue.purge(['completed'], older_than_seconds=3600) == []
+    time.sleep(1.1)
+    assert sorted(queue.purge(['completed'], older_than_seconds=1, dry_run=True)) == sorted([broken, done])
+    assert sorted(queue.purge(['completed'], older_than_seconds=1)) == sorted([broken, done])
+    assert queue.get_job(done) is None and queue.list_jobs() == []
+    assert queue.check() == []
