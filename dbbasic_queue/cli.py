@@ -433,6 +433,8 @@ def main(argv=None):
         return _fail(str(exc), EXIT_PROBLEM)
     except (QueueError, OSError) as exc:
         return _fail(str(exc), EXIT_USAGE if isinstance(exc, ValueError) else EXIT_PROBLEM)
+    except ValueError as exc:  # an option the library refused, e.g. --max-jobs -1
+        return _fail(str(exc), EXIT_USAGE)
     except Exception as exc:
         log.debug('unexpected error', exc_info=True)
         return _fail(f'unexpected {type(exc).__name__}: {exc}', EXIT_PROBLEM)

@@ -83,6 +83,8 @@ def test_enqueue_schedules_with_in_and_at(workdir):
     (['work', 'no_such_module:HANDLERS'], "cannot import no_such_module"),
     (['work', 'handlers:NOPE'], "handlers has no attribute 'NOPE'"),
     (['work', 'handlers'], 'handlers must be given as MODULE:ATTR'),
+    (['work', 'handlers:HANDLERS', '--max-jobs', '-1'], 'max_jobs must be a number >= 0, got -1'),
+    (['work', 'handlers:HANDLERS', '--max-attempts', '0'], 'max_attempts must be an int >= 1, got 0'),
     (['purge', '--status', 'completed', '--older-than', 'a while'], "bad duration 'a while'"),
 ])
 def test_bad_input_is_one_line_on_stderr_exit_2_and_writes_nothing(workdir, args, message):
