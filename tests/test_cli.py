@@ -83,7 +83,7 @@ def test_enqueue_schedules_with_in_and_at(workdir):
     (['work', 'no_such_module:HANDLERS'], "cannot import no_such_module"),
     (['work', 'handlers:NOPE'], "handlers has no attribute 'NOPE'"),
     (['work', 'handlers'], 'handlers must be given as MODULE:ATTR'),
-    (['work', 'handlers:HANDLERS', '--max-jobs', '-1'], 'max_jobs must be a number >= 0, got -1'),
+    (['work', 'handlers:HANDLERS', '--max-jobs', '-1'], 'max_jobs must be a number >= 0 or None, got -1'),
     (['work', 'handlers:HANDLERS', '--max-attempts', '0'], 'max_attempts must be an int >= 1, got 0'),
     (['purge', '--status', 'completed', '--older-than', 'a while'], "bad duration 'a while'"),
 ])
