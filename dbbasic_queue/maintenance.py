@@ -5,8 +5,8 @@ the archive."""
 import logging
 
 from . import liveness
-from .job import (COLUMNS, FINAL_STATUSES, Status, UnparsableLine, column_order, format_line,
-                  number, parse_line, split_line)
+from .job import (COLUMNS, FINAL_STATUSES, Status, UnparsableLine, format_line, number,
+                  parse_line, split_line)
 from .storage import split_header
 from .validate import check_limit
 
@@ -58,20 +58,6 @@ class Inspection:
 
 class FileMaintenance(Inspection):
     """The file queue's side of the CLI: find, list, retry, purge, check."""
-
-    def read_rows(self):
-        """Every job line of both files as lists of str in COLUMNS order (hot file first)."""
-        rows = []
-        for table in (self._table, self._archive):
-            header, lines = table.read_lines()
-            order = column_order(tuple(header or COLUMNS))
-            for line in lines:
-                fields = split_line(line)
-                if order is not None:
-                    fields = [fields[i] if i is not None and i < len(fields) else ''
-                              for i in order]
-                rows.append(fields + [''] * (len(COLUMNS) - len(fields)))
-        return rows
 
     def find_job(self, job_id):
         """The Job (every column) with this id, or None. Like get_job, reads the files."""
@@ -210,11 +196,19 @@ def find_line(data, job_id):
     pos = data.rfind(b'\n' + job_id.encode('utf-8', 'surrogateescape') + b'\t')
     if pos < 0:
         return None
-    end = data.find(b'\n', pos + 1)
-    line = data[pos + 1:end if end >= 0 else len(data)].decode('utf-8', 'surrogateescape')
-    header = split_header(data[:data.find(b'\n')].decode('utf-8', 'surrogateescape'))
     try:
-        return parse_line(line, header)
+        return parse_line_at(data, pos + 1)
     except UnparsableLine as exc:
         log.warning('job %s has a line that does not parse: %s', job_id, exc)
         return None
+
+
+def parse_line_at(data, pos):
+    """The Job on the line of data (a whole file, header first) that holds byte pos.
+
+    Raises UnparsableLine when that line is not a job.
+    """
+    start, end = data.rfind(b'\n', 0, pos) + 1, data.find(b'\n', pos)
+    line = data[start:end if end >= 0 else len(data)].decode('utf-8', 'surrogateescape')
+    header = split_header(data[:data.find(b'\n')].decode('utf-8', 'surrogateescape'))
+    return parse_line(line, header)

@@ -54,9 +54,9 @@ from . import liveness
 from .errors import JobTimedOut, QueueError, StorageError
 from .job import (COLUMNS, FINAL_STATUSES, SEED_COLUMNS, Job, Status, UnparsableLine,
                   format_line, format_new_line, parse_line, quote_field, split_line)
-from .maintenance import FileMaintenance
+from .maintenance import FileMaintenance, parse_line_at
 from .signals import deferred_signals, time_limit
-from .storage import FileLock, TableFile, split_header
+from .storage import FileLock, TableFile
 from .validate import (JSON_ASCII, check_handlers, check_job_type, check_limit, check_timeout,
                        job_options, payload_json, result_json, run_at_from)
 
@@ -195,18 +195,15 @@ class Queue(FileMaintenance):
         """The id of the pending or processing job with this unique_key, or None."""
         data = self._table.read_bytes()
         needle = ('\t' + quote_field(unique_key) + '\t').encode('utf-8', 'surrogateescape')
-        header = None
         pos = data.find(needle)
         while pos >= 0:
-            start, end = data.rfind(b'\n', 0, pos) + 1, data.find(b'\n', pos)
-            header = header or split_header(data[:data.find(b'\n')].decode('utf-8', 'surrogateescape'))
             try:
-                job = parse_line(data[start:end].decode('utf-8', 'surrogateescape'), header)
+                job = parse_line_at(data, pos)
             except UnparsableLine:
                 job = None
             if job is not None and job.unique_key == unique_key and job.status in ACTIVE_STATUSES:
                 return job.id
-            pos = data.find(needle, end)
+            pos = data.find(needle, data.find(b'\n', pos) + 1 or len(data))
         return None
 
     def _upgrade_header(self):

@@ -61,7 +61,6 @@ STATUSES = {
     JobStatus.FINISHED: Status.COMPLETED, JobStatus.FAILED: Status.FAILED,
     JobStatus.CANCELED: Status.CANCELLED, JobStatus.STOPPED: Status.CANCELLED,
 }
-ACTIVE = (Status.PENDING, Status.PROCESSING)
 
 # What the worker of this process runs with: set by process_jobs, read by dispatch.
 _current = threading.local()
@@ -198,7 +197,7 @@ class RedisQueue(Inspection):
                     job = self.find_job(holder)
                     if job is None and time.time() - float(since) < UNIQUE_CLAIM_GRACE_SECONDS:
                         return holder  # its enqueue is saving it right now
-                    if job is not None and job.status in ACTIVE:
+                    if job is not None and job.status in file_queue.ACTIVE_STATUSES:
                         return holder
                     pipe.multi()
                     pipe.delete(key)  # the holder finished: the key is free
