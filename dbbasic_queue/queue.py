@@ -53,7 +53,8 @@ from pathlib import Path
 from . import liveness
 from .errors import JobTimedOut, QueueError, StorageError
 from .job import (COLUMNS, FINAL_STATUSES, SEED_COLUMNS, Job, Status, UnparsableLine,
-                  format_line, format_new_line, parse_line, quote_field, split_line)
+                  format_line, format_millis, format_new_line, format_time, new_job_id,
+                  parse_line, quote_field, split_line)
 from .maintenance import FileMaintenance, parse_line_at
 from .signals import deferred_signals, time_limit
 from .storage import FileLock, TableFile
@@ -164,13 +165,17 @@ class Queue(FileMaintenance):
             check_job_type(job_type)
             self._valid_types.add(job_type)
         now = self._clock()
-        run_at = run_at_from(now, run_at, delay)
         payload_text = payload_json(payload)
-        job_id = os.urandom(8).hex()
+        job_id = new_job_id()
         if priority == 0 and unique_key is None and timeout is None and max_attempts is None:
-            line = format_new_line(job_id, job_type, payload_text, int(now), run_at)
+            if run_at is None and delay is None:
+                run_at_text = format_millis(math.floor(now * 1000))  # due at once
+            else:
+                run_at_text = format_time(run_at_from(now, run_at, delay))
+            line = format_new_line(job_id, job_type, payload_text, int(now), run_at_text)
         else:
-            line = format_line(Job(job_id, job_type, payload_text, Status.PENDING, int(now), run_at,
+            line = format_line(Job(job_id, job_type, payload_text, Status.PENDING, int(now),
+                                   run_at_from(now, run_at, delay),
                                    **job_options(priority, unique_key, timeout, max_attempts)))
         try:
             data = (line + '\n').encode('utf-8')

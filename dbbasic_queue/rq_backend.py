@@ -23,7 +23,6 @@ How the API maps onto RQ:
 import json
 import logging
 import math
-import os
 import threading
 import time
 from collections import Counter
@@ -45,7 +44,7 @@ from .signals import time_limit
 from .validate import (check_handlers, check_job_type, check_limit, check_timeout, job_options,
                        payload_json, result_json, run_at_from)
 from .errors import JobTimedOut, QueueError
-from .job import Job, Status, one_line
+from .job import Job, Status, new_job_id, one_line
 
 log = logging.getLogger('dbbasic_queue')
 
@@ -151,7 +150,7 @@ class RedisQueue(Inspection):
         run_at = run_at_from(now, run_at, delay)
         payload_json(payload)  # the same validation and errors as the file
         options = job_options(priority, unique_key, timeout, max_attempts)
-        job_id = job_id or os.urandom(8).hex()
+        job_id = job_id or new_job_id()
         limit = options['max_attempts'] or file_queue.MAX_ATTEMPTS
         retries = max(0, limit - attempts - 1)
         rq_queue = self._rq(job_type)

@@ -51,13 +51,9 @@ class FileLock:
 
     def __enter__(self):
         self._thread_lock.acquire()
-        if self._depth == 0:
+        if not self._depth:
             try:
-                if self._fd is None:
-                    self.path.parent.mkdir(parents=True, exist_ok=True)
-                    self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
-                    weakref.finalize(self, os.close, self._fd)
-                fcntl.flock(self._fd, fcntl.LOCK_EX)
+                fcntl.flock(self._fd if self._fd is not None else self._open(), fcntl.LOCK_EX)
             except BaseException:
                 self._thread_lock.release()
                 raise
@@ -66,9 +62,15 @@ class FileLock:
 
     def __exit__(self, *exc_info):
         self._depth -= 1
-        if self._depth == 0:
+        if not self._depth:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
         self._thread_lock.release()
+
+    def _open(self):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
+        weakref.finalize(self, os.close, self._fd)
+        return self._fd
 
 
 class Snapshot:
@@ -137,46 +139,34 @@ class TableFile:
         self.lock = lock
         self.header_line = '\t'.join(self.columns)
         self._snapshot = None
-        self._append_fd = None
-        self._append_identity = None
 
     # -- appending -------------------------------------------------------------
     def append(self, data, fsync=False):
-        """Append data (whole encoded lines) under the lock; create the table if missing."""
+        """Append data (whole encoded lines) under the lock; create the table if missing.
+
+        Opens the file for each append: that names the current file even if a rewrite
+        (or a hand edit) replaced it since, and costs no more than checking a kept-open
+        descriptor with stat().
+        """
         with self.lock:
-            fd = self._append_descriptor()
             try:
-                written = os.write(fd, data)
-                if written < len(data):
-                    # Disk full or a size limit mid-line: leave no half line behind.
-                    os.ftruncate(fd, os.fstat(fd).st_size - written)
-                    raise OSError(f'short write ({written} of {len(data)} bytes), undone')
-                if fsync:
-                    os.fsync(fd)
+                try:
+                    fd = os.open(self._path_text, APPEND_FLAGS)
+                except FileNotFoundError:
+                    self._create()
+                    fd = os.open(self._path_text, APPEND_FLAGS)
+                try:
+                    written = os.write(fd, data)
+                    if written < len(data):
+                        # Disk full or a size limit mid-line: leave no half line behind.
+                        os.ftruncate(fd, os.fstat(fd).st_size - written)
+                        raise OSError(f'short write ({written} of {len(data)} bytes), undone')
+                    if fsync:
+                        os.fsync(fd)
+                finally:
+                    os.close(fd)
             except OSError as exc:
                 raise StorageError(f'cannot append to {self.path}: {exc}') from exc
-
-    def _append_descriptor(self):
-        """An O_APPEND descriptor of the current file; the caller holds the lock.
-
-        Kept open between appends: a stat() under the lock tells whether a rewrite has
-        replaced the file since (our descriptor holds the old inode, so its number cannot
-        be reused meanwhile). Cheaper than open() + close() on every enqueue.
-        """
-        try:
-            st = os.stat(self._path_text)
-        except FileNotFoundError:
-            self._create()
-            st = os.stat(self._path_text)
-        if self._append_fd is not None and self._append_identity == (st.st_ino, st.st_dev):
-            return self._append_fd
-        if self._append_fd is not None:
-            self._close_append()
-        fd = os.open(self._path_text, APPEND_FLAGS)
-        self._close_append = weakref.finalize(self, os.close, fd)
-        appended = os.fstat(fd)
-        self._append_fd, self._append_identity = fd, (appended.st_ino, appended.st_dev)
-        return fd
 
     def _create(self):
         """Create the table with dbbasic-tsv; the caller holds the lock (TSV() takes none)."""

@@ -1,5 +1,6 @@
 """The seed README's API, call-compatible, on a Queue of our own."""
 
+import os
 import re
 from datetime import datetime, timedelta, timezone
 
@@ -18,6 +19,27 @@ def test_enqueue_returns_a_16_hex_id_and_get_job_shows_the_seed_keys(queue, cloc
         'status': 'pending', 'created_at': int(clock.now), 'run_at': int(clock.now),
         'attempts': 0, 'error': None, 'result': None,
     }
+
+
+def test_ids_are_unique_across_threads_and_a_forked_child():
+    from concurrent.futures import ThreadPoolExecutor
+
+    from dbbasic_queue.job import new_job_id
+    new_job_id()   # the parent has a pool of ids when it forks
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.write(write_end, ' '.join(new_job_id() for _ in range(300)).encode())
+        os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end) as pipe:
+        child_ids = pipe.read().split()
+    assert os.waitpid(pid, 0)[1] == 0
+    with ThreadPoolExecutor(8) as pool:
+        parent_ids = list(pool.map(lambda _: new_job_id(), range(3000)))
+    assert len(child_ids) == 300
+    assert all(re.fullmatch(r'[0-9a-f]{16}', i) for i in child_ids + parent_ids)
+    assert len(set(child_ids + parent_ids)) == 3300
 
 
 def test_process_jobs_runs_due_jobs_and_returns_counts_by_outcome(queue):

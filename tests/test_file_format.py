@@ -13,7 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dbbasic_queue import COLUMNS, InvalidJobError, Queue
-from dbbasic_queue.job import Job, Status, format_line, format_new_line, one_line, split_line
+from dbbasic_queue.job import (Job, Status, format_line, format_new_line, format_time, one_line,
+                               split_line)
 
 ONE_MB_STRING = 'x' * 1_000_000
 
@@ -179,7 +180,18 @@ def test_enqueue_upgrades_a_1_0_0_header_before_appending(queue):
 def test_enqueue_fast_formatter_writes_what_format_line_writes(job_type, payload, run_at):
     payload_json = json.dumps(payload, ensure_ascii=False)
     job = Job('0123456789abcdef', job_type, payload_json, Status.PENDING, 1_800_000_000, run_at)
-    assert format_new_line(job.id, job_type, payload_json, 1_800_000_000, run_at) == format_line(job)
+    line = format_new_line(job.id, job_type, payload_json, 1_800_000_000, format_time(run_at))
+    assert line == format_line(job)
+
+
+@settings(max_examples=500, deadline=None)
+@given(seconds=st.floats(min_value=-1e12, max_value=1e12) | st.integers(-10**12, 10**12))
+def test_times_are_written_rounded_up_to_the_millisecond(seconds):
+    text = format_time(seconds)
+    assert float(text or 0) >= seconds
+    if seconds and not float(seconds).is_integer():
+        # What the csv writer of 1.0.0's style would print: ceil to ms, no trailing zeros.
+        assert text == f'{math.ceil(seconds * 1000) / 1000:.3f}'.rstrip('0').rstrip('.')
 
 
 @settings(max_examples=200, deadline=None)
