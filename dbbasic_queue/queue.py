@@ -42,6 +42,7 @@ import logging
 import math
 import os
 import random
+import re
 import sys
 import threading
 import time
@@ -57,7 +58,7 @@ from .job import (COLUMNS, FINAL_STATUSES, SEED_COLUMNS, Job, Status, Unparsable
                   parse_line, quote_field, split_line)
 from .maintenance import FileMaintenance, parse_line_at
 from .signals import deferred_signals, time_limit
-from .storage import FileLock, TableFile
+from .storage import FileLock, TableFile, split_header
 from .validate import (JSON_ASCII, check_handlers, check_job_type, check_limit, check_timeout,
                        job_options, payload_json, result_json, run_at_from)
 
@@ -143,6 +144,7 @@ class Queue(FileMaintenance):
         self._state_lock = threading.RLock()
         self._snap = None
         self._idle_cache = None
+        self._polled = False
         self._reported_lines = set()
 
     @property
@@ -623,6 +625,12 @@ class Queue(FileMaintenance):
         Scans again only when the file changed; otherwise costs one stat() plus a
         liveness check of each worker holding claims.
         """
+        if not self._polled:
+            self._polled = True
+            # A cron run polls once: spare it parsing every line when nothing is due.
+            next_due = _next_due_if_all_pending(self._table.read_bytes())
+            if next_due is not None and self._clock() < next_due:
+                return True
         snap = self._table.snapshot()
         types = frozenset(run.handlers)
         cache = self._idle_cache
@@ -657,6 +665,28 @@ class Queue(FileMaintenance):
             return {i for i in ids if b'\n' + i.encode('utf-8', 'surrogateescape') + b'\t' in data}
         present = {line.split(b'\t', 1)[0] for line in data.split(b'\n')}
         return {i for i in ids if i.encode('utf-8', 'surrogateescape') in present}
+
+
+# One line of a pending job, from the newline before it: tab-free first six columns,
+# status pending, and a run_at of 10 integer digits (2001-2286), so that the smallest
+# run_at as bytes is the earliest. findall matches each line at most once.
+_PENDING_LINE = re.compile(rb'\n[^\t]*\t[^\t]*\t[^\t]*\tpending\t\d*\t(\d{10}(?:\.\d{1,3})?)\t')
+
+
+def _next_due_if_all_pending(data):
+    """The earliest run_at of the jobs in data (the hot file's bytes) when every line is
+    a pending job, else None. Exact, and in C: a regex over the whole file instead of
+    parsing each line in Python (about 5 ms for 10K jobs instead of 15).
+    """
+    header_end = data.find(b'\n')
+    header = split_header(data[:header_end].decode('utf-8', 'replace'))
+    if header_end < 0 or tuple(header[:len(SEED_COLUMNS)]) != SEED_COLUMNS:
+        return None
+    end = data.rfind(b'\n') + 1   # a line still being appended is left for later
+    run_ats = _PENDING_LINE.findall(data, header_end, end)
+    if len(run_ats) != data.count(b'\n', header_end, end) - 1:
+        return None
+    return float(min(run_ats)) if run_ats else math.inf
 
 
 def _entry(line, has_priority=True):

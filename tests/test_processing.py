@@ -3,8 +3,18 @@
 Routing (6) and a success after a failure are in test_backends.py, run on both backends."""
 
 import logging
+import math
+import subprocess
+import sys
 
-from dbbasic_queue import Queue
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dbbasic_queue import COLUMNS, Queue, liveness
+from dbbasic_queue.job import Job, Status, UnparsableLine, format_line, parse_line
+from dbbasic_queue.queue import _next_due_if_all_pending
+from tests.conftest import SUBPROCESS_TIMEOUT_SECONDS
 
 
 def failing(payload):
@@ -117,3 +127,78 @@ def test_cancelled_jobs_move_to_the_archive_at_the_next_worker_run(queue):
     assert job_id not in queue.path.read_text()
     assert queue.archive_path.read_text().count(job_id) == 1
     assert queue.get_job(job_id)['status'] == 'cancelled'
+
+
+def _dead_worker():
+    """The worker text of a process on this host that has exited."""
+    proc = subprocess.Popen([sys.executable, '-c', 'pass'])
+    marker = liveness.start_marker(proc.pid)
+    proc.wait(timeout=SUBPROCESS_TIMEOUT_SECONDS)
+    return f'{liveness.HOST}:{proc.pid}:{marker}'
+
+
+@pytest.mark.parametrize('odd', ['due', 'run_at 0', 'dead claim', 'cancelled', 'not a job'])
+def test_the_first_poll_of_a_fresh_worker_acts_on_any_line_among_future_jobs(tmp_path, clock,
+                                                                               odd, caplog):
+    # The first poll of a process reads the file in one regex pass; it must still see
+    # every line that needs work, wherever it is.
+    queue = Queue(tmp_path / 'q.tsv', clock=clock)
+    for n in range(50):
+        queue.enqueue('t', {'n': n}, run_at=clock.now + 3600)
+    job = Job('d' * 16, 't', '{"odd": 1}', Status.PENDING, int(clock.now), clock.now + 3600)
+    line = {
+        'due': lambda: format_line(job.evolve(run_at=clock.now - 1)),
+        'run_at 0': lambda: format_line(job.evolve(run_at=0)),
+        'dead claim': lambda: format_line(job.evolve(status=Status.PROCESSING, worker=_dead_worker(),
+                                                     claimed_at=clock.now - 5)),
+        'cancelled': lambda: format_line(job.evolve(status=Status.CANCELLED, finished_at=clock.now)),
+        'not a job': lambda: 'a line someone typed',
+    }[odd]()
+    with open(queue.path, 'a') as f:
+        f.write(line[:25] + '\n' + line[25:] + '\n' if odd == 'not a job' else line + '\n')
+    ran = []
+    with caplog.at_level(logging.WARNING, logger='dbbasic_queue'):
+        summary = Queue(queue.path, clock=clock).process_jobs({'t': ran.append})
+    if odd in ('due', 'run_at 0'):
+        assert ran == [{'odd': 1}]
+    elif odd == 'dead claim':
+        assert summary['recovered'] == 1 and queue.get_job('d' * 16)['status'] == 'pending'
+    elif odd == 'cancelled':
+        assert 'd' * 16 not in queue.path.read_text() and ran == []
+        assert queue.get_job('d' * 16)['status'] == 'cancelled'
+    else:
+        assert 'kept a line that is not a job' in caplog.text and ran == []
+
+
+@settings(max_examples=300, deadline=None)
+@given(lines=st.lists(st.tuples(
+    st.sampled_from([Status.PENDING, Status.PENDING, Status.PROCESSING, Status.CANCELLED, None]),
+    st.sampled_from(['t', 'pending', '"q"', 'a b']),
+    st.sampled_from([0, 5, 1e9, 1_800_000_000, 1_800_000_000.5, 1_800_000_000.001, 9_999_999_999.999,
+                     10_000_000_000, 1_799_999_999.25]),
+    st.sampled_from(['', 'pending', '1800000000']),
+    st.text(alphabet='ab\tpending0123456789"', max_size=30)), max_size=8))
+def test_the_first_poll_regex_never_reports_idle_when_a_parse_would_not(lines):
+    # _next_due_if_all_pending may give up (None), but when it answers, it is the
+    # earliest run_at of the jobs a full parse finds, and every one of them is pending.
+    text_lines = []
+    for status, job_type, run_at, unique_key, junk in lines:
+        if status is None:
+            text_lines.append(junk.replace('\n', '') or 'x')
+        else:
+            text_lines.append(format_line(Job('ab' * 8, job_type, '{"k": "pending"}', status, 1, run_at,
+                                              unique_key=unique_key, max_attempts=1_800_000_000)))
+    data = ('\t'.join(COLUMNS) + '\r\n' + ''.join(line + '\n' for line in text_lines)).encode()
+    answer = _next_due_if_all_pending(data)
+    if answer is None:
+        return
+    jobs = []
+    for line in text_lines:
+        try:
+            jobs.append(parse_line(line))
+        except UnparsableLine:
+            pass
+    assert all(job.status is Status.PENDING for job in jobs)
+    assert answer <= min((job.run_at for job in jobs), default=math.inf)
+    if len(jobs) == len(text_lines):
+        assert answer == min((job.run_at for job in jobs), default=math.inf)
