@@ -58,7 +58,7 @@ from .job import (COLUMNS, FINAL_STATUSES, SEED_COLUMNS, Job, Status, Unparsable
                   parse_line, quote_field, split_line)
 from .maintenance import FileMaintenance, parse_line_at
 from .signals import deferred_signals, time_limit
-from .storage import FileLock, TableFile, split_header
+from .storage import CONFLICTS_BEFORE_LOCKING, FileLock, TableFile, split_header
 from .validate import (JSON_ASCII, check_handlers, check_job_type, check_limit, check_timeout,
                        job_options, payload_json, result_json, run_at_from)
 
@@ -76,7 +76,6 @@ REWRITE_SHARE = 0.1             # ... or enough that rewrites are <= 10 % of the
 BATCH_GROWTH = 64
 MAX_BATCH_JOBS = 2_000          # bounds a worker's memory: each claim holds a Job
 ARCHIVE_FLUSH_SECONDS = 0.05    # finished jobs reach the archive at least this often
-CONFLICTS_BEFORE_LOCKING = 3    # after that many lost races, rewrite holding the lock
 ACTIVE_STATUSES = frozenset({Status.PENDING, Status.PROCESSING})
 _PENDING, _PROCESSING = Status.PENDING.value, Status.PROCESSING.value
 _STATUS_WORDS = {status.value: status.value for status in Status}
@@ -110,6 +109,10 @@ class _Run:
     stop_requested: bool = False
     signals: list = field(default_factory=list)     # deferred until the run is tidy
     summary: Counter = field(default_factory=Counter)
+
+
+class _OlderColumns(Exception):
+    """The file has older columns (1.0.0's nine): upgrade it before editing a line."""
 
 
 class Queue(FileMaintenance):
@@ -231,25 +234,32 @@ class Queue(FileMaintenance):
         return job.to_dict() if job else None
 
     def cancel_job(self, job_id):
-        """True if the job was pending and is now cancelled (it will never run), else False."""
-        if not isinstance(job_id, str) or not job_id:
-            return False
-        prefix = job_id + '\t'
+        """True if the job was pending and is now cancelled (it will never run), else False.
 
-        def cancel(lines, now):
-            for i, line in enumerate(lines):
-                if line.startswith(prefix):
-                    job = self._full_job(i)
-                    if job is None or job.status is not Status.PENDING:
-                        return None
-                    # It stays here as cancelled; the next worker rewrite archives it.
-                    return _Plan(changes={i: job.evolve(
-                        status=Status.CANCELLED, error='Cancelled by user', finished_at=now)},
-                        result=True)
-            return None
+        The job stays in the hot file as cancelled; the next worker run archives it.
+        """
+        if not isinstance(job_id, str) or not job_id or '\t' in job_id or '\n' in job_id:
+            return False
+
+        def cancel(header, line):
+            if tuple(header) != COLUMNS:
+                raise _OlderColumns
+            try:
+                job = parse_line(line, header)
+            except UnparsableLine:
+                self._report_unparsable(line)
+                return None
+            if job.status is not Status.PENDING:
+                return None
+            return format_line(job.evolve(status=Status.CANCELLED, error='Cancelled by user',
+                                          finished_at=self._clock()))
 
         with self._state_lock:
-            return bool(self._rewrite(cancel, parse=False))
+            try:
+                return self._table.rewrite_line(job_id + '\t', cancel)
+            except _OlderColumns:
+                self._upgrade_header()   # a 1.0.0 file: give it our columns first
+                return self._table.rewrite_line(job_id + '\t', cancel)
 
     def mark_migrated(self, job_ids):
         """Mark these pending (hot file) and failed (archive) jobs 'migrated', moving them

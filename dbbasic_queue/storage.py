@@ -17,6 +17,7 @@ import logging
 import os
 import threading
 import weakref
+from contextlib import nullcontext
 from pathlib import Path
 
 from .errors import StorageError
@@ -31,6 +32,7 @@ LINES_PER_WRITE = 4096
 APPEND_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC
 _generations = itertools.count()
 READ_CHUNK_BYTES = 1 << 20
+CONFLICTS_BEFORE_LOCKING = 3    # after that many lost races, rewrite holding the lock
 
 
 class FileLock:
@@ -235,22 +237,79 @@ class TableFile:
         leaves either the old file or the new one, never a mix. under_lock() runs just
         before the rename, with the lock held and the version confirmed.
         """
+        carried = []
+
+        def write_body(fd):
+            _write_lines(fd, [self.header_line])
+            _write_lines(fd, lines)
+
+        def write_appended(fd, size):
+            carried.extend(snap.read_more(size))
+            _write_lines(fd, carried)
+
+        replaced = self._replace(snap, write_body, write_appended, under_lock)
+        if replaced is None:
+            return None
+        fd, size = replaced
+        return self._keep(Snapshot(fd, self.columns, list(lines) + carried, size))
+
+    def rewrite_line(self, prefix, edit):
+        """Replace the first line that starts with prefix by edit(header, line).
+
+        edit returns the new line, or None to leave the file alone. Every other byte is
+        copied as it is, never decoded or split: one change to a 100K-line file costs a
+        copy and an fsync. Atomic, and carrying appended lines, as commit; retried if
+        another process replaced the file meanwhile. Returns whether a line was replaced.
+        """
+        needle = ('\n' + prefix).encode(ENCODING, DECODE_ERRORS)
+        for attempt in itertools.count():
+            with self.lock if attempt >= CONFLICTS_BEFORE_LOCKING else nullcontext():
+                try:
+                    snap = Snapshot(os.open(self.path, os.O_RDONLY | os.O_CLOEXEC))
+                except FileNotFoundError:
+                    return False
+                data = _pread_all(snap.fd, os.fstat(snap.fd).st_size, 0)
+                snap.offset = data.rfind(b'\n') + 1   # whole lines only
+                pos = data.find(needle, 0, snap.offset)
+                if pos < 0:
+                    return False
+                start, end = pos + 1, data.find(b'\n', pos + 1) + 1
+                header = split_header(data[:data.find(b'\n')].decode(ENCODING, DECODE_ERRORS))
+                line = edit(header, data[start:end - 1].decode(ENCODING, DECODE_ERRORS))
+                if line is None:
+                    return False
+                new_line = (line + '\n').encode(ENCODING, DECODE_ERRORS)
+
+                def write_body(fd, data=memoryview(data)):
+                    _write_all(fd, data[:start])
+                    _write_all(fd, new_line)
+                    _write_all(fd, data[end:snap.offset])
+
+                def write_appended(fd, size):
+                    _write_all(fd, _pread_all(snap.fd, size - snap.offset, snap.offset))
+
+                replaced = self._replace(snap, write_body, write_appended)
+                snap.close()
+                if replaced is not None:
+                    self._keep(Snapshot(replaced[0]))   # read again when next needed
+                    return True
+
+    def _replace(self, snap, write_body, write_appended, under_lock=None):
+        """The atomic rename behind commit and rewrite_line: (new file's fd, its size), or
+        None if the file is no longer the one snap holds open."""
         tmp_path = self.path.with_name(f'.{self.path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp')
         fd = None
         try:
             fd = os.open(tmp_path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
             self._copy_owner(fd, snap)
-            _write_lines(fd, [self.header_line])
-            _write_lines(fd, lines)
+            write_body(fd)
             os.fsync(fd)
             with self.lock:
                 st = _stat_or_none(self.path)
                 if not snap.is_file(st):
                     return None
-                carried = []
                 if st is not None and st.st_size > snap.offset:
-                    carried = snap.read_more(st.st_size)
-                    _write_lines(fd, carried)
+                    write_appended(fd, st.st_size)
                     os.fsync(fd)
                 if under_lock is not None:
                     under_lock()
@@ -266,13 +325,15 @@ class TableFile:
             if tmp_path is not None:
                 if fd is not None:
                     os.close(fd)
-                    fd = None
                 _unlink_quietly(tmp_path)
-        new = Snapshot(fd, self.columns, list(lines) + carried, size)
+        return fd, size
+
+    def _keep(self, snap):
+        """Make snap the cached snapshot of the current file, closing the previous one."""
         if self._snapshot is not None:
             self._snapshot.close()
-        self._snapshot = new
-        return new
+        self._snapshot = snap
+        return snap
 
     def _copy_owner(self, fd, snap):
         if snap.fd is None:

@@ -127,3 +127,25 @@ def test_a_forked_child_does_not_share_its_parents_lock(tmp_path):
     os.waitpid(pid, 0)
     assert waited >= 0.4
     assert queue.process_jobs({'t': lambda p: 1})['completed'] == 2
+
+
+def test_cancels_while_other_processes_enqueue_lose_no_job(tmp_path):
+    # cancel_job rewrites the file outside the lock and carries the lines appended
+    # meanwhile: every job enqueued during the cancels must still be there.
+    queue = Queue(tmp_path / 'data' / 'queue.tsv')
+    targets = [queue.enqueue('work', {'n': n, 'padding': 'x' * 200}) for n in range(3000)]
+    producers = [spawn(ENQUEUER, queue.path, f'p{i}', 1500) for i in range(2)]
+    cancelled = []
+    for job_id in targets[::100]:
+        cancelled.append(queue.cancel_job(job_id))
+        time.sleep(0.002)
+    produced = wait_all(producers)
+    for returncode, _, err in produced:
+        assert returncode == 0, err
+    enqueued = [job_id for _, out, _ in produced for job_id in out.split()]
+    assert len(enqueued) == 3000 and all(cancelled)
+    lines = queue.path.read_text().splitlines()[1:]
+    assert len(lines) == 3000 + 3000
+    ids = {line.split('\t', 1)[0] for line in lines}
+    assert ids == set(targets) | set(enqueued)
+    assert {queue.get_job(job_id)['status'] for job_id in targets[::100]} == {'cancelled'}

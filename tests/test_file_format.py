@@ -163,6 +163,32 @@ def test_a_file_written_by_dbbasic_queue_1_0_0_is_read_and_worked_as_is(queue):
         assert queue.archive_path.read_text().count(job_id) == 1
 
 
+def test_cancel_job_on_a_1_0_0_file_upgrades_it_first(queue):
+    queue.path.parent.mkdir(parents=True)
+    queue.path.write_text(ORIGINAL_FILE)
+    assert queue.cancel_job('aaaaaaaaaaaaaaa1') is True
+    lines = queue.path.read_text().split('\n')
+    assert tuple(lines[0].split('\t')) == COLUMNS
+    assert all(len(line.split('\t')) == len(COLUMNS) for line in lines[1:] if line)
+    assert queue.get_job('aaaaaaaaaaaaaaa1')['status'] == 'cancelled'
+    assert queue.get_job('aaaaaaaaaaaaaaa2')['status'] == 'processing'
+
+
+def test_cancel_job_keeps_every_other_byte_even_if_not_utf8(queue):
+    keep = queue.enqueue('t', {'n': 1})
+    target = queue.enqueue('t', {'n': 2})
+    with open(queue.path, 'ab') as f:
+        f.write(b'hand \xff\xfe edit\n')
+    queue.enqueue('t', {'n': 3})
+    before = queue.path.read_bytes()
+    assert queue.cancel_job(target) is True
+    after = queue.path.read_bytes()
+    old_line = next(line for line in before.split(b'\n') if line.startswith(target.encode()))
+    new_line = next(line for line in after.split(b'\n') if line.startswith(target.encode()))
+    assert after.replace(new_line, old_line) == before
+    assert queue.get_job(keep)['status'] == 'pending'
+
+
 def test_enqueue_upgrades_a_1_0_0_header_before_appending(queue):
     queue.path.parent.mkdir(parents=True)
     queue.path.write_text(ORIGINAL_FILE)
