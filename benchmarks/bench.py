@@ -3,8 +3,9 @@
     python benchmarks/bench.py [--quick]
 
 Stdlib only. Every figure is the median of several runs; enqueue is compared with a
-floor measured in the same run (flock + append one formatted line + unlock), because
-the machines are shared and noisy. Nothing here is asserted: it prints.
+floor measured in the same run (flock + append one formatted line + unlock, as
+dbbasic-tsv does it), because the machines are shared and noisy; a stricter floor
+(lock file kept open, raw os calls) is printed beside it. Nothing here is asserted.
 """
 
 import argparse
@@ -58,10 +59,33 @@ def fill_archive(queue, count):
 
 
 # -- the figures ---------------------------------------------------------------------
+def floor_line(queue):
+    return format_line(Job('f' * 16, 'send_email', '{"to": "user@example.com"}', Status.PENDING, 0, 0.0)) + '\n'
+
+
 def floor_append_us(queue):
-    """flock + append one formatted job line + unlock, on a file beside the queue."""
-    line = (format_line(Job('f' * 16, 'send_email', '{"to": "user@example.com"}',
-                            Status.PENDING, 0, 0.0)) + '\n').encode()
+    """The issue's floor: flock + append one formatted line + unlock, the way dbbasic-tsv
+    appends a row (lock file opened per call, the line written through a file object).
+    This is the figure the issue quotes as ~14 us."""
+    line = floor_line(queue)
+    path, lock_path = queue.path.with_name('floor.tsv'), queue.path.with_name('floor.lock')
+    started = time.perf_counter()
+    for _ in range(ENQUEUES_PER_RUN):
+        lock_fd = os.open(lock_path, os.O_CREAT | os.O_RDWR)
+        try:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX)
+            with open(path, 'a', newline='', encoding='utf-8') as f:
+                f.write(line)
+        finally:
+            fcntl.flock(lock_fd, fcntl.LOCK_UN)
+            os.close(lock_fd)
+    return (time.perf_counter() - started) / ENQUEUES_PER_RUN * 1e6
+
+
+def strict_floor_append_us(queue):
+    """The least a locked append costs from Python: the lock file kept open, raw os calls
+    (flock, open, write, close, unlock), the line already encoded."""
+    line = floor_line(queue).encode()
     path, lock_path = queue.path.with_name('floor.tsv'), queue.path.with_name('floor.lock')
     lock_fd = os.open(lock_path, os.O_RDWR | os.O_CREAT)
     started = time.perf_counter()
@@ -316,15 +340,17 @@ def main(argv=None):
 
     with tempfile.TemporaryDirectory(prefix='dbbasic-queue-bench-') as workdir:
         for backlog in ([0, 10_000] if args.quick else [0, 10_000, 100_000]):
-            floors, ours = [], []
+            floors, strict_floors, ours = [], [], []
             for _ in range(runs):
                 queue = new_queue(workdir)
                 fill(queue, backlog)
                 floors.append(floor_append_us(queue))
+                strict_floors.append(strict_floor_append_us(queue))
                 ours.append(enqueue_us(queue))
-            floor, mine = statistics.median(floors), statistics.median(ours)
+            floor, strict, mine = map(statistics.median, (floors, strict_floors, ours))
             row(f'enqueue, {backlog:,} queued', mine, 'us', f'<= 1.5x floor ({floor:.1f} us)',
-                mine <= 1.5 * floor, f'ratio {mine / floor:.2f}')
+                mine <= 1.5 * floor, f'ratio {mine / floor:.2f}; {mine / strict:.2f}x strict floor '
+                f'({strict:.1f} us)')
 
         for count in ([1_000, 10_000] if args.quick else [1_000, 10_000, 100_000]):
             def drain():
