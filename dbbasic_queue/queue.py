@@ -632,12 +632,13 @@ class Queue(FileMaintenance):
     def _nothing_to_do(self, run):
         """True when nothing is due for these handlers: the idle poll of a worker loop.
 
-        Scans again only when the file changed; otherwise costs one stat() plus a
+        The first call of a Queue (a cron run polls once) decides from one regex pass over
+        the file when every line is a pending job. Later calls keep parsed entries and
+        scan again only when the file changed; otherwise they cost one stat() plus a
         liveness check of each worker holding claims.
         """
         if not self._polled:
             self._polled = True
-            # A cron run polls once: spare it parsing every line when nothing is due.
             next_due = _next_due_if_all_pending(self._table.read_bytes())
             if next_due is not None and self._clock() < next_due:
                 return True

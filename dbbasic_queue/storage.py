@@ -146,9 +146,11 @@ class TableFile:
     def append(self, data, fsync=False):
         """Append data (whole encoded lines) under the lock; create the table if missing.
 
-        Opens the file for each append: that names the current file even if a rewrite
-        (or a hand edit) replaced it since, and costs no more than checking a kept-open
-        descriptor with stat().
+        Opens the file for each append, so it always names the current file, even if a
+        rewrite (or a hand edit) replaced it since. Keeping a descriptor open would need a
+        stat() per append to notice that, and on Linux >= 6.13 a stat() marks the
+        timestamps as seen, so the next write must update them: measured, stat + write
+        costs more than open + write + close.
         """
         with self.lock:
             try:
