@@ -47,10 +47,16 @@ def _marker_without_proc(pid):
     return ''
 
 
+_current = (None, None)   # (pid, worker): a forked child has another pid, so its own
+
+
 def current_worker():
     """The identity written into the claims of this process."""
+    global _current
     pid = os.getpid()
-    return f'{HOST}:{pid}:{start_marker(pid) or ""}'
+    if _current[0] != pid:
+        _current = (pid, f'{HOST}:{pid}:{start_marker(pid) or ""}')
+    return _current[1]
 
 
 def claim_is_alive(worker, claimed_at, now, lease_seconds):

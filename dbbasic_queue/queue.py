@@ -319,19 +319,27 @@ class Queue(FileMaintenance):
         run = _Run(dict(handlers), max_attempts, timeout, liveness.current_worker(),
                    jobs_left=max_jobs,
                    deadline=None if max_seconds is None else time.monotonic() + max_seconds)
-        with self._state_lock, deferred_signals(run):
-            try:
-                while not run.stop_requested and run.jobs_left != 0:
-                    if run.jobs_left is not None:
-                        run.batch_size = min(run.batch_size, run.jobs_left)
-                    batch = self._claim(run)
-                    if not batch:
-                        break
-                    self._run_batch(run, batch)
-            finally:
-                if run.outcomes or run.unstarted or run.archive_buffer:
-                    self._claim(run, claim=False)
-        return {name: run.summary[name] for name in ('completed', 'retried', 'failed', 'recovered')}
+        with self._state_lock:
+            if self._nothing_to_do(run):   # the idle poll: no signal handlers to swap
+                return _counts(run)
+            with deferred_signals(run):
+                self._work(run)
+        return _counts(run)
+
+    def _work(self, run):
+        """Claim and run batches until none is due or a limit is reached; then give back
+        the claims not started and record the outcomes not yet written."""
+        try:
+            while not run.stop_requested and run.jobs_left != 0:
+                if run.jobs_left is not None:
+                    run.batch_size = min(run.batch_size, run.jobs_left)
+                batch = self._claim(run)
+                if not batch:
+                    break
+                self._run_batch(run, batch)
+        finally:
+            if run.outcomes or run.unstarted or run.archive_buffer:
+                self._claim(run, claim=False)
 
     def _claim(self, run, claim=True):
         """One rewrite: record outcomes, release or recover claims, claim the next batch."""
@@ -698,6 +706,10 @@ def _next_due_if_all_pending(data):
     if len(run_ats) != data.count(b'\n', header_end, end) - 1:
         return None
     return float(min(run_ats)) if run_ats else math.inf
+
+
+def _counts(run):
+    return {name: run.summary[name] for name in ('completed', 'retried', 'failed', 'recovered')}
 
 
 def _entry(line, has_priority=True):

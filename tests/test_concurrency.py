@@ -149,3 +149,20 @@ def test_cancels_while_other_processes_enqueue_lose_no_job(tmp_path):
     ids = {line.split('\t', 1)[0] for line in lines}
     assert ids == set(targets) | set(enqueued)
     assert {queue.get_job(job_id)['status'] for job_id in targets[::100]} == {'cancelled'}
+
+
+def test_a_forked_child_claims_jobs_under_its_own_pid(tmp_path):
+    queue = Queue(tmp_path / 'data' / 'queue.tsv')
+    queue.process_jobs({'t': print})   # the parent has polled (and knows its own identity)
+    job_id = queue.enqueue('t', {})
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        queue.process_jobs({'t': lambda payload: os.write(write_end, queue.find_job(job_id).worker.encode())})
+        os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end) as pipe:
+        worker = pipe.read()
+    assert os.waitpid(pid, 0)[1] == 0
+    assert worker.split(':')[-2] == str(pid)
+    assert queue.get_job(job_id)['status'] == 'completed'
