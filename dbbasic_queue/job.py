@@ -11,8 +11,9 @@ import enum
 import functools
 import json
 import math
+import operator
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 SEED_COLUMNS = ('id', 'type', 'payload', 'status', 'created_at', 'run_at',
                 'attempts', 'error', 'result')
@@ -45,7 +46,7 @@ class UnparsableLine(ValueError):
     """A line that is not a job (a hand edit); it is kept verbatim, never dropped."""
 
 
-@dataclass
+@dataclass(slots=True)
 class Job:
     """One job. payload_json and result_json hold the stored JSON text."""
     id: str
@@ -95,9 +96,15 @@ class Job:
 
     def evolve(self, **changes):
         """A copy with some fields changed (dataclasses.replace, without its cost)."""
-        new = object.__new__(Job)
-        new.__dict__ = {**self.__dict__, **changes}
-        return new
+        values = list(_ALL_FIELDS(self))
+        for name, value in changes.items():
+            values[_FIELD_INDEX[name]] = value
+        return Job(*values)
+
+
+_FIELD_NAMES = tuple(field.name for field in fields(Job))
+_FIELD_INDEX = {name: i for i, name in enumerate(_FIELD_NAMES)}
+_ALL_FIELDS = operator.attrgetter(*_FIELD_NAMES)   # job -> a tuple of every field
 
 
 def one_line(text):
@@ -116,7 +123,10 @@ def format_time(seconds):
         return '0' if seconds == 0 else ''
     if float(seconds).is_integer():
         return str(int(seconds))
-    return format_millis(math.ceil(seconds * 1000))
+    millis = math.ceil(seconds * 1000)
+    if millis / 1000 < seconds:   # seconds * 1000 was rounded down to a float
+        millis += 1
+    return format_millis(millis)
 
 
 def format_millis(millis):
