@@ -292,14 +292,17 @@ def cmd_cancel(queue, args):
 
 def cmd_purge(queue, args):
     try:
-        ids = queue.purge(args.status, parse_duration(args.older_than), dry_run=args.dry_run)
+        older_than = None if args.older_than is None else parse_duration(args.older_than)
+        ids = queue.purge(args.status, older_than, dry_run=args.dry_run, keep=args.keep)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     verb = 'would purge' if args.dry_run else 'purged'
     if args.json:
         print_json({'dry_run': args.dry_run, 'ids': ids})
     else:
-        print(f'{verb} {len(ids)} job(s): {", ".join(args.status)} older than {args.older_than}')
+        limits = ([f'older than {args.older_than}'] if args.older_than else []) + (
+            [f'beyond the newest {args.keep}'] if args.keep is not None else [])
+        print(f'{verb} {len(ids)} job(s): {", ".join(args.status)} {" or ".join(limits)}')
     return EXIT_OK
 
 
@@ -393,7 +396,9 @@ def build_parser():
     purge = commands.add_parser('purge', help='delete old finished jobs from the archive')
     purge.add_argument('--status', nargs='+', required=True,
                        choices=('completed', 'failed', 'cancelled', 'migrated'))
-    purge.add_argument('--older-than', required=True, metavar='DURATION', help='e.g. 7d')
+    purge.add_argument('--older-than', metavar='DURATION', help='finished longer ago than this, e.g. 7d')
+    purge.add_argument('--keep', type=int, metavar='N',
+                       help='all but the newest N of these statuses (with --older-than: either)')
     purge.add_argument('--dry-run', action='store_true')
     purge.set_defaults(run=cmd_purge)
 
@@ -466,7 +471,7 @@ COMMANDS = {
         ('show', 'Show one job: queue:show ID'),
         ('retry', 'Retry a job or every failed job: queue:retry ID | --failed'),
         ('cancel', 'Cancel a pending job: queue:cancel ID'),
-        ('purge', 'Delete old finished jobs: queue:purge --status S --older-than 7d'),
+        ('purge', 'Delete old finished jobs: queue:purge --status S --older-than 7d | --keep N'),
         ('check', 'Find problems in the queue files'),
         ('migrate', 'Move pending and failed jobs into Redis: queue:migrate --to redis://...'),
     ]},

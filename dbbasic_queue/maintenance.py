@@ -137,34 +137,29 @@ class FileMaintenance(Inspection):
                 self._archive.commit(archive, keep)
         return list(revived)
 
-    def purge(self, statuses, older_than_seconds, dry_run=False):
-        """Delete finished jobs of these statuses that finished more than older_than_seconds
-        ago from the archive; returns their ids. dry_run only lists them.
+    def purge(self, statuses, older_than_seconds=None, dry_run=False, *, keep=None):
+        """Delete finished jobs of these statuses from the archive; returns their ids.
+
+        A job goes if it finished more than older_than_seconds ago, or if it is not among
+        the newest `keep` jobs of these statuses (give either, or both). Only the named
+        statuses are touched: failed jobs stay unless you name them. dry_run only lists.
+        The archive is read and filtered outside the lock (jobs finishing meanwhile are
+        kept), so enqueues never wait for a purge.
         """
-        statuses = set(statuses)
-        allowed = {status.value for status in FINAL_STATUSES}
-        if not statuses or not statuses <= allowed:
-            raise ValueError(f'statuses must be some of {", ".join(sorted(allowed))}, '
-                             f'got {", ".join(sorted(statuses)) or "none"}')
-        check_limit('older_than_seconds', older_than_seconds)
-        cutoff = self._clock() - older_than_seconds
-        with self._state_lock, self._table.lock:
-            archive = self._archive.snapshot()
-            header = archive.header or COLUMNS
-            keep, purged = [], []
-            for line in archive.lines:
-                try:
-                    job = parse_line(line, header)
-                except UnparsableLine:
-                    job = None
-                if (job is not None and job.status.value in statuses
-                        and (job.finished_at or job.created_at) < cutoff):
-                    purged.append(job.id)
-                else:
-                    keep.append(line)
-            if purged and not dry_run:
-                self._archive.commit(archive, keep)
-        return purged
+        cutoff = purge_cutoff(statuses, older_than_seconds, keep, self._clock())
+        with self._state_lock:
+            for holding in self._archive.attempts():
+                with holding:
+                    archive = self._archive.snapshot()
+                    jobs = [_job_or_none(line, archive.header) for line in archive.lines]
+                    purged = chosen_for_purge([j for j in jobs if j], set(statuses), cutoff, keep)
+                    if not purged or dry_run:
+                        return purged
+                    gone = set(purged)
+                    kept = [line for line, job in zip(archive.lines, jobs)
+                            if job is None or job.id not in gone]
+                    if self._archive.commit(archive, kept) is not None:
+                        return purged
 
     def check(self):
         """Problems found in the files, as one-line descriptions (empty: all is well).
@@ -189,6 +184,42 @@ class FileMaintenance(Inspection):
             if not pid.isdigit() or liveness.start_marker(int(pid)) is None:
                 problems.append(f'{leftover.name}: temp file left by an interrupted rewrite')
         return problems
+
+
+def purge_cutoff(statuses, older_than_seconds, keep, now):
+    """Check purge's arguments (ValueError); the finish time before which jobs go, or None."""
+    allowed = {status.value for status in FINAL_STATUSES}
+    statuses = set(statuses)
+    if not statuses or not statuses <= allowed:
+        raise ValueError(f'statuses must be some of {", ".join(sorted(allowed))}, '
+                         f'got {", ".join(sorted(statuses)) or "none"}')
+    check_limit('older_than_seconds', older_than_seconds)
+    if keep is not None and (isinstance(keep, bool) or not isinstance(keep, int) or keep < 0):
+        raise ValueError(f'keep must be an int >= 0 or None, got {keep!r}')
+    if older_than_seconds is None and keep is None:
+        raise ValueError('give older_than_seconds, keep, or both')
+    return None if older_than_seconds is None else now - older_than_seconds
+
+
+def chosen_for_purge(jobs, statuses, cutoff, keep):
+    """The ids, in the order of jobs, of those with these statuses that finished before
+    cutoff (None: any age) or are not among the newest `keep` of them (None: any number)."""
+    def finished(job):
+        return job.finished_at or job.created_at
+
+    candidates = [job for job in jobs if job.status.value in statuses]
+    newest_first = sorted(candidates, key=finished, reverse=True)
+    kept = {job.id for job in newest_first[:keep]} if keep is not None else None
+    return [job.id for job in candidates
+            if (cutoff is not None and finished(job) < cutoff)
+            or (kept is not None and job.id not in kept)]
+
+
+def _job_or_none(line, header):
+    try:
+        return parse_line(line, header or COLUMNS)
+    except UnparsableLine:
+        return None
 
 
 def find_line(data, job_id):

@@ -47,7 +47,6 @@ import sys
 import threading
 import time
 from collections import Counter, deque
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -58,7 +57,7 @@ from .job import (COLUMNS, FINAL_STATUSES, SEED_COLUMNS, Job, Status, Unparsable
                   parse_line, quote_field, split_line)
 from .maintenance import FileMaintenance, parse_line_at
 from .signals import deferred_signals, time_limit
-from .storage import CONFLICTS_BEFORE_LOCKING, FileLock, TableFile, split_header
+from .storage import FileLock, TableFile, split_header
 from .validate import (JSON_ASCII, check_handlers, check_job_type, check_limit, check_timeout,
                        job_options, payload_json, result_json, run_at_from)
 
@@ -559,9 +558,7 @@ class Queue(FileMaintenance):
         checks under the lock that no one replaced the file meanwhile, else this runs
         again (holding the lock after a few lost races, so it always finishes).
         """
-        attempt = 0
-        while True:
-            holding = self._table.lock if attempt >= CONFLICTS_BEFORE_LOCKING else nullcontext()
+        for holding in self._table.attempts():
             with holding:
                 snap = self._table.snapshot()
                 self._check_header(snap)
@@ -583,7 +580,6 @@ class Queue(FileMaintenance):
                 if new is not None:
                     new.jobs = new_entries
                     return plan.result
-            attempt += 1
 
     def _new_lines(self, snap, plan, outdated):
         """The new file's lines, and their entries as far as snap had parsed them."""

@@ -39,7 +39,7 @@ from rq.results import Result
 from rq.serializers import JSONSerializer
 
 from . import queue as file_queue
-from .maintenance import Inspection
+from .maintenance import Inspection, chosen_for_purge, purge_cutoff
 from .signals import time_limit
 from .validate import (check_handlers, check_job_type, check_limit, check_timeout, job_options,
                        payload_json, result_json, run_at_from)
@@ -349,16 +349,10 @@ class RedisQueue(Inspection):
                          timeout=job.timeout or None, max_attempts=job.max_attempts or None)
         return [job.id for job in chosen]
 
-    def purge(self, statuses, older_than_seconds, dry_run=False):
-        """Delete finished jobs of these statuses older than older_than_seconds; their ids."""
-        allowed = {s.value for s in file_queue.FINAL_STATUSES}
-        statuses = set(statuses)
-        if not statuses or not statuses <= allowed:
-            raise ValueError(f'statuses must be some of {", ".join(sorted(allowed))}, '
-                             f'got {", ".join(sorted(statuses)) or "none"}')
-        cutoff = self._clock() - older_than_seconds
-        purged = [job.id for job in self.jobs() if job.status.value in statuses
-                  and (job.finished_at or job.created_at) < cutoff]
+    def purge(self, statuses, older_than_seconds=None, dry_run=False, *, keep=None):
+        """Delete finished jobs as the file's purge does (by age, count, or both); their ids."""
+        cutoff = purge_cutoff(statuses, older_than_seconds, keep, self._clock())
+        purged = chosen_for_purge(self.jobs(), set(statuses), cutoff, keep)
         if not dry_run:
             for job_id in purged:
                 self._fetch(job_id).delete(remove_from_queue=True)

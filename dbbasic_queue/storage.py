@@ -255,6 +255,13 @@ class TableFile:
         fd, size = replaced
         return self._keep(Snapshot(fd, self.columns, list(lines) + carried, size))
 
+    def attempts(self):
+        """Contexts to run an optimistic rewrite in, one per try: without the lock at first
+        (a commit that finds the file replaced returns None and the caller tries again),
+        then holding it after CONFLICTS_BEFORE_LOCKING lost races, so it always finishes."""
+        for attempt in itertools.count():
+            yield self.lock if attempt >= CONFLICTS_BEFORE_LOCKING else nullcontext()
+
     def rewrite_line(self, prefix, edit):
         """Replace the first line that starts with prefix by edit(header, line).
 
@@ -264,8 +271,8 @@ class TableFile:
         another process replaced the file meanwhile. Returns whether a line was replaced.
         """
         needle = ('\n' + prefix).encode(ENCODING, DECODE_ERRORS)
-        for attempt in itertools.count():
-            with self.lock if attempt >= CONFLICTS_BEFORE_LOCKING else nullcontext():
+        for holding in self.attempts():
+            with holding:
                 try:
                     snap = Snapshot(os.open(self.path, os.O_RDONLY | os.O_CLOEXEC))
                 except FileNotFoundError:

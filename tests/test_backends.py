@@ -193,3 +193,23 @@ def test_concurrent_producers_and_workers_run_each_job_exactly_once(backend, tmp
     assert len(executed) == 450 and set(executed.values()) == {1}
     queue = queue_of(backend)
     assert all(queue.get_job(i)['status'] == 'completed' for i in ids)
+
+
+def test_purge_by_count_keeps_the_newest_and_never_unnamed_statuses(backend):
+    queue = queue_of(backend)
+    ids = [queue.enqueue('t', {'n': n}) for n in range(5)]
+    broken = queue.enqueue('broken', {})
+    queue.process_jobs({'broken': failing}, max_attempts=1)
+    for _ in ids:   # one at a time, so they finish in order
+        queue.process_jobs({'t': lambda p: p['n']}, max_jobs=1)
+        time.sleep(0.02)
+    assert [queue.get_job(i)['status'] for i in ids] == ['completed'] * 5
+    with pytest.raises(ValueError, match='older_than_seconds, keep, or both'):
+        queue.purge(['completed'])
+    with pytest.raises(ValueError, match='keep must be an int >= 0'):
+        queue.purge(['completed'], keep=-1)
+    assert sorted(queue.purge(['completed'], keep=4, dry_run=True)) == [ids[0]]
+    assert sorted(queue.purge(['completed'], 3600, keep=4)) == [ids[0]]   # either limit
+    assert sorted(queue.purge(['completed', 'failed'], keep=3)) == sorted([ids[1], broken])
+    assert [queue.get_job(i) is None for i in ids] == [True, True, False, False, False]
+    assert queue.purge(['completed'], keep=0) and queue.get_job(ids[4]) is None

@@ -86,6 +86,8 @@ def test_enqueue_schedules_with_in_and_at(workdir):
     (['work', 'handlers:HANDLERS', '--max-jobs', '-1'], 'max_jobs must be a number >= 0 or None, got -1'),
     (['work', 'handlers:HANDLERS', '--max-attempts', '0'], 'max_attempts must be an int >= 1, got 0'),
     (['purge', '--status', 'completed', '--older-than', 'a while'], "bad duration 'a while'"),
+    (['purge', '--status', 'completed'], 'give older_than_seconds, keep, or both'),
+    (['purge', '--status', 'completed', '--keep', '-1'], 'keep must be an int >= 0 or None, got -1'),
 ])
 def test_bad_input_is_one_line_on_stderr_exit_2_and_writes_nothing(workdir, args, message):
     result = cli(workdir, *args, check_code=2)
@@ -211,6 +213,16 @@ def test_purge_removes_old_finished_jobs_and_dry_run_only_lists(workdir):
     cli(workdir, 'purge', '--status', 'completed', '--older-than', '1s', check_code=0)
     counts = json.loads(cli(workdir, '--json', 'stats').stdout)['by_status']
     assert counts['completed'] == 0 and counts['failed'] == 1  # failed kept unless named
+
+
+def test_purge_keep_leaves_only_the_newest_n(workdir):
+    for n in range(3):
+        cli(workdir, 'enqueue', 'send_email', json.dumps({'to': str(n)}), check_code=0)
+        cli(workdir, 'work', 'handlers:HANDLERS', check_code=0)
+    result = cli(workdir, 'purge', '--status', 'completed', '--keep', '1', check_code=0)
+    assert result.stdout.startswith('purged 2 job(s): completed beyond the newest 1')
+    jobs = json.loads(cli(workdir, '--json', 'list').stdout)
+    assert [job['payload'] for job in jobs] == [{'to': '2'}]
 
 
 def test_check_reports_problems_with_exit_1(workdir):

@@ -166,3 +166,22 @@ def test_a_forked_child_claims_jobs_under_its_own_pid(tmp_path):
     assert os.waitpid(pid, 0)[1] == 0
     assert worker.split(':')[-2] == str(pid)
     assert queue.get_job(job_id)['status'] == 'completed'
+
+
+def test_a_purge_while_a_worker_finishes_jobs_loses_none_of_them(tmp_path):
+    # purge filters the archive outside the lock; jobs archived meanwhile must survive.
+    queue_path, log_path = tmp_path / 'data' / 'queue.tsv', tmp_path / 'executions.log'
+    queue = Queue(queue_path)
+    old = [queue.enqueue('work', {'producer': 'old', 'n': n, 'pad': 'x' * 300}) for n in range(4000)]
+    queue.process_jobs({'work': lambda p: None})
+    new = [queue.enqueue('work', {'producer': 'new', 'n': n}) for n in range(1500)]
+    worker = spawn(WORKER, queue_path, log_path, 3, 0)
+    time.sleep(0.3)   # the worker is busy archiving when the purges run
+    purged = []
+    for _ in range(5):
+        purged += queue.purge(['completed'], keep=0)
+        time.sleep(0.05)
+    wait_all([worker])
+    archived = {line.split('\t', 1)[0] for line in queue.archive_path.read_text().splitlines()[1:]}
+    assert set(old) <= set(purged)
+    assert set(new) <= archived | set(purged) and not set(new) & set(queue.path.read_text().split())
