@@ -106,36 +106,42 @@ class FileMaintenance(Inspection):
                 return job.id == job_id
             return job.status is Status.FAILED and (job_type is None or job.type == job_type)
 
-        with self._state_lock, self._table.lock:
-            archive = self._archive.snapshot()
-            header = archive.header or COLUMNS
-            keep, revived = [], {}
-            for line in archive.lines:
-                try:
-                    job = parse_line(line, header)
-                except UnparsableLine:
-                    job = None
-                if job is not None and chosen(job):
-                    if job.status not in (Status.FAILED, Status.CANCELLED):
-                        raise ValueError(f'job {job.id} is {job.status.value}: only failed '
-                                         f'and cancelled jobs can be retried')
-                    revived[job.id] = job.evolve(status=Status.PENDING, attempts=0, run_at=now,
-                                                 worker='', claimed_at=0.0, finished_at=0.0)
-                else:
-                    keep.append(line)
-            if job_id is not None and not revived:
-                current = self.find_job(job_id)
-                if current is None:
-                    raise KeyError(job_id)
-                raise ValueError(f'job {job_id} is {current.status.value}: only failed and '
-                                 f'cancelled jobs can be retried')
-            if revived:
-                # Pending first, then gone from the archive: a crash between leaves the
-                # job in both files, and the pending copy wins; it is never lost.
-                self._table.append(''.join(format_line(j) + '\n' for j in revived.values())
-                                   .encode('utf-8'), fsync=True)
-                self._archive.commit(archive, keep)
-        return list(revived)
+        with self._state_lock:
+            for holding in self._archive.attempts():
+                with holding:
+                    archive = self._archive.snapshot()
+                    keep, revived = [], {}
+                    for line in archive.lines:
+                        job = _job_or_none(line, archive.header)
+                        if job is not None and chosen(job):
+                            if job.status not in (Status.FAILED, Status.CANCELLED):
+                                raise ValueError(f'job {job.id} is {job.status.value}: only '
+                                                 f'failed and cancelled jobs can be retried')
+                            revived[job.id] = job.evolve(
+                                status=Status.PENDING, attempts=0, run_at=now, worker='',
+                                claimed_at=0.0, finished_at=0.0)
+                        else:
+                            keep.append(line)
+                    if not revived:
+                        return self._nothing_to_retry(job_id)
+
+                    def append_revived():
+                        # Pending first, then gone from the archive: a crash between
+                        # leaves the job in both files, and the pending copy runs.
+                        self._table.append(''.join(format_line(job) + '\n' for job in
+                                                   revived.values()).encode('utf-8'), fsync=True)
+
+                    if self._archive.commit(archive, keep, append_revived) is not None:
+                        return list(revived)
+
+    def _nothing_to_retry(self, job_id):
+        if job_id is None:
+            return []
+        current = self.find_job(job_id)
+        if current is None:
+            raise KeyError(job_id)
+        raise ValueError(f'job {job_id} is {current.status.value}: only failed and '
+                         f'cancelled jobs can be retried')
 
     def purge(self, statuses, older_than_seconds=None, dry_run=False, *, keep=None):
         """Delete finished jobs of these statuses from the archive; returns their ids.

@@ -174,8 +174,8 @@ def test_a_purge_while_a_worker_finishes_jobs_loses_none_of_them(tmp_path):
     queue = Queue(queue_path)
     old = [queue.enqueue('work', {'producer': 'old', 'n': n, 'pad': 'x' * 300}) for n in range(4000)]
     queue.process_jobs({'work': lambda p: None})
-    new = [queue.enqueue('work', {'producer': 'new', 'n': n}) for n in range(1500)]
-    worker = spawn(WORKER, queue_path, log_path, 3, 0)
+    new = [queue.enqueue('work', {'producer': 'new', 'n': n}) for n in range(1000)]
+    worker = spawn(WORKER, queue_path, log_path, 4, 0.002)
     time.sleep(0.3)   # the worker is busy archiving when the purges run
     purged = []
     for _ in range(5):
@@ -185,3 +185,23 @@ def test_a_purge_while_a_worker_finishes_jobs_loses_none_of_them(tmp_path):
     archived = {line.split('\t', 1)[0] for line in queue.archive_path.read_text().splitlines()[1:]}
     assert set(old) <= set(purged)
     assert set(new) <= archived | set(purged) and not set(new) & set(queue.path.read_text().split())
+
+
+def test_a_retry_while_a_worker_finishes_jobs_loses_none_of_them(tmp_path):
+    queue_path, log_path = tmp_path / 'data' / 'queue.tsv', tmp_path / 'executions.log'
+    queue = Queue(queue_path)
+    types = [f'old{n}' for n in range(5)]
+    failed = [queue.enqueue(types[n % 5], {'n': n, 'pad': 'x' * 300}) for n in range(5000)]
+    queue.process_jobs(dict.fromkeys(types, lambda p: 1 / 0), max_attempts=1)
+    new = [queue.enqueue('work', {'producer': 'new', 'n': n}) for n in range(1000)]
+    worker = spawn(WORKER, queue_path, log_path, 4, 0.002)   # no handler for the old types
+    time.sleep(0.3)   # the worker is busy archiving when the retries run
+    revived = []
+    for job_type in types:
+        revived += queue.retry(failed=True, job_type=job_type)
+        time.sleep(0.05)
+    wait_all([worker])
+    archived = {line.split('\t', 1)[0] for line in queue.archive_path.read_text().splitlines()[1:]}
+    assert sorted(revived) == sorted(failed) and not set(failed) & archived
+    assert {queue.get_job(job_id)['status'] for job_id in failed} == {'pending'}
+    assert set(new) <= archived
