@@ -291,6 +291,8 @@ def cmd_cancel(queue, args):
 
 
 def cmd_purge(queue, args):
+    if args.older_than is None and args.keep is None:
+        raise UsageError('give --older-than, --keep, or both')
     try:
         older_than = None if args.older_than is None else parse_duration(args.older_than)
         ids = queue.purge(args.status, older_than, dry_run=args.dry_run, keep=args.keep)

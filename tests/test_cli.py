@@ -86,7 +86,7 @@ def test_enqueue_schedules_with_in_and_at(workdir):
     (['work', 'handlers:HANDLERS', '--max-jobs', '-1'], 'max_jobs must be a number >= 0 or None, got -1'),
     (['work', 'handlers:HANDLERS', '--max-attempts', '0'], 'max_attempts must be an int >= 1, got 0'),
     (['purge', '--status', 'completed', '--older-than', 'a while'], "bad duration 'a while'"),
-    (['purge', '--status', 'completed'], 'give older_than_seconds, keep, or both'),
+    (['purge', '--status', 'completed'], 'give --older-than, --keep, or both'),
     (['purge', '--status', 'completed', '--keep', '-1'], 'keep must be an int >= 0 or None, got -1'),
 ])
 def test_bad_input_is_one_line_on_stderr_exit_2_and_writes_nothing(workdir, args, message):
