@@ -363,14 +363,20 @@ def main(argv=None):
             value = median_of(runs, drain)
             row(f'drain overhead/job, {count:,} backlog', value, 'us', '<= 100 us', value <= 100)
 
-        def drain_with_history():
+        # With and without history, alternately, so drift on a shared machine hits both.
+        with_history, without = [], []
+        for _ in range(runs):
+            queue = new_queue(workdir)
+            fill(queue, 10_000)
+            without.append(drain_overhead_us(queue, 10_000))
             queue = new_queue(workdir)
             fill_archive(queue, big)
             fill(queue, 10_000)
-            return drain_overhead_us(queue, 10_000)
-        value = median_of(runs, drain_with_history)
+            with_history.append(drain_overhead_us(queue, 10_000))
+        value, plain = statistics.median(with_history), statistics.median(without)
         row(f'drain/job, 10,000 backlog + {big:,} finished', value, 'us',
-            'no worse than without', value <= 100)
+            'no worse than without', value <= 1.2 * plain,
+            f'{value / plain:.2f}x the same drain without (alternate runs)')
 
         future = time.time() + 86_400
         queue = new_queue(workdir)
