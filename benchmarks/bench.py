@@ -343,7 +343,8 @@ def main(argv=None):
 
     def row(figure, value, unit, target, ok, note=''):
         met = '-' if ok is None else 'yes' if ok else 'NO'
-        rows.append((figure, f'{value:,.1f} {unit}', target, met, note))
+        digits = 2 if unit == 'x' else 1   # a ratio of 1.79 must not print as 1.8
+        rows.append((figure, f'{value:,.{digits}f} {unit}', target, met, note))
 
     with tempfile.TemporaryDirectory(prefix='dbbasic-queue-bench-') as workdir:
         for backlog in ([0, 10_000] if args.quick else [0, 10_000, 100_000]):
