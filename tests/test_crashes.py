@@ -152,6 +152,28 @@ except StorageError as exc:
     assert queue.process_jobs({'t': lambda p: p['n']})['completed'] == 300
 
 
+def test_a_failed_cancel_leaves_the_file_whole_and_raises(tmp_path):
+    queue = Queue(tmp_path / 'data' / 'queue.tsv')
+    ids = [queue.enqueue('t', {'n': n, 'padding': 'x' * 200}) for n in range(300)]
+    before = queue.path.read_bytes()
+    code = '''
+import resource, sys
+from dbbasic_queue import Queue, StorageError
+limit = int(sys.argv[3])
+resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+try:
+    Queue(sys.argv[1]).cancel_job(sys.argv[2])
+except StorageError as exc:
+    print('StorageError:', exc)
+'''
+    result = run_python(code, queue.path, ids[150], len(before) // 2)
+    assert result.returncode == 0, result.stderr
+    assert 'StorageError: cannot rewrite' in result.stdout and 'File too large' in result.stdout
+    assert queue.path.read_bytes() == before
+    assert sorted(p.name for p in queue.path.parent.iterdir() if p.name.endswith('.tmp')) == []
+    assert queue.cancel_job(ids[150]) is True
+
+
 def test_sigterm_finishes_the_current_job_and_gives_back_the_unstarted_ones(tmp_path):
     queue = Queue(tmp_path / 'data' / 'queue.tsv')
     ids = [queue.enqueue('slow', {'n': n}) for n in range(30)]
