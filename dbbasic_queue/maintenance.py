@@ -73,11 +73,7 @@ class FileMaintenance(Inspection):
         for table in (self._table, self._archive):
             header, lines = table.read_lines()
             for line_number, line in enumerate(lines, start=2):
-                try:
-                    job = parse_line(line, header)
-                except UnparsableLine:
-                    job = None
-                yield table.path, line_number, line, job
+                yield table.path, line_number, line, _job_or_none(line, header)
 
     def jobs(self):
         """Every job of both files (hot file first, then the archive), as Jobs.

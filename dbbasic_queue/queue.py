@@ -684,7 +684,9 @@ class Queue(FileMaintenance):
 
 # One line of a pending job, from the newline before it: tab-free first six columns,
 # status pending, and a run_at of 10 integer digits (2001-2286), so that the smallest
-# run_at as bytes is the earliest. findall matches each line at most once.
+# run_at as bytes is the earliest. Each match starts at a line's own newline, so as many
+# matches as lines means every line matched (a match running into the next line would
+# leave that line without one).
 _PENDING_LINE = re.compile(rb'\n[^\t]*\t[^\t]*\t[^\t]*\tpending\t\d*\t(\d{10}(?:\.\d{1,3})?)\t')
 
 
@@ -694,8 +696,10 @@ def _next_due_if_all_pending(data):
     parsing each line in Python (about 5 ms for 10K jobs instead of 15).
     """
     header_end = data.find(b'\n')
+    if header_end < 0:
+        return None
     header = split_header(data[:header_end].decode('utf-8', 'replace'))
-    if header_end < 0 or tuple(header[:len(SEED_COLUMNS)]) != SEED_COLUMNS:
+    if tuple(header[:len(SEED_COLUMNS)]) != SEED_COLUMNS:
         return None
     end = data.rfind(b'\n') + 1   # a line still being appended is left for later
     run_ats = _PENDING_LINE.findall(data, header_end, end)
