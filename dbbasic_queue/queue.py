@@ -75,6 +75,7 @@ REWRITE_SHARE = 0.1             # ... or enough that rewrites are <= 10 % of the
 BATCH_GROWTH = 64
 MAX_BATCH_JOBS = 2_000          # bounds a worker's memory: each claim holds a Job
 ARCHIVE_FLUSH_SECONDS = 0.05    # finished jobs reach the archive at least this often
+SCAN_CHUNK_BYTES = 1 << 20      # a first poll's regex pass stops at the first due chunk
 ACTIVE_STATUSES = frozenset({Status.PENDING, Status.PROCESSING})
 _PENDING, _PROCESSING = Status.PENDING.value, Status.PROCESSING.value
 _STATUS_WORDS = {status.value: status.value for status in Status}
@@ -643,8 +644,9 @@ class Queue(FileMaintenance):
         """
         if not self._polled:
             self._polled = True
-            next_due = _next_due_if_all_pending(self._table.read_bytes())
-            if next_due is not None and self._clock() < next_due:
+            now = self._clock()
+            next_due = _next_due_if_all_pending(self._table.read_bytes(), now)
+            if next_due is not None and now < next_due:
                 return True
         snap = self._table.snapshot()
         types = frozenset(run.handlers)
@@ -690,10 +692,11 @@ class Queue(FileMaintenance):
 _PENDING_LINE = re.compile(rb'\n[^\t]*\t[^\t]*\t[^\t]*\tpending\t\d*\t(\d{10}(?:\.\d{1,3})?)\t')
 
 
-def _next_due_if_all_pending(data):
+def _next_due_if_all_pending(data, now=-math.inf, chunk_bytes=SCAN_CHUNK_BYTES):
     """The earliest run_at of the jobs in data (the hot file's bytes) when every line is
-    a pending job, else None. Exact, and in C: a regex over the whole file instead of
-    parsing each line in Python (about 5 ms for 10K jobs instead of 15).
+    a pending job, else None. Exact, and in C: a regex over the file instead of parsing
+    each line in Python (about 5 ms for 10K jobs instead of 15). It reads chunk_bytes at
+    a time and stops at the first chunk holding a job due at `now`, returning its run_at.
     """
     header_end = data.find(b'\n')
     if header_end < 0:
@@ -701,11 +704,21 @@ def _next_due_if_all_pending(data):
     header = split_header(data[:header_end].decode('utf-8', 'replace'))
     if tuple(header[:len(SEED_COLUMNS)]) != SEED_COLUMNS:
         return None
-    end = data.rfind(b'\n') + 1   # a line still being appended is left for later
-    run_ats = _PENDING_LINE.findall(data, header_end, end)
-    if len(run_ats) != data.count(b'\n', header_end, end) - 1:
-        return None
-    return float(min(run_ats)) if run_ats else math.inf
+    last = data.rfind(b'\n')   # ends the last whole line: one still being appended waits
+    start, next_due = header_end, math.inf
+    while start < last:
+        stop = data.rfind(b'\n', start + 1, start + chunk_bytes)
+        if stop < 0:   # a line longer than a chunk
+            stop = data.find(b'\n', start + 1)
+        run_ats = _PENDING_LINE.findall(data, start, stop)
+        if len(run_ats) != data.count(b'\n', start, stop):
+            return None
+        if run_ats:
+            next_due = min(next_due, float(min(run_ats)))
+        if next_due <= now:
+            return next_due
+        start = stop
+    return next_due
 
 
 def _counts(run):

@@ -177,8 +177,9 @@ def test_the_first_poll_of_a_fresh_worker_acts_on_any_line_among_future_jobs(tmp
     st.sampled_from([0, 5, 1e9, 1_800_000_000, 1_800_000_000.5, 1_800_000_000.001, 9_999_999_999.999,
                      10_000_000_000, 1_799_999_999.25]),
     st.sampled_from(['', 'pending', '1800000000']),
-    st.text(alphabet='ab\tpending0123456789"', max_size=30)), max_size=8))
-def test_the_first_poll_regex_never_reports_idle_when_a_parse_would_not(lines):
+    st.text(alphabet='ab\tpending0123456789"', max_size=30)), max_size=8),
+    chunk_bytes=st.sampled_from([1, 40, 300, 1 << 20]))
+def test_the_first_poll_regex_never_reports_idle_when_a_parse_would_not(lines, chunk_bytes):
     # _next_due_if_all_pending may give up (None), but when it answers, it is the
     # earliest run_at of the jobs a full parse finds, and every one of them is pending.
     text_lines = []
@@ -189,7 +190,14 @@ def test_the_first_poll_regex_never_reports_idle_when_a_parse_would_not(lines):
             text_lines.append(format_line(Job('ab' * 8, job_type, '{"k": "pending"}', status, 1, run_at,
                                               unique_key=unique_key, max_attempts=1_800_000_000)))
     data = ('\t'.join(COLUMNS) + '\r\n' + ''.join(line + '\n' for line in text_lines)).encode()
-    answer = _next_due_if_all_pending(data)
+    answer = _next_due_if_all_pending(data, chunk_bytes=chunk_bytes)
+    # Given a time, it may stop early, but only at a job that is due then.
+    now = 1_800_000_000
+    early = _next_due_if_all_pending(data, now, chunk_bytes)
+    if early is not None and early > now:
+        assert early == answer
+    elif early is not None and answer is not None:
+        assert answer <= early
     if answer is None:
         return
     jobs = []
