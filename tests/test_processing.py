@@ -6,6 +6,7 @@ import logging
 import math
 import subprocess
 import sys
+import time
 
 import pytest
 from hypothesis import given, settings
@@ -210,3 +211,29 @@ def test_the_first_poll_regex_never_reports_idle_when_a_parse_would_not(lines, c
     assert answer <= min((job.run_at for job in jobs), default=math.inf)
     if len(jobs) == len(text_lines):
         assert answer == min((job.run_at for job in jobs), default=math.inf)
+
+
+@pytest.mark.parametrize('exit_by', ['max_seconds', 'an exception out of a handler'])
+def test_claimed_jobs_not_started_go_back_pending_without_an_attempt(queue, monkeypatch, exit_by):
+    # One big batch, so most jobs are claimed when the run ends.
+    monkeypatch.setattr('dbbasic_queue.queue.MIN_BATCH_SECONDS', 100)
+    ids = [queue.enqueue('t', {'n': n}) for n in range(40)]
+
+    def handler(payload):
+        if payload['n'] == 10 and exit_by != 'max_seconds':
+            raise SystemExit('the app is shutting down')
+        time.sleep(0.02 if exit_by == 'max_seconds' else 0)
+        return payload['n']
+
+    if exit_by == 'max_seconds':
+        queue.process_jobs({'t': handler}, max_seconds=0.3)
+    else:
+        with pytest.raises(SystemExit):
+            queue.process_jobs({'t': handler})
+    jobs = [queue.get_job(job_id) for job_id in ids]
+    done = [job for job in jobs if job['status'] == 'completed']
+    waiting = [job for job in jobs if job['status'] == 'pending']
+    assert len(done) + len(waiting) == 40 and 1 < len(done) < 30
+    assert {job['attempts'] for job in waiting} == {0}
+    if exit_by != 'max_seconds':
+        assert jobs[10]['status'] == 'pending' and len(done) == 10
