@@ -73,7 +73,7 @@ class FileMaintenance(Inspection):
         for table in (self._table, self._archive):
             header, lines = table.read_lines()
             for line_number, line in enumerate(lines, start=2):
-                yield table.path, line_number, line, _job_or_none(line, header)
+                yield table.path, line_number, line, job_or_none(line, header)
 
     def jobs(self):
         """Every job of both files (hot file first, then the archive), as Jobs.
@@ -108,7 +108,7 @@ class FileMaintenance(Inspection):
                     archive = self._archive.snapshot()
                     keep, revived = [], {}
                     for line in archive.lines:
-                        job = _job_or_none(line, archive.header)
+                        job = job_or_none(line, archive.header)
                         if job is not None and chosen(job):
                             if job.status not in (Status.FAILED, Status.CANCELLED):
                                 raise ValueError(f'job {job.id} is {job.status.value}: only '
@@ -153,7 +153,7 @@ class FileMaintenance(Inspection):
             for holding in self._archive.attempts():
                 with holding:
                     archive = self._archive.snapshot()
-                    jobs = [_job_or_none(line, archive.header) for line in archive.lines]
+                    jobs = [job_or_none(line, archive.header) for line in archive.lines]
                     purged = chosen_for_purge([j for j in jobs if j], set(statuses), cutoff, keep)
                     if not purged or dry_run:
                         return purged
@@ -217,7 +217,7 @@ def chosen_for_purge(jobs, statuses, cutoff, keep):
             or (kept is not None and job.id not in kept)]
 
 
-def _job_or_none(line, header):
+def job_or_none(line, header):
     try:
         return parse_line(line, header or COLUMNS)
     except UnparsableLine:

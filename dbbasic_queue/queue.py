@@ -55,11 +55,11 @@ from .errors import JobTimedOut, QueueError, StorageError
 from .job import (COLUMNS, FINAL_STATUSES, SEED_COLUMNS, Job, Status, UnparsableLine,
                   format_line, format_millis, format_new_line, format_time, new_job_id,
                   parse_line, quote_field, split_line)
-from .maintenance import FileMaintenance, parse_line_at
+from .maintenance import FileMaintenance, job_or_none, parse_line_at
 from .signals import deferred_signals, time_limit
 from .storage import FileLock, TableFile, split_header
 from .validate import (JSON_ASCII, check_handlers, check_job_type, check_limit, check_timeout,
-                       job_options, payload_json, result_json, run_at_from)
+                       due_now_millis, job_options, payload_json, result_json, run_at_from)
 
 log = logging.getLogger('dbbasic_queue')
 
@@ -174,7 +174,7 @@ class Queue(FileMaintenance):
         job_id = new_job_id()
         if priority == 0 and unique_key is None and timeout is None and max_attempts is None:
             if run_at is None and delay is None:
-                run_at_text = format_millis(math.floor(now * 1000))  # due at once
+                run_at_text = format_millis(due_now_millis(now))
             else:
                 run_at_text = format_time(run_at_from(now, run_at, delay))
             line = format_new_line(job_id, job_type, payload_text, int(now), run_at_text)
@@ -282,14 +282,10 @@ class Queue(FileMaintenance):
             self._rewrite(migrated, parse=False)
             with self._table.lock:
                 archive = self._archive.snapshot()
-                header = archive.header or COLUMNS
                 lines, changed = [], False
                 for line in archive.lines:
                     if line.split('\t', 1)[0] in job_ids:
-                        try:
-                            job = parse_line(line, header)
-                        except UnparsableLine:
-                            job = None
+                        job = job_or_none(line, archive.header)
                         if job is not None and job.status is Status.FAILED:
                             line, changed = format_line(job.evolve(status=Status.MIGRATED)), True
                     lines.append(line)
@@ -321,10 +317,10 @@ class Queue(FileMaintenance):
                    deadline=None if max_seconds is None else time.monotonic() + max_seconds)
         with self._state_lock:
             if self._nothing_to_do(run):   # the idle poll: no signal handlers to swap
-                return _counts(run)
+                return outcome_counts(run.summary)
             with deferred_signals(run):
                 self._work(run)
-        return _counts(run)
+        return outcome_counts(run.summary)
 
     def _work(self, run):
         """Claim and run batches until none is due or a limit is reached; then give back
@@ -721,8 +717,9 @@ def _next_due_if_all_pending(data, now=-math.inf, chunk_bytes=SCAN_CHUNK_BYTES):
     return next_due
 
 
-def _counts(run):
-    return {name: run.summary[name] for name in ('completed', 'retried', 'failed', 'recovered')}
+def outcome_counts(counter):
+    """What process_jobs returns, on either backend: the four outcomes, zeros included."""
+    return {name: counter[name] for name in ('completed', 'retried', 'failed', 'recovered')}
 
 
 def _entry(line, has_priority=True):

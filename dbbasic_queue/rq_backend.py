@@ -243,7 +243,7 @@ class RedisQueue(Inspection):
         check_limit('max_seconds', max_seconds)
         summary = Counter()
         if not handlers or max_jobs == 0:
-            return _summary(summary)
+            return file_queue.outcome_counts(summary)
         _current.run = {'handlers': dict(handlers), 'max_attempts': max_attempts,
                         'timeout': timeout, 'backoff': self.backoff_seconds, 'summary': summary}
         worker = SimpleWorker([self._rq(t) for t in handlers], connection=self.redis,
@@ -260,7 +260,7 @@ class RedisQueue(Inspection):
             if timer is not None:
                 timer.cancel()
             del _current.run
-        return _summary(summary)
+        return file_queue.outcome_counts(summary)
 
     # -- inspection --------------------------------------------------------------------
     def _fetch(self, job_id):
@@ -367,10 +367,6 @@ class RedisQueue(Inspection):
                 problems.append(f'job {job_id} ({job_type}) is started by a worker that stopped '
                                 f'answering; RQ fails or retries it at its next maintenance')
         return problems
-
-
-def _summary(counts):
-    return {name: counts[name] for name in ('completed', 'retried', 'failed', 'recovered')}
 
 
 def _last_line(traceback_text):

@@ -104,9 +104,13 @@ def check_timeout(timeout):
 
 
 def due_now(now):
+    return due_now_millis(now) / 1000
+
+
+def due_now_millis(now):
     # Stored times round up to the millisecond (never early); "now" rounds down so a job
     # enqueued for now is due at once.
-    return math.floor(now * 1000) / 1000
+    return math.floor(now * 1000)
 
 
 def timestamp_of(run_at):
