@@ -18,6 +18,7 @@ from datetime import datetime
 
 from .errors import QueueError
 from .queue import DEFAULT_PATH, ENV_VAR, Queue
+from .validate import check_limit
 
 log = logging.getLogger('dbbasic_queue')
 
@@ -126,6 +127,7 @@ def short(value, width=40):
 
 # -- commands ----------------------------------------------------------------------
 def cmd_work(queue, args):
+    check_limit('max_seconds', args.max_seconds)   # before the loop does arithmetic with it
     handlers = load_handlers(args.handlers)
     timeout = None if args.timeout is None else parse_duration(args.timeout)
     limits = {'max_jobs': args.max_jobs, 'max_seconds': args.max_seconds}

@@ -124,8 +124,8 @@ class FileMaintenance(Inspection):
                     def append_revived():
                         # Pending first, then gone from the archive: a crash between
                         # leaves the job in both files, and the pending copy runs.
-                        self._table.append(''.join(format_line(job) + '\n' for job in
-                                                   revived.values()).encode('utf-8'), fsync=True)
+                        self._table.append_lines(map(format_line, revived.values()),
+                                                 fsync=True)
 
                     if self._archive.commit(archive, keep, append_revived) is not None:
                         return list(revived)

@@ -57,13 +57,15 @@ from .job import (COLUMNS, FINAL_STATUSES, SEED_COLUMNS, Job, Status, Unparsable
                   parse_line, quote_field, split_line)
 from .maintenance import FileMaintenance, job_or_none, parse_line_at
 from .signals import deferred_signals, time_limit
-from .storage import FileLock, TableFile, split_header
-from .validate import (JSON_ASCII, check_handlers, check_job_type, check_limit, check_timeout,
-                       due_now_millis, job_options, payload_json, result_json, run_at_from)
+from .storage import FileLock, TableFile, WorkerJournal, split_header
+from .validate import (JSON_ASCII, check_file_mode, check_handlers, check_job_type, check_limit,
+                       check_timeout, due_now_millis, job_options, payload_json, result_json,
+                       run_at_from)
 
 log = logging.getLogger('dbbasic_queue')
 
 ENV_VAR = 'DBBASIC_QUEUE'
+MODE_ENV_VAR = 'DBBASIC_QUEUE_MODE'   # e.g. 660: the queue's files are shared with a group
 DEFAULT_PATH = 'data/queue.tsv'
 MAX_ATTEMPTS = 3
 LEASE_SECONDS = 3600            # claims from another host are trusted this long
@@ -87,6 +89,7 @@ class _Plan:
     changes: dict = field(default_factory=dict)
     archive: list = field(default_factory=list)   # Jobs to append to the archive first
     result: object = None
+    gone_workers: list = field(default_factory=list)  # dead workers: journals to remove
 
 
 @dataclass
@@ -107,7 +110,9 @@ class _Run:
     jobs_left: object = None                        # None = no limit
     deadline: object = None                         # time.monotonic() value, or None
     stop_requested: bool = False
+    interrupting: bool = False                      # a second SIGINT is stopping the job
     signals: list = field(default_factory=list)     # deferred until the run is tidy
+    journal: object = None                          # WorkerJournal: the job being started
     summary: Counter = field(default_factory=Counter)
 
 
@@ -132,11 +137,17 @@ class Queue(FileMaintenance):
         return super().__new__(cls)
 
     def __init__(self, path=DEFAULT_PATH, *, clock=time.time,
-                 backoff_base_seconds=BACKOFF_BASE_SECONDS, lease_seconds=LEASE_SECONDS):
+                 backoff_base_seconds=BACKOFF_BASE_SECONDS, lease_seconds=LEASE_SECONDS,
+                 file_mode=None):
+        """file_mode: the permission bits of the files this queue creates (lock, tables,
+        journals), e.g. 0o660 to share the queue with a group; default $DBBASIC_QUEUE_MODE,
+        else 0666 less the umask, as any new file. Existing files keep their mode."""
         self.path = Path(path)
         if self.path.suffix != '.tsv':
             raise ValueError(f'queue path must end in .tsv, got {str(path)!r}')
-        lock = FileLock(self.path.with_suffix('.lock'))
+        self.file_mode = check_file_mode(file_mode if file_mode is not None
+                                         else os.environ.get(MODE_ENV_VAR) or None)
+        lock = FileLock(self.path.with_suffix('.lock'), self.file_mode)
         self._table = TableFile(self.path, COLUMNS, lock)
         self._archive = TableFile(self.path.with_name(self.path.stem + '.done.tsv'), COLUMNS, lock)
         self._clock = clock
@@ -325,6 +336,7 @@ class Queue(FileMaintenance):
     def _work(self, run):
         """Claim and run batches until none is due or a limit is reached; then give back
         the claims not started and record the outcomes not yet written."""
+        run.journal = WorkerJournal(self.path, run.worker, self.file_mode)
         try:
             while not run.stop_requested and run.jobs_left != 0:
                 if run.jobs_left is not None:
@@ -336,6 +348,7 @@ class Queue(FileMaintenance):
         finally:
             if run.outcomes or run.unstarted or run.archive_buffer:
                 self._claim(run, claim=False)
+            run.journal.close()
 
     def _claim(self, run, claim=True):
         """One rewrite: record outcomes, release or recover claims, claim the next batch."""
@@ -376,8 +389,9 @@ class Queue(FileMaintenance):
                 finished.append(i)
         candidates.extend(self._apply_outcomes(run, mine, plan))
         self._archive_finished(finished, plan)
-        for indexes in dead.values():
-            candidates.extend(self._recover(run, indexes, plan, now))
+        for worker, indexes in dead.items():
+            candidates.extend(self._recover(run, worker, indexes, plan, now))
+        plan.gone_workers = list(dead) + self._idle_dead_journals(alive)
         if claim:
             self._claim_due(run, entries, candidates, plan, now)
         return plan if plan.changes or plan.archive else None
@@ -391,9 +405,12 @@ class Queue(FileMaintenance):
         def order(i):
             return (-entries[i][4], run_at(i), i)
         due = [i for i in candidates if run_at(i) <= now and entries[i][1] in run.handlers]
+        claimed_ids = set()
         for i in heapq.nsmallest(run.batch_size, due, key=order):
             job = plan.changes.get(i) or self._full_job(i)
-            if job is not None:
+            # A line copied by a hand edit: one copy is claimed at a time.
+            if job is not None and job.id not in claimed_ids:
+                claimed_ids.add(job.id)
                 claimed = job.evolve(status=Status.PROCESSING, worker=run.worker, claimed_at=now)
                 plan.changes[i] = claimed
                 plan.result.append(claimed)
@@ -426,12 +443,15 @@ class Queue(FileMaintenance):
             if job.id not in already:
                 plan.archive.append(job)
 
-    def _recover(self, run, indexes, plan, now):
+    def _recover(self, run, worker, indexes, plan, now):
         """Give back the jobs of one dead worker; returns the indexes now pending.
 
-        Its finished jobs are in the archive already: they are dropped here. Of the rest,
-        the first in run order was running when it died: that counts as an attempt.
-        The others had not started and return to pending as they were.
+        Its finished jobs are in the archive already: they are dropped here. Its journal
+        names the job whose handler was running when it died: that one is charged an
+        attempt (and stays due: it runs again at once). The others had not started, or
+        their outcome was lost with the worker: they return to pending as they were.
+        A worker of an older version kept no journal: the first claim in run order is
+        charged, as it then was.
         """
         claims = [(i, job) for i, job in ((i, self._full_job(i)) for i in indexes) if job]
         archived = self._archived_ids({job.id for _, job in claims})
@@ -441,34 +461,50 @@ class Queue(FileMaintenance):
                 plan.changes[i] = None
             else:
                 unfinished.append((i, job))
-        if not unfinished:
-            return []
-        (first, crashed), rest = unfinished[0], unfinished[1:]
+        running = WorkerJournal.running_job(self.path, worker)
+        pending = []
+        for i, job in unfinished:
+            if job.id == running or (running is None and i == unfinished[0][0]):
+                pending += self._charge_crash(run, i, job, plan, now)
+            else:
+                plan.changes[i] = job.evolve(status=Status.PENDING, worker='', claimed_at=0.0)
+                pending.append(i)
+                run.summary['recovered'] += 1
+        return pending
+
+    def _charge_crash(self, run, i, crashed, plan, now):
+        """The attempt a worker's death costs the job it was running; [i] if pending."""
         error = f'WorkerLost: worker {crashed.worker or "of dbbasic-queue 1.0.0"} died running this job'
         log.warning('job %s (%s): %s', crashed.id, crashed.type, error)
         outcome = self._after_failure(crashed, crashed.attempts + 1, error,
-                                      crashed.max_attempts or run.max_attempts, now)
-        pending = [i for i, _ in rest]
+                                      crashed.max_attempts or run.max_attempts, now,
+                                      retry_at=crashed.run_at)
         if outcome.status is Status.FAILED:
-            plan.changes[first] = None
+            plan.changes[i] = None
             plan.archive.append(outcome)
             run.summary['failed'] += 1
-        else:
-            plan.changes[first] = outcome
-            pending.insert(0, first)
-            run.summary['recovered'] += 1
-        for i, job in rest:
-            plan.changes[i] = job.evolve(status=Status.PENDING, worker='', claimed_at=0.0)
-        run.summary['recovered'] += len(rest)
-        return pending
+            return []
+        plan.changes[i] = outcome
+        run.summary['recovered'] += 1
+        return [i]
 
-    def _after_failure(self, job, attempts, error, max_attempts, now):
-        """The job after a failed attempt: pending with backoff, or failed at max_attempts."""
+    def _idle_dead_journals(self, workers_with_claims):
+        """Journals left by dead workers of this host that hold no claim."""
+        return [worker for worker in WorkerJournal.workers(self.path)
+                if worker not in workers_with_claims
+                and worker.startswith(liveness.HOST + ':')
+                and not liveness.claim_is_alive(worker, 0.0, 0.0, 0)]
+
+    def _after_failure(self, job, attempts, error, max_attempts, now, retry_at=None):
+        """The job after a failed attempt: pending with backoff (or at retry_at), or
+        failed at max_attempts."""
         if attempts >= max_attempts:
             return job.evolve(status=Status.FAILED, attempts=attempts, error=error,
                               finished_at=now)
+        if retry_at is None:
+            retry_at = now + self.backoff_seconds(attempts)
         return job.evolve(status=Status.PENDING, attempts=attempts, error=error,
-                          run_at=now + self.backoff_seconds(attempts), worker='', claimed_at=0.0)
+                          run_at=retry_at, worker='', claimed_at=0.0)
 
     def backoff_seconds(self, attempts):
         """Delay before retry number `attempts`: base * 2**attempts, up to +25 % jitter, capped."""
@@ -503,24 +539,30 @@ class Queue(FileMaintenance):
         max_attempts = job.max_attempts or run.max_attempts
         timeout = job.timeout or run.timeout
         started = time.perf_counter()
+        run.journal.starting(job.id)
         try:
             with time_limit(timeout):
                 result = run.handlers[job.type](job.payload)
-        except Exception as exc:
-            log.exception('job %s (%s) failed on attempt %d of %d', job.id, job.type,
-                          attempts, max_attempts)
-            outcome = self._after_failure(job, attempts, f'{type(exc).__name__}: {exc}',
-                                          max_attempts, self._clock())
         except JobTimedOut:
+            run.journal.finished()
             error = f'TimeoutError: job ran longer than its timeout of {timeout:g} s'
             log.error('job %s (%s) failed on attempt %d of %d: %s', job.id, job.type,
                       attempts, max_attempts, error)
             outcome = self._after_failure(job, attempts, error, max_attempts, self._clock())
-        except BaseException:
-            # KeyboardInterrupt, SystemExit: not the job's fault; it goes back untouched.
-            run.unstarted.appendleft(job.id)
-            raise
+        except BaseException as exc:
+            run.journal.finished()
+            if run.interrupting:
+                # Ctrl-C twice: the worker was told to stop, the job is not at fault.
+                run.unstarted.appendleft(job.id)
+                raise
+            # Any exception of the handler's own, SystemExit (argparse, sys.exit) and
+            # KeyboardInterrupt included, is a failed attempt.
+            log.exception('job %s (%s) failed on attempt %d of %d', job.id, job.type,
+                          attempts, max_attempts)
+            outcome = self._after_failure(job, attempts, f'{type(exc).__name__}: {exc}',
+                                          max_attempts, self._clock())
         else:
+            run.journal.finished()
             outcome = job.evolve(status=Status.COMPLETED, attempts=attempts, error='',
                                  result_json=result_json(result, job), finished_at=self._clock())
         if outcome.status in FINAL_STATUSES:
@@ -537,8 +579,7 @@ class Queue(FileMaintenance):
     def _flush_archive(self, run, fsync=False):
         """Append the finished jobs of this run to the archive (fsync before a rewrite)."""
         if run.archive_buffer:
-            data = ''.join(line + '\n' for line in run.archive_buffer).encode('utf-8')
-            self._archive.append(data, fsync=fsync)
+            self._archive.append_lines(run.archive_buffer, fsync=fsync)
             run.archive_buffer.clear()
             run.archive_unsynced = not fsync
         elif fsync and run.archive_unsynced:
@@ -568,14 +609,15 @@ class Queue(FileMaintenance):
 
                 def under_lock():
                     if plan.archive:
-                        data = ''.join(format_line(job) + '\n' for job in plan.archive)
-                        self._archive.append(data.encode('utf-8'), fsync=True)
+                        self._archive.append_lines(map(format_line, plan.archive), fsync=True)
                     if before_rename is not None:
                         before_rename()
 
                 new = self._table.commit(snap, lines, under_lock)
                 if new is not None:
                     new.jobs = new_entries
+                    for worker in plan.gone_workers:
+                        WorkerJournal.remove(self.path, worker)
                     return plan.result
 
     def _new_lines(self, snap, plan, outdated):
@@ -602,8 +644,9 @@ class Queue(FileMaintenance):
     def _check_header(self, snap):
         self._snap = snap
         if snap.header is not None and tuple(snap.header[:len(SEED_COLUMNS)]) != SEED_COLUMNS:
-            raise StorageError(f'{self.path} is not a dbbasic-queue file: its header is '
-                               f'{snap.header[:9]}')
+            # Its content is not echoed: it may be a file this user should not read.
+            raise StorageError(f'{self.path} is not a dbbasic-queue file: its first line '
+                               f'is not the header of one')
 
     def _entries(self, snap):
         """Light entries for every line of snap (None = not a job); parses only new lines."""

@@ -52,6 +52,7 @@ def deferred_signals(run):
 
     def request_stop(signum, frame):
         if signum in run.signals and signum == signal.SIGINT:
+            run.interrupting = True
             raise KeyboardInterrupt
         log.warning('%s: stopping after the current job', signal.Signals(signum).name)
         run.signals.append(signum)

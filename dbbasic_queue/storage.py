@@ -11,35 +11,63 @@ uses, so a dbbasic-tsv writer and a queue worker exclude each other. We never ca
 dbbasic-tsv while holding that lock: it would flock the file again and deadlock.
 """
 
+import errno
 import fcntl
 import itertools
 import logging
 import os
+import shutil
+import tempfile
 import threading
 import weakref
-from contextlib import nullcontext
+import zlib
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
+from . import liveness
 from .errors import StorageError
 
 log = logging.getLogger('dbbasic_queue')
 
 ENCODING = 'utf-8'
-# Bytes that are not UTF-8 (a hand edit) survive a rewrite unchanged.
+# Bytes that are not UTF-8 (a hand edit) survive every read, rewrite and append unchanged.
 DECODE_ERRORS = 'surrogateescape'
-FILE_MODE = 0o664
+DEFAULT_FILE_MODE = 0o666       # before the umask, as open() creates files
 LINES_PER_WRITE = 4096
-APPEND_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC
+# Never through a symlink: whoever can write to data/ must not steer a root worker's writes.
+NO_FOLLOW = os.O_NOFOLLOW | os.O_CLOEXEC
+APPEND_FLAGS = os.O_RDWR | os.O_APPEND | NO_FOLLOW   # RDWR: one byte is read to check the end
+READ_FLAGS = os.O_RDONLY | NO_FOLLOW
+TAIL_BYTES = 64                 # the bytes before a snapshot's end, checked before reusing it
 _generations = itertools.count()
 READ_CHUNK_BYTES = 1 << 20
 CONFLICTS_BEFORE_LOCKING = 3    # after that many lost races, rewrite holding the lock
 
 
-class FileLock:
-    """An exclusive flock on one lock file, re-entrant within a thread, safe across fork."""
+@contextmanager
+def storage_errors(path, doing):
+    """Turn an OSError about path into one StorageError that names it."""
+    try:
+        yield
+    except StorageError:
+        raise
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            reason = 'it is a symbolic link, which dbbasic-queue never follows'
+        else:
+            reason = exc.strerror or str(exc)
+        raise StorageError(f'cannot {doing} {path}: {reason}') from exc
 
-    def __init__(self, path):
+
+class FileLock:
+    """An exclusive flock on one lock file, re-entrant within a thread, safe across fork.
+
+    file_mode None creates the lock 0666 less the umask; a number sets that exact mode.
+    """
+
+    def __init__(self, path, file_mode=None):
         self.path = Path(path)
+        self.file_mode = file_mode
         self._forget()
         # flock belongs to the open file description, which a forked child shares: the
         # child opens its own, or it would "hold" the lock together with its parent.
@@ -69,32 +97,50 @@ class FileLock:
         self._thread_lock.release()
 
     def _open(self):
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
-        weakref.finalize(self, os.close, self._fd)
-        return self._fd
+        with storage_errors(self.path, 'open the lock'):
+            make_directory(self.path.parent, self.file_mode)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | NO_FOLLOW,
+                         DEFAULT_FILE_MODE if self.file_mode is None else self.file_mode)
+            weakref.finalize(self, os.close, fd)
+            if self.file_mode is not None and os.fstat(fd).st_mode & 0o777 != self.file_mode:
+                set_mode(fd, self.file_mode, self.path)
+        self._fd = fd
+        return fd
+
+    def mode(self):
+        """The lock file's permission bits: the tables of its queue are created with them."""
+        if self._fd is None:
+            self._open()
+        return os.fstat(self._fd).st_mode & 0o777
 
 
 class Snapshot:
     """The lines of one version of the file, read without the lock.
 
     It keeps that version open, so its inode number cannot be reused by another file:
-    comparing inode numbers tells exactly whether the file was replaced since.
+    comparing inode numbers tells exactly whether the file was replaced since. It also
+    keeps a CRC of every byte it read, so a commit can prove that the file was not
+    edited in place (same inode, other bytes) since; see TableFile.snapshot.
     """
 
-    def __init__(self, fd=None, header=None, lines=(), offset=0):
+    def __init__(self, fd=None, header=None, lines=(), offset=0, crc=0, tail=b''):
         self.generation = next(_generations)
         self.fd = fd
         self.header = header
         self.lines = list(lines)
         self.offset = offset
+        self.crc = crc              # zlib.crc32 of the file's bytes [0, offset)
+        self.tail = tail            # the last TAIL_BYTES of them
         self.jobs = []  # parsed lines, filled in by the queue layer
+        self.seen = None            # the file's _version() when offset was its whole size
         if fd is None:
             self.ino = self.dev = None
             self._finalizer = None
         else:
             st = os.fstat(fd)
             self.ino, self.dev = st.st_ino, st.st_dev
+            if st.st_size == offset:
+                self.seen = _version(st)
             self._finalizer = weakref.finalize(self, os.close, fd)
 
     def is_file(self, st):
@@ -102,33 +148,74 @@ class Snapshot:
             return st is None and self.fd is None
         return st.st_ino == self.ino and st.st_dev == self.dev
 
+    def only_grew(self, st):
+        """True if the file (st: its stat now) still starts with the bytes this read.
+
+        Cheap checks decide most cases: an unchanged size and timestamps mean nothing was
+        written; a smaller size or other bytes before the old end mean an in-place edit.
+        A larger file whose tail matches may still have been edited in place above it:
+        only the CRC of every byte read proves it, and that is what commit checks.
+        """
+        if self.fd is None:
+            return st is None
+        if not self.is_file(st) or st.st_size < self.offset:
+            return False
+        if self.seen == _version(st):
+            return True
+        if st.st_size == self.offset:
+            return False
+        return os.pread(self.fd, len(self.tail), self.offset - len(self.tail)) == self.tail
+
+    def proven_unchanged(self, st):
+        """only_grew, proven: the CRC of the file's first offset bytes is the one read."""
+        if not self.only_grew(st):
+            return False
+        if self.fd is None or self.seen == _version(st):
+            return True
+        return zlib.crc32(_pread_all(self.fd, self.offset, 0)) == self.crc
+
     def close(self):
         if self._finalizer is not None:
             self._finalizer()   # closes the fd, once
             self.fd = None
 
-    def read_more(self, size):
-        """Read what was appended since, up to the last complete line of size bytes.
+    def read_more(self, st, whole=False):
+        """Read what was appended since, up to the last complete line of st.st_size bytes.
 
         Returns the new lines. Reads in chunks, so memory stays near the size of the lines.
+        whole=True (under the lock, where no append is in flight) also takes a last line
+        that has no newline, as a hand edit may leave it, so that it is never dropped.
         """
-        new_lines = []
+        size, new_lines = st.st_size, []
         while self.offset < size:
             data = os.pread(self.fd, min(READ_CHUNK_BYTES, size - self.offset), self.offset)
             complete = data.rfind(b'\n') + 1
+            if not complete and len(data) < size - self.offset and data:
+                data = _pread_all(self.fd, size - self.offset, self.offset)
+                complete = data.rfind(b'\n') + 1
+            unterminated = not complete and whole and bool(data)
+            if unterminated:
+                data += b'\n'
+                complete = len(data)
             if not complete:
-                if len(data) < size - self.offset and data:
-                    data = _pread_all(self.fd, size - self.offset, self.offset)
-                    complete = data.rfind(b'\n') + 1
-                if not complete:
-                    break   # a line still being appended: the next read gets it whole
-            lines = data[:complete - 1].decode(ENCODING, DECODE_ERRORS).split('\n')
-            self.offset += complete
-            if self.header is None:
-                self.header = split_header(lines.pop(0))
-            new_lines.extend(line for line in lines if line)
+                break   # a line still being appended: the next read gets it whole
+            self._take(data[:complete], unterminated)
+            new_lines.extend(self._header_or(decode_lines(data[:complete - 1])))
         self.lines.extend(new_lines)
+        self.seen = _version(st) if size == self.offset else None
         return new_lines
+
+    def _take(self, data, added_newline=False):
+        if added_newline:
+            data = data[:-1]
+        self.offset += len(data)
+        self.crc = zlib.crc32(data, self.crc)
+        self.tail = (self.tail + data)[-TAIL_BYTES:]
+
+    def _header_or(self, lines):
+        if self.header is None and lines:
+            self.header = split_header(lines.pop(0))
+        return [line for line in lines if line]
 
 
 class TableFile:
@@ -141,6 +228,7 @@ class TableFile:
         self.lock = lock
         self.header_line = '\t'.join(self.columns)
         self._snapshot = None
+        self._appended_end = None   # the file's size after this process's last append
 
     # -- appending -------------------------------------------------------------
     def append(self, data, fsync=False):
@@ -150,110 +238,153 @@ class TableFile:
         rewrite (or a hand edit) replaced it since. Keeping a descriptor open would need a
         stat() per append to notice that, and on Linux >= 6.13 a stat() marks the
         timestamps as seen, so the next write must update them: measured, stat + write
-        costs more than open + write + close.
+        costs more than open + write + close. A last line without its newline (a hand
+        edit) gets one first, so a job is never glued onto it: that costs a one-byte read
+        only when the file's size is not the one this process's last append left.
         """
-        with self.lock:
+        with self.lock, storage_errors(self.path, 'append to'):
             try:
-                try:
-                    fd = os.open(self._path_text, APPEND_FLAGS)
-                except FileNotFoundError:
-                    self._create()
-                    fd = os.open(self._path_text, APPEND_FLAGS)
-                try:
-                    written = os.write(fd, data)
-                    if written < len(data):
-                        # Disk full or a size limit mid-line: leave no half line behind.
-                        os.ftruncate(fd, os.fstat(fd).st_size - written)
-                        raise OSError(f'short write ({written} of {len(data)} bytes), undone')
-                    if fsync:
-                        os.fsync(fd)
-                finally:
-                    os.close(fd)
-            except OSError as exc:
-                raise StorageError(f'cannot append to {self.path}: {exc}') from exc
+                fd = os.open(self._path_text, APPEND_FLAGS)
+            except FileNotFoundError:
+                self._create()
+                fd = os.open(self._path_text, APPEND_FLAGS)
+            try:
+                size = os.lseek(fd, 0, os.SEEK_END)
+                if size != self._appended_end and size and os.pread(fd, 1, size - 1) != b'\n':
+                    data = b'\n' + data
+                written = os.write(fd, data)
+                if written < len(data):
+                    # Disk full or a size limit mid-line: leave no half line behind.
+                    os.ftruncate(fd, size)
+                    raise OSError(errno.ENOSPC, f'short write ({written} of {len(data)} '
+                                                f'bytes), undone')
+                if fsync:
+                    os.fsync(fd)
+                self._appended_end = size + written
+            finally:
+                os.close(fd)
+
+    def append_lines(self, lines, fsync=False):
+        """Append these lines (str, without newlines); bytes that are not UTF-8 (read from
+        a hand-edited line) are written back as they were."""
+        self.append(''.join(line + '\n' for line in lines).encode(ENCODING, DECODE_ERRORS),
+                    fsync=fsync)
 
     def _create(self):
-        """Create the table with dbbasic-tsv; the caller holds the lock (TSV() takes none)."""
-        if not self.path.exists():
-            # Imported here: dbbasic-tsv pulls in hashlib (~5 MB), and a worker whose files
-            # exist never needs it.
-            from dbbasic.tsv import TSV
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            TSV(self.path.stem, list(self.columns), data_dir=self.path.parent)
-            os.chmod(self.path, FILE_MODE)
+        """Create the table with dbbasic-tsv; the caller holds the lock (TSV() takes none).
+
+        dbbasic-tsv opens its paths following symlinks, so it writes into a private
+        directory, and its files are linked into place: a link never follows a symlink
+        and fails if the name exists. The table gets the lock's mode.
+        """
+        # Imported here: dbbasic-tsv pulls in hashlib (~5 MB), and a worker whose files
+        # exist never needs it.
+        from dbbasic.tsv import TSV
+        make_directory(self.path.parent, self.lock.file_mode)
+        private = Path(tempfile.mkdtemp(dir=self.path.parent, prefix=f'.{self.path.name}.'))
+        try:
+            TSV(self.path.stem, list(self.columns), data_dir=private)
+            for made in sorted(private.iterdir(), key=lambda p: p.suffix != '.tsv'):
+                fd = os.open(made, READ_FLAGS)
+                try:
+                    set_mode(fd, self.lock.mode(), made)
+                finally:
+                    os.close(fd)
+                try:
+                    os.link(made, self.path.with_name(made.name), follow_symlinks=False)
+                except FileExistsError:
+                    pass   # made meanwhile (dbbasic-tsv's own writer); a symlink fails at open
+        finally:
+            shutil.rmtree(private, ignore_errors=True)
 
     def read_header(self):
         """The header fields, or None if the file does not exist. Reads one line."""
-        try:
-            with open(self.path, 'rb') as f:
-                first = f.readline()
-        except FileNotFoundError:
+        data = self.read_bytes(limit=READ_CHUNK_BYTES)
+        if not data:
             return None
-        return split_header(first.rstrip(b'\n').decode(ENCODING, DECODE_ERRORS))
+        return split_header(data.split(b'\n', 1)[0].decode(ENCODING, DECODE_ERRORS))
 
     def read_lines(self):
         """(header fields or None, the other lines) of the whole file, read now."""
-        lines = self.read_bytes().decode(ENCODING, DECODE_ERRORS).split('\n')
-        if not lines[0]:
+        lines = decode_lines(self.read_bytes())
+        if not lines or not lines[0]:
             return None, []
         return split_header(lines[0]), [line for line in lines[1:] if line]
 
-    def read_bytes(self):
-        """The whole file as bytes (b'' if it does not exist)."""
-        try:
-            with open(self.path, 'rb') as f:
-                return f.read()
-        except FileNotFoundError:
-            return b''
+    def read_bytes(self, limit=None):
+        """The whole file (or its first limit bytes) as bytes; b'' if it does not exist."""
+        with storage_errors(self.path, 'read'):
+            try:
+                fd = os.open(self._path_text, READ_FLAGS)
+            except FileNotFoundError:
+                return b''
+            try:
+                return _pread_all(fd, limit if limit is not None else os.fstat(fd).st_size, 0)
+            finally:
+                os.close(fd)
+
+    def exists(self):
+        return _stat_or_none(self.path) is not None
 
     # -- snapshots and rewrites ------------------------------------------------
     def snapshot(self):
-        """The current lines, reusing the previous snapshot if only appends happened."""
-        st = _stat_or_none(self.path)
-        snap = self._snapshot
-        if snap is not None and snap.is_file(st):
-            if st is not None and st.st_size > snap.offset:
-                snap.read_more(st.st_size)
+        """The current lines, reusing the previous snapshot if the file only grew.
+
+        "Only grew" is not "the same inode": an editor or `cat > file` rewrites a file in
+        place. See Snapshot.only_grew; a commit proves it with a CRC before it writes.
+        """
+        with storage_errors(self.path, 'read'):
+            st = _stat_or_none(self.path)
+            snap = self._snapshot
+            if snap is not None and snap.only_grew(st):
+                if st is not None and st.st_size > snap.offset:
+                    snap.read_more(st)
+                return snap
+            self._forget()
+            self._snapshot = snap = self._open_snapshot()
             return snap
-        if snap is not None:
-            snap.close()
-        self._snapshot = snap = self._open_snapshot()
-        return snap
+
+    def _forget(self):
+        if self._snapshot is not None:
+            self._snapshot.close()
+            self._snapshot = None
 
     def _open_snapshot(self):
         try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+            fd = os.open(self._path_text, READ_FLAGS)
         except FileNotFoundError:
             return Snapshot()
         snap = Snapshot(fd)
-        snap.read_more(os.fstat(fd).st_size)
+        snap.read_more(os.fstat(fd))
         return snap
 
     def commit(self, snap, lines, under_lock=None):
         """Replace the file by header + lines, if it is still the version snap read.
 
-        Returns the new Snapshot, or None when another process replaced the file since
-        snap was taken (the caller reads again and retries). Lines appended since snap
-        are carried over. The new file is written to a temp file in the same directory
-        and fsynced, renamed over the old one, and the directory is fsynced: a crash
-        leaves either the old file or the new one, never a mix. under_lock() runs just
-        before the rename, with the lock held and the version confirmed.
+        Returns the new Snapshot, or None when the file changed since snap was taken
+        other than by appends: replaced by another process, or edited in place (the
+        caller reads again and retries). Lines appended since snap are carried over. The
+        new file is written to a temp file in the same directory and fsynced, renamed
+        over the old one, and the directory is fsynced: a crash leaves either the old
+        file or the new one, never a mix. under_lock() runs just before the rename, with
+        the lock held and the version confirmed.
         """
         carried = []
 
-        def write_body(fd):
-            _write_lines(fd, [self.header_line])
-            _write_lines(fd, lines)
+        def write_body(out):
+            out.write_lines([self.header_line])
+            out.write_lines(lines)
 
-        def write_appended(fd, size):
-            carried.extend(snap.read_more(size))
-            _write_lines(fd, carried)
+        def write_appended(out, st):
+            carried.extend(snap.read_more(st, whole=True))
+            out.write_lines(carried)
 
         replaced = self._replace(snap, write_body, write_appended, under_lock)
         if replaced is None:
             return None
-        fd, size = replaced
-        return self._keep(Snapshot(fd, self.columns, list(lines) + carried, size))
+        fd, out = replaced
+        return self._keep(Snapshot(fd, self.columns, list(lines) + carried, out.size,
+                                   out.crc, out.tail))
 
     def attempts(self):
         """Contexts to run an optimistic rewrite in, one per try: without the lock at first
@@ -268,34 +399,40 @@ class TableFile:
         edit returns the new line, or None to leave the file alone. Every other byte is
         copied as it is, never decoded or split: one change to a 100K-line file costs a
         copy and an fsync. Atomic, and carrying appended lines, as commit; retried if
-        another process replaced the file meanwhile. Returns whether a line was replaced.
+        another process replaced or edited the file meanwhile. Returns whether a line
+        was replaced.
         """
         needle = ('\n' + prefix).encode(ENCODING, DECODE_ERRORS)
         for holding in self.attempts():
-            with holding:
+            with holding, storage_errors(self.path, 'read'):
                 try:
-                    snap = Snapshot(os.open(self.path, os.O_RDONLY | os.O_CLOEXEC))
+                    fd = os.open(self._path_text, READ_FLAGS)
                 except FileNotFoundError:
                     return False
-                data = _pread_all(snap.fd, os.fstat(snap.fd).st_size, 0)
-                snap.offset = data.rfind(b'\n') + 1   # whole lines only
-                pos = data.find(needle, 0, snap.offset)
+                data = _pread_all(fd, os.fstat(fd).st_size, 0)
+                whole = data.rfind(b'\n') + 1   # whole lines only
+                snap = Snapshot(fd, offset=whole, crc=zlib.crc32(data[:whole]),
+                                tail=data[max(0, whole - TAIL_BYTES):whole])
+                pos = data.find(needle, 0, whole)
                 if pos < 0:
+                    snap.close()
                     return False
                 start, end = pos + 1, data.find(b'\n', pos + 1) + 1
                 header = split_header(data[:data.find(b'\n')].decode(ENCODING, DECODE_ERRORS))
                 line = edit(header, data[start:end - 1].decode(ENCODING, DECODE_ERRORS))
                 if line is None:
+                    snap.close()
                     return False
                 new_line = (line + '\n').encode(ENCODING, DECODE_ERRORS)
 
-                def write_body(fd, data=memoryview(data)):
-                    _write_all(fd, data[:start])
-                    _write_all(fd, new_line)
-                    _write_all(fd, data[end:snap.offset])
+                def write_body(out, data=memoryview(data)):
+                    out.write(data[:start])
+                    out.write(new_line)
+                    out.write(data[end:whole])
 
-                def write_appended(fd, size):
-                    _write_all(fd, _pread_all(snap.fd, size - snap.offset, snap.offset))
+                def write_appended(out, st):
+                    appended = _pread_all(snap.fd, st.st_size - whole, whole)
+                    out.write(appended if appended.endswith(b'\n') else appended + b'\n')
 
                 replaced = self._replace(snap, write_body, write_appended)
                 snap.close()
@@ -304,28 +441,33 @@ class TableFile:
                     return True
 
     def _replace(self, snap, write_body, write_appended, under_lock=None):
-        """The atomic rename behind commit and rewrite_line: (new file's fd, its size), or
-        None if the file is no longer the one snap holds open."""
-        tmp_path = self.path.with_name(f'.{self.path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp')
+        """The atomic rename behind commit and rewrite_line: (new file's fd, the _Output
+        that wrote it), or None if the file is no longer, byte for byte up to what snap
+        read, the one snap holds open."""
+        remove_abandoned_temp_files(self.path)
+        tmp_path = self.path.with_name(
+            f'.{self.path.name}.{liveness.HOST}.{os.getpid()}.{os.urandom(4).hex()}.tmp')
         fd = None
         try:
-            fd = os.open(tmp_path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
+            fd = os.open(tmp_path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
+                         DEFAULT_FILE_MODE)
             self._copy_owner(fd, snap)
-            write_body(fd)
+            out = _Output(fd)
+            write_body(out)
             os.fsync(fd)
             with self.lock:
                 st = _stat_or_none(self.path)
-                if not snap.is_file(st):
+                if not snap.proven_unchanged(st):
+                    if snap is self._snapshot:
+                        self._forget()   # edited in place: the next snapshot reads anew
                     return None
                 if st is not None and st.st_size > snap.offset:
-                    write_appended(fd, st.st_size)
+                    write_appended(out, st)
                     os.fsync(fd)
                 if under_lock is not None:
                     under_lock()
                 os.replace(tmp_path, self.path)
                 tmp_path = None
-                # Measured before unlocking: an append right after belongs to the next read.
-                size = os.fstat(fd).st_size
                 _fsync_directory(self.path.parent)
         except OSError as exc:
             log.error('rewrite of %s failed, the previous file is intact: %s', self.path, exc)
@@ -335,17 +477,17 @@ class TableFile:
                 if fd is not None:
                     os.close(fd)
                 _unlink_quietly(tmp_path)
-        return fd, size
+        return fd, out
 
     def _keep(self, snap):
         """Make snap the cached snapshot of the current file, closing the previous one."""
-        if self._snapshot is not None:
-            self._snapshot.close()
+        self._forget()
         self._snapshot = snap
         return snap
 
     def _copy_owner(self, fd, snap):
         if snap.fd is None:
+            set_mode(fd, self.lock.mode(), self.path)
             return
         st = os.fstat(snap.fd)
         os.fchmod(fd, st.st_mode & 0o7777)
@@ -355,6 +497,100 @@ class TableFile:
             except PermissionError:
                 log.warning('%s will be owned by uid %d instead of %d: run workers as '
                             'the file\'s owner', self.path, os.geteuid(), st.st_uid)
+
+
+class _Output:
+    """Writes a new version of a file, keeping what a Snapshot of it needs: its size,
+    the CRC of its bytes and their tail."""
+
+    def __init__(self, fd):
+        self.fd = fd
+        self.size = 0
+        self.crc = 0
+        self.tail = b''
+
+    def write(self, data):
+        _write_all(self.fd, data)
+        self.size += len(data)
+        self.crc = zlib.crc32(data, self.crc)
+        self.tail = (self.tail + bytes(data[-TAIL_BYTES:]))[-TAIL_BYTES:]
+
+    def write_lines(self, lines):
+        # In slices, so a 100K-line file never sits in memory twice more as str and bytes.
+        for start in range(0, len(lines), LINES_PER_WRITE):
+            chunk = lines[start:start + LINES_PER_WRITE]
+            self.write(('\n'.join(chunk) + '\n').encode(ENCODING, DECODE_ERRORS))
+
+
+def make_directory(directory, file_mode=None):
+    """mkdir -p; with a file_mode, directories made here get it plus the matching x bits."""
+    directory = Path(directory)
+    if directory.is_dir():
+        return
+    make_directory(directory.parent, file_mode)
+    try:
+        os.mkdir(directory)
+    except FileExistsError:
+        return
+    if file_mode is not None:
+        os.chmod(directory, file_mode | (file_mode & 0o444) >> 2)
+
+
+def set_mode(fd, file_mode, path):
+    """fchmod, or a warning when this user may not (the file is someone else's)."""
+    try:
+        os.fchmod(fd, file_mode)
+    except PermissionError:
+        log.warning('%s keeps mode %o instead of %o: it belongs to another user', path,
+                    os.fstat(fd).st_mode & 0o777, file_mode)
+
+
+def temp_files(path):
+    """(path, host, pid or None) of each temp file of a rewrite of the table at path.
+
+    Their names are .<table>.<host>.<pid>.<random>.tmp (older: no host, this one).
+    """
+    prefix, suffix = f'.{Path(path).name}.', '.tmp'
+    try:
+        entries = list(os.scandir(Path(path).parent))
+    except FileNotFoundError:
+        return []
+    found = []
+    for entry in entries:
+        if entry.name.startswith(prefix) and entry.name.endswith(suffix):
+            parts = entry.name[len(prefix):-len(suffix)].rsplit('.', 2)
+            host, pid = (parts[0], parts[1]) if len(parts) == 3 else (liveness.HOST, parts[0])
+            found.append((Path(entry.path), host, int(pid) if pid.isdigit() else None))
+    return found
+
+
+def abandoned_temp_files(path):
+    """The temp files of path whose writer, a process on this host, is gone."""
+    return [tmp for tmp, host, pid in temp_files(path)
+            if host == liveness.HOST and (pid is None or liveness.start_marker(pid) is None)]
+
+
+def remove_abandoned_temp_files(path):
+    """Each is a whole copy of the table that a killed rewrite left behind."""
+    for tmp in abandoned_temp_files(path):
+        log.info('removing %s, left by a rewrite whose process is gone', tmp)
+        if tmp.is_dir() and not tmp.is_symlink():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            _unlink_quietly(tmp)
+
+
+def decode_lines(data):
+    """The lines of data (bytes), with CRLF endings (unix2dos, a Windows editor) as LF."""
+    text = data.decode(ENCODING, DECODE_ERRORS)
+    if '\r' in text:
+        text = text.replace('\r\n', '\n')
+    return text.split('\n')
+
+
+def _version(st):
+    """What changes whenever a file is written: size and both timestamps."""
+    return st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
 def split_header(text):
@@ -375,13 +611,6 @@ def _pread_all(fd, size, offset):
     return b''.join(chunks)
 
 
-def _write_lines(fd, lines):
-    # In slices, so a 100K-line file never sits in memory twice more as str and bytes.
-    for start in range(0, len(lines), LINES_PER_WRITE):
-        chunk = lines[start:start + LINES_PER_WRITE]
-        _write_all(fd, ('\n'.join(chunk) + '\n').encode(ENCODING, DECODE_ERRORS))
-
-
 def _write_all(fd, data):
     view = memoryview(data)
     while view:
@@ -391,7 +620,7 @@ def _write_all(fd, data):
 
 def _stat_or_none(path):
     try:
-        return os.stat(path)
+        return os.stat(path, follow_symlinks=False)
     except FileNotFoundError:
         return None
 
@@ -409,3 +638,69 @@ def _unlink_quietly(path):
         os.unlink(path)
     except FileNotFoundError:
         pass
+
+
+class WorkerJournal:
+    """.<table>.<worker>.running beside the table: the id of the job whose handler this
+    worker process is running, or an empty first line between jobs.
+
+    Written with one pwrite before and one after each handler call, not fsynced: it
+    survives the worker's own death (kill -9, the OOM killer, os._exit), which is what
+    recovery needs to blame exactly the job that was running, not a power cut.
+    """
+
+    SUFFIX = '.running'
+
+    def __init__(self, table_path, worker, file_mode):
+        self.path = self.path_for(table_path, worker)
+        with storage_errors(self.path, 'create'):
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | NO_FOLLOW,
+                               DEFAULT_FILE_MODE if file_mode is None else file_mode)
+
+    @classmethod
+    def path_for(cls, table_path, worker):
+        table_path = Path(table_path)
+        return table_path.with_name(f'.{table_path.name}.{worker}{cls.SUFFIX}')
+
+    def starting(self, job_id):
+        os.pwrite(self._fd, (job_id + '\n').encode(ENCODING, DECODE_ERRORS), 0)
+
+    def finished(self):
+        os.pwrite(self._fd, b'\n', 0)
+
+    def close(self):
+        """Close and remove it: this worker holds no job any more."""
+        os.close(self._fd)
+        _unlink_quietly(self.path)
+
+    @classmethod
+    def running_job(cls, table_path, worker):
+        """The id the worker was running when it stopped: '' for none, None when it
+        kept no journal (a worker of an older version)."""
+        path = cls.path_for(table_path, worker)
+        with storage_errors(path, 'read'):
+            try:
+                fd = os.open(path, READ_FLAGS)
+            except FileNotFoundError:
+                return None
+            try:
+                first = os.pread(fd, 4096, 0)
+            finally:
+                os.close(fd)
+        return first.split(b'\n', 1)[0].decode(ENCODING, DECODE_ERRORS)
+
+    @classmethod
+    def workers(cls, table_path):
+        """The workers that have a journal beside the table."""
+        table_path = Path(table_path)
+        prefix = f'.{table_path.name}.'
+        try:
+            names = os.listdir(table_path.parent)
+        except FileNotFoundError:
+            return []
+        return [name[len(prefix):-len(cls.SUFFIX)] for name in names
+                if name.startswith(prefix) and name.endswith(cls.SUFFIX)]
+
+    @classmethod
+    def remove(cls, table_path, worker):
+        _unlink_quietly(cls.path_for(table_path, worker))

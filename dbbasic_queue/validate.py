@@ -11,6 +11,10 @@ from .job import one_line
 
 log = logging.getLogger('dbbasic_queue')
 
+# Times a job may be scheduled at: those a datetime (and so `list` and `show`) can print.
+LATEST_TIME_SECONDS = 253_402_300_799     # 9999-12-31 23:59:59 UTC
+MAX_TIMEOUT_SECONDS = 10 * 366 * 86400    # ten years; setitimer refuses far more
+
 
 def json_encoder(ensure_ascii):
     """value -> JSON text, like json.dumps(value, allow_nan=False).
@@ -40,6 +44,15 @@ def check_job_type(job_type):
         raise InvalidJobError('job_type must not be empty')
     if one_line(job_type) != job_type:
         raise InvalidJobError(f'job_type must be one line without tabs, got {job_type!r}')
+    check_encodable('job_type', job_type)
+
+
+def check_encodable(name, text):
+    try:
+        text.encode('utf-8')
+    except UnicodeEncodeError:
+        raise InvalidJobError(f'{name} must be text that UTF-8 can store (it holds a lone '
+                              f'surrogate), got {text!r}') from None
 
 
 def payload_json(payload, encode=JSON):
@@ -75,8 +88,15 @@ def run_at_from(now, run_at, delay):
         if (isinstance(delay, bool) or not isinstance(delay, (int, float))
                 or not math.isfinite(delay) or delay < 0):
             raise InvalidJobError(f'delay must be seconds >= 0 or a timedelta, got {delay!r}')
-        return now + delay
+        return in_calendar(now + delay, f'delay {delay!r}')
     return due_now(now) if run_at is None else timestamp_of(run_at)
+
+
+def in_calendar(seconds, what):
+    if not 0 <= seconds <= LATEST_TIME_SECONDS:
+        raise InvalidJobError(f'{what} is outside the times a job can have (Unix seconds '
+                              f'from 0, 1970, to {LATEST_TIME_SECONDS}, the end of 9999)')
+    return seconds
 
 
 def job_options(priority, unique_key, timeout, max_attempts):
@@ -86,6 +106,8 @@ def job_options(priority, unique_key, timeout, max_attempts):
     if unique_key is not None and (not isinstance(unique_key, str) or not unique_key
                                    or one_line(unique_key) != unique_key):
         raise InvalidJobError(f'unique_key must be a non-empty one-line str, got {unique_key!r}')
+    if unique_key is not None:
+        check_encodable('unique_key', unique_key)
     try:
         check_timeout(timeout)
     except ValueError as exc:
@@ -99,8 +121,11 @@ def job_options(priority, unique_key, timeout, max_attempts):
 
 def check_timeout(timeout):
     if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
-                                or not math.isfinite(timeout) or timeout <= 0):
+                                or not 0 < timeout < math.inf):
         raise ValueError(f'timeout must be seconds > 0, got {timeout!r}')
+    if timeout is not None and timeout > MAX_TIMEOUT_SECONDS:
+        raise ValueError(f'timeout must be at most {MAX_TIMEOUT_SECONDS} seconds (ten years), '
+                         f'got {timeout!r}')
 
 
 def due_now(now):
@@ -121,13 +146,31 @@ def timestamp_of(run_at):
                               f'got {type(run_at).__name__}')
     if not math.isfinite(run_at):
         raise InvalidJobError(f'run_at must be finite, got {run_at!r}')
-    return float(run_at)
+    return in_calendar(float(run_at), f'run_at {run_at!r}')
 
 
 def check_limit(name, value):
     if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
-                              or value < 0):
-        raise ValueError(f'{name} must be a number >= 0 or None, got {value!r}')
+                              or not 0 <= value < math.inf):
+        raise ValueError(f'{name} must be a finite number >= 0 or None, got {value!r}')
+
+
+def check_file_mode(file_mode):
+    """None, or permission bits given as an int (0o660) or octal text ('660', '0o660')."""
+    if file_mode is None:
+        return None
+    mode = file_mode
+    if isinstance(mode, str):
+        try:
+            mode = int(mode.strip().lower().removeprefix('0o'), 8)
+        except ValueError:
+            mode = None
+    if isinstance(mode, bool) or not isinstance(mode, int) or not 0 <= mode <= 0o777:
+        raise ValueError(f'file_mode must be permission bits such as 0o660 (or "660" in '
+                         f'$DBBASIC_QUEUE_MODE), got {file_mode!r}')
+    if mode & 0o600 != 0o600:
+        raise ValueError(f'file_mode must let the owner read and write, got {oct(mode)}')
+    return mode
 
 
 def check_handlers(handlers, max_attempts):
