@@ -109,7 +109,10 @@ def when(seconds, now=None):
         return '-'
     now = time.time() if now is None else now
     delta = seconds - now
-    stamp = datetime.fromtimestamp(seconds).strftime('%Y-%m-%d %H:%M:%S')
+    try:
+        stamp = datetime.fromtimestamp(seconds).strftime('%Y-%m-%d %H:%M:%S')
+    except (OverflowError, OSError, ValueError):   # a hand edit beyond the calendar
+        return str(seconds)
     return f'{stamp} ({"in " if delta > 0 else ""}{ago(abs(delta))}{"" if delta > 0 else " ago"})'
 
 

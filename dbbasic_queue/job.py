@@ -15,6 +15,8 @@ import operator
 import os
 from dataclasses import dataclass, fields
 
+from .errors import StorageError
+
 SEED_COLUMNS = ('id', 'type', 'payload', 'status', 'created_at', 'run_at',
                 'attempts', 'error', 'result')
 # Ours come after the seed's nine, so 1.0.0 readers and `cut -f1-9` still work.
@@ -40,6 +42,16 @@ _STATUS_BY_WORD = {status.value: status for status in Status}
 _ONE_LINE = str.maketrans({'\t': ' ', '\n': ' ', '\r': ' ', '\x0b': ' ', '\x0c': ' ',
                            '\x1c': ' ', '\x1d': ' ', '\x1e': ' ', '\x85': ' ',
                            '\u2028': ' ', '\u2029': ' '})
+
+
+def check_header(path, header):
+    """Raise StorageError unless header (None: no file yet) starts with the seed's columns.
+
+    Nothing of the file is echoed: it may be one the user running this must not read.
+    """
+    if header is not None and tuple(header[:len(SEED_COLUMNS)]) != SEED_COLUMNS:
+        raise StorageError(f'{path} is not a dbbasic-queue file: its first line is not the '
+                           f'header of one')
 
 
 class UnparsableLine(ValueError):
@@ -217,6 +229,8 @@ def parse_line(line, header=COLUMNS):
     header is the file's header, so files with the seed's nine columns (1.0.0) read as
     well as ours.
     """
+    if line.endswith('\r'):
+        line = line[:-1]   # a CRLF line ending (unix2dos, a Windows editor)
     fields = split_line(line)
     order = column_order(tuple(header))
     if order is not None:

@@ -3,15 +3,17 @@ check do. The queue logic that moves jobs is in queue.py; this only reads, and r
 the archive."""
 
 import logging
+import re
 
 from . import liveness
-from .job import (COLUMNS, FINAL_STATUSES, Status, UnparsableLine, format_line, number,
-                  parse_line, split_line)
-from .storage import split_header
+from .job import (COLUMNS, FINAL_STATUSES, Status, UnparsableLine, check_header, format_line,
+                  number, parse_line, split_line)
+from .storage import abandoned_temp_files, split_header
 from .validate import check_limit
 
 log = logging.getLogger('dbbasic_queue')
 STATUS_WORDS = tuple(status.value for status in Status)
+NOT_UTF8 = re.compile('[\udc80-\udcff]')   # bytes that were not UTF-8, as surrogateescape reads them
 
 
 class Inspection:
@@ -72,6 +74,7 @@ class FileMaintenance(Inspection):
         """(file path, line number, line, Job or None) for every line of both files."""
         for table in (self._table, self._archive):
             header, lines = table.read_lines()
+            check_header(table.path, header)
             for line_number, line in enumerate(lines, start=2):
                 yield table.path, line_number, line, job_or_none(line, header)
 
@@ -171,6 +174,9 @@ class FileMaintenance(Inspection):
         """
         problems, seen, now = [], {}, self._clock()
         for path, line_number, line, job in self._file_lines():
+            if NOT_UTF8.search(line):
+                problems.append(f'{path.name}:{line_number}: not valid UTF-8 (a hand edit in '
+                                f'another encoding?): {line[:80]!r}')
             if job is None:
                 problems.append(f'{path.name}:{line_number}: not a job: {line[:80]!r}')
                 continue
@@ -181,10 +187,8 @@ class FileMaintenance(Inspection):
                     job.worker, job.claimed_at, now, self.lease_seconds):
                 problems.append(f'{path.name}:{line_number}: job {job.id} is processing by '
                                 f'{job.worker or "an unknown worker"}, which is gone')
-        for leftover in sorted(self.path.parent.glob(f'.{self.path.stem}.*.tmp')):
-            pid = leftover.name.split('.')[-3]
-            if not pid.isdigit() or liveness.start_marker(int(pid)) is None:
-                problems.append(f'{leftover.name}: temp file left by an interrupted rewrite')
+        for leftover in sorted(abandoned_temp_files(self._table.lock.path)):
+            problems.append(f'{leftover.name}: temp file left by an interrupted rewrite')
         return problems
 
 

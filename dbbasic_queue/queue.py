@@ -52,7 +52,7 @@ from pathlib import Path
 
 from . import liveness
 from .errors import JobTimedOut, QueueError, StorageError
-from .job import (COLUMNS, FINAL_STATUSES, SEED_COLUMNS, Job, Status, UnparsableLine,
+from .job import (COLUMNS, FINAL_STATUSES, SEED_COLUMNS, Job, Status, UnparsableLine, check_header,
                   format_line, format_millis, format_new_line, format_time, new_job_id,
                   parse_line, quote_field, split_line)
 from .maintenance import FileMaintenance, job_or_none, parse_line_at
@@ -78,6 +78,7 @@ BATCH_GROWTH = 64
 MAX_BATCH_JOBS = 2_000          # bounds a worker's memory: each claim holds a Job
 ARCHIVE_FLUSH_SECONDS = 0.05    # finished jobs reach the archive at least this often
 SCAN_CHUNK_BYTES = 1 << 20      # a first poll's regex pass stops at the first due chunk
+WORKER_LOST = 'WorkerLost'      # the error of an attempt its worker did not survive
 ACTIVE_STATUSES = frozenset({Status.PENDING, Status.PROCESSING})
 _PENDING, _PROCESSING = Status.PENDING.value, Status.PROCESSING.value
 _STATUS_WORDS = {status.value: status.value for status in Status}
@@ -474,7 +475,7 @@ class Queue(FileMaintenance):
 
     def _charge_crash(self, run, i, crashed, plan, now):
         """The attempt a worker's death costs the job it was running; [i] if pending."""
-        error = f'WorkerLost: worker {crashed.worker or "of dbbasic-queue 1.0.0"} died running this job'
+        error = f'{WORKER_LOST}: worker {crashed.worker or "of dbbasic-queue 1.0.0"} died running this job'
         log.warning('job %s (%s): %s', crashed.id, crashed.type, error)
         outcome = self._after_failure(crashed, crashed.attempts + 1, error,
                                       crashed.max_attempts or run.max_attempts, now,
@@ -521,6 +522,9 @@ class Queue(FileMaintenance):
             if run.stop_requested:
                 break
             run.unstarted.popleft()
+            if job.error.startswith(WORKER_LOST) and run.archive_buffer:
+                # It killed a worker before: what finished before it must not die with it.
+                self._flush_archive(run)
             self._execute(run, job)
             ran += 1
             if run.jobs_left is not None:
@@ -643,10 +647,7 @@ class Queue(FileMaintenance):
 
     def _check_header(self, snap):
         self._snap = snap
-        if snap.header is not None and tuple(snap.header[:len(SEED_COLUMNS)]) != SEED_COLUMNS:
-            # Its content is not echoed: it may be a file this user should not read.
-            raise StorageError(f'{self.path} is not a dbbasic-queue file: its first line '
-                               f'is not the header of one')
+        check_header(self.path, snap.header)
 
     def _entries(self, snap):
         """Light entries for every line of snap (None = not a job); parses only new lines."""

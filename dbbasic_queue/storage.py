@@ -281,7 +281,8 @@ class TableFile:
         # exist never needs it.
         from dbbasic.tsv import TSV
         make_directory(self.path.parent, self.lock.file_mode)
-        private = Path(tempfile.mkdtemp(dir=self.path.parent, prefix=f'.{self.path.name}.'))
+        private = Path(tempfile.mkdtemp(dir=self.path.parent, prefix=self._temp_prefix(),
+                                        suffix='.tmp'))
         try:
             TSV(self.path.stem, list(self.columns), data_dir=private)
             for made in sorted(private.iterdir(), key=lambda p: p.suffix != '.tsv'):
@@ -444,9 +445,8 @@ class TableFile:
         """The atomic rename behind commit and rewrite_line: (new file's fd, the _Output
         that wrote it), or None if the file is no longer, byte for byte up to what snap
         read, the one snap holds open."""
-        remove_abandoned_temp_files(self.path)
-        tmp_path = self.path.with_name(
-            f'.{self.path.name}.{liveness.HOST}.{os.getpid()}.{os.urandom(4).hex()}.tmp')
+        remove_abandoned_temp_files(self.lock.path)
+        tmp_path = self.path.with_name(f'{self._temp_prefix()}{os.urandom(4).hex()}.tmp')
         fd = None
         try:
             fd = os.open(tmp_path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
@@ -478,6 +478,9 @@ class TableFile:
                     os.close(fd)
                 _unlink_quietly(tmp_path)
         return fd, out
+
+    def _temp_prefix(self):
+        return f'.{self.path.name}.{liveness.HOST}.{os.getpid()}.'
 
     def _keep(self, snap):
         """Make snap the cached snapshot of the current file, closing the previous one."""
@@ -545,34 +548,37 @@ def set_mode(fd, file_mode, path):
                     os.fstat(fd).st_mode & 0o777, file_mode)
 
 
-def temp_files(path):
-    """(path, host, pid or None) of each temp file of a rewrite of the table at path.
+def temp_files(lock_path):
+    """(path, host, pid or None) of each temp file of a rewrite of a table of the queue
+    whose lock is lock_path (data/queue.lock: its tables are data/queue*.tsv).
 
     Their names are .<table>.<host>.<pid>.<random>.tmp (older: no host, this one).
     """
-    prefix, suffix = f'.{Path(path).name}.', '.tmp'
+    lock_path = Path(lock_path)
+    prefix, suffix = f'.{lock_path.stem}.', '.tmp'
     try:
-        entries = list(os.scandir(Path(path).parent))
+        entries = list(os.scandir(lock_path.parent))
     except FileNotFoundError:
         return []
     found = []
     for entry in entries:
-        if entry.name.startswith(prefix) and entry.name.endswith(suffix):
-            parts = entry.name[len(prefix):-len(suffix)].rsplit('.', 2)
+        name = entry.name
+        if name.startswith(prefix) and name.endswith(suffix) and '.tsv.' in name:
+            parts = name[name.index('.tsv.') + 5:-len(suffix)].rsplit('.', 2)
             host, pid = (parts[0], parts[1]) if len(parts) == 3 else (liveness.HOST, parts[0])
             found.append((Path(entry.path), host, int(pid) if pid.isdigit() else None))
     return found
 
 
-def abandoned_temp_files(path):
-    """The temp files of path whose writer, a process on this host, is gone."""
-    return [tmp for tmp, host, pid in temp_files(path)
+def abandoned_temp_files(lock_path):
+    """The temp files of the queue whose writer, a process on this host, is gone."""
+    return [tmp for tmp, host, pid in temp_files(lock_path)
             if host == liveness.HOST and (pid is None or liveness.start_marker(pid) is None)]
 
 
-def remove_abandoned_temp_files(path):
-    """Each is a whole copy of the table that a killed rewrite left behind."""
-    for tmp in abandoned_temp_files(path):
+def remove_abandoned_temp_files(lock_path):
+    """Each is a whole copy of a table that a killed rewrite left behind."""
+    for tmp in abandoned_temp_files(lock_path):
         log.info('removing %s, left by a rewrite whose process is gone', tmp)
         if tmp.is_dir() and not tmp.is_symlink():
             shutil.rmtree(tmp, ignore_errors=True)

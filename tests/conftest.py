@@ -43,22 +43,22 @@ def queue(queue_path, clock):
     return Queue(queue_path, clock=clock)
 
 
-def python_env():
-    env = dict(os.environ)
+def python_env(extra=None):
+    env = {**os.environ, **(extra or {})}
     env['PYTHONPATH'] = str(REPO) + os.pathsep + env.get('PYTHONPATH', '')
     return env
 
 
 def spawn(code, *args, **kwargs):
     """Start `python -c code args...` (code dedented) and return the Popen."""
+    kwargs.setdefault('env', python_env())
     return subprocess.Popen([sys.executable, '-c', textwrap.dedent(code), *map(str, args)],
-                            env=python_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, **kwargs)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
 
 
-def run_python(code, *args, timeout=SUBPROCESS_TIMEOUT_SECONDS, cwd=None):
+def run_python(code, *args, timeout=SUBPROCESS_TIMEOUT_SECONDS, cwd=None, env=None):
     """Run code in a fresh interpreter; return the CompletedProcess (never raises on exit code)."""
-    proc = spawn(code, *args, cwd=cwd)
+    proc = spawn(code, *args, cwd=cwd, **({'env': python_env(env)} if env else {}))
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
