@@ -3,7 +3,7 @@
 See dbbasic_queue.queue for the manual.
 """
 
-from .errors import InvalidJobError, JobTimedOut, QueueError, StorageError
+from .errors import EditConflict, InvalidJobError, JobTimedOut, QueueError, StorageError
 from .job import COLUMNS, Job, Status
 from .queue import (ENV_VAR, Queue, cancel_job, default_queue, enqueue, get_job,
                     process_jobs)
@@ -12,6 +12,7 @@ __version__ = '2.0.0'
 
 __all__ = ['enqueue', 'process_jobs', 'get_job', 'cancel_job', 'Queue', 'Job', 'Status',
            'COLUMNS', 'ENV_VAR', 'QueueError', 'InvalidJobError', 'StorageError', 'JobTimedOut',
+           'EditConflict',
            'default_queue']
 
 

@@ -11,8 +11,11 @@ import json
 import logging
 import os
 import re
+import shlex
 import signal
+import subprocess
 import sys
+import tempfile
 import time
 from datetime import datetime
 
@@ -336,6 +339,62 @@ def cmd_migrate(queue, args):
     return EXIT_OK
 
 
+def cmd_edit(queue, args):
+    """Like crontab -e: edit a copy, check it, merge it with what changed meanwhile."""
+    if not hasattr(queue, 'save_edit'):
+        raise UsageError('edit works on a file queue: give --queue a .tsv file')
+    original = queue.read_for_edit()
+    editor = shlex.split(os.environ.get('VISUAL') or os.environ.get('EDITOR') or 'vi')
+    fd, copy = tempfile.mkstemp(prefix='dbbasic-queue-edit-', suffix='.tsv')
+    with os.fdopen(fd, 'w', encoding='utf-8', errors='surrogateescape') as f:
+        f.write(original)
+    while True:
+        try:
+            code = subprocess.call(editor + [copy])
+        except OSError as exc:
+            raise UsageError(f'cannot run the editor {editor[0]!r} ($VISUAL, $EDITOR): '
+                             f'{exc.strerror}') from None
+        if code != 0:
+            return _abandon_edit(copy, f'the editor exited with {code}')
+        with open(copy, encoding='utf-8', errors='surrogateescape') as f:
+            edited = f.read()
+        problems = queue.check_edit(edited)
+        if not problems:
+            break
+        for problem in problems:
+            print(f'{PROG}: {problem}', file=sys.stderr)
+        if not _ask('(e)dit again or (a)bort? ', 'ea').startswith('e'):
+            return _abandon_edit(copy, 'aborted')
+    if edited == original:
+        os.unlink(copy)
+        print('no changes')
+        return EXIT_OK
+    try:
+        changed = queue.save_edit(original, edited)
+    except QueueError:
+        print(f'{PROG}: your version is kept in {copy}', file=sys.stderr)
+        raise
+    os.unlink(copy)
+    print(f'saved {queue.path}: {changed} line(s) changed')
+    return EXIT_OK
+
+
+def _ask(prompt, answers):
+    """One answer from the person at the terminal; '' when there is none (not a tty)."""
+    if not sys.stdin.isatty():
+        return ''
+    sys.stderr.write(prompt)
+    sys.stderr.flush()
+    answer = sys.stdin.readline().strip().lower()
+    return answer if answer[:1] in answers else ''
+
+
+def _abandon_edit(copy, why):
+    os.unlink(copy)
+    print(f'{PROG}: {why}: nothing was saved', file=sys.stderr)
+    return EXIT_PROBLEM
+
+
 def cmd_check(queue, args):
     problems = queue.check()
     if args.json:
@@ -411,6 +470,9 @@ def build_parser():
 
     commands.add_parser('check', help='find problems; exit 1 if any').set_defaults(run=cmd_check)
 
+    commands.add_parser('edit', help='edit the queue file in $VISUAL/$EDITOR, safely (like '
+                        'crontab -e)').set_defaults(run=cmd_edit)
+
     migrate = commands.add_parser('migrate', help='move pending and failed jobs into Redis (RQ)')
     migrate.add_argument('--to', required=True, metavar='redis://HOST:PORT/DB')
     migrate.add_argument('--dry-run', action='store_true')
@@ -480,6 +542,7 @@ COMMANDS = {
         ('cancel', 'Cancel a pending job: queue:cancel ID'),
         ('purge', 'Delete old finished jobs: queue:purge --status S --older-than 7d | --keep N'),
         ('check', 'Find problems in the queue files'),
+        ('edit', 'Edit the queue file in $EDITOR, checked and merged: queue:edit'),
         ('migrate', 'Move pending and failed jobs into Redis: queue:migrate --to redis://...'),
     ]},
 }

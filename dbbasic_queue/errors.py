@@ -19,3 +19,8 @@ class JobTimedOut(BaseException):
     A BaseException, like KeyboardInterrupt, so that a handler's `except Exception`
     cannot swallow it; the worker records the attempt as 'TimeoutError: ...'.
     """
+
+
+class EditConflict(QueueError):
+    """A hand edit (dbbasic-queue edit) changed jobs that workers changed meanwhile;
+    nothing was saved."""

@@ -6,6 +6,7 @@ import logging
 import re
 
 from . import liveness
+from .errors import EditConflict
 from .job import (COLUMNS, FINAL_STATUSES, Status, UnparsableLine, check_header, format_line,
                   number, parse_line, split_line)
 from .storage import abandoned_temp_files, split_header
@@ -58,7 +59,95 @@ class Inspection:
         return [split_line(format_line(job)) for job in self.jobs()]
 
 
-class FileMaintenance(Inspection):
+class FileEditing:
+    """`dbbasic-queue edit`: the hot file edited by hand, safely. Read one version, let the
+    person edit a copy without holding the lock, check every line, then merge by job id
+    with what workers and producers did meanwhile and commit atomically."""
+
+    def read_for_edit(self):
+        """The hot file's text (one consistent version, read under the lock)."""
+        self._upgrade_header()   # edit our columns, never 1.0.0's
+        with self._table.lock:
+            data = self._table.read_bytes()
+        return data.decode('utf-8', 'surrogateescape') or self._table.header_line + '\n'
+
+    def check_edit(self, text):
+        """Problems in an edited text, one line each with its line number (empty: fine)."""
+        lines = text.split('\n')
+        if split_header(lines[0]) != list(COLUMNS):
+            return [f'line 1: the header must stay as it was: {chr(9).join(COLUMNS)}']
+        problems, seen = [], {}
+        for number, line in enumerate(lines[1:], start=2):
+            if not line.strip():
+                continue
+            try:
+                job = parse_line(line)
+            except UnparsableLine as exc:
+                problems.append(f'line {number}: not a job ({str(exc).split(":")[0]}): '
+                                f'{line[:60]!r}')
+                continue
+            if job.id in seen:
+                problems.append(f'line {number}: id {job.id} is also on line {seen[job.id]}')
+            seen[job.id] = number
+            if job.payload_json:
+                try:
+                    job.payload
+                except ValueError as exc:
+                    problems.append(f'line {number}: the payload is not JSON: {exc}')
+        return problems
+
+    def save_edit(self, original, edited):
+        """Commit an edited text, merged by job id with the file as it is now; returns
+        how many lines the edit changed. A job changed both in the edit and by a worker
+        (or finished meanwhile) raises EditConflict and nothing is saved. Jobs appended
+        meanwhile are kept."""
+        base, ours = _lines_by_id(original), _lines_by_id(edited)
+        with self._state_lock:
+            for holding in self._table.attempts():
+                with holding:
+                    snap = self._table.snapshot()
+                    merged = _merge_edit(base, ours, _lines_by_id_of(snap.lines))
+                    if self._table.commit(snap, merged) is not None:
+                        return sum(base.get(key) != line for key, line in ours.items()) + \
+                            sum(key not in ours for key in base)
+
+
+def _lines_by_id(text):
+    return _lines_by_id_of(text.split('\n')[1:])
+
+
+def _lines_by_id_of(lines):
+    """{id (or the whole line, for a line that is not a job): line}, in file order."""
+    return {line.split('\t', 1)[0] if '\t' in line else line: line
+            for line in lines if line.strip()}
+
+
+def _merge_edit(base, ours, theirs):
+    """The merged lines: ours where only we changed a job, theirs where only they did;
+    new lines of either side; EditConflict where both changed the same job."""
+    merged, conflicts = [], []
+    for key, line in ours.items():
+        before, now = base.get(key), theirs.get(key)
+        if now == before or now == line:
+            merged.append(line)
+        elif line == before:
+            if now is not None:
+                merged.append(now)
+        else:
+            conflicts.append(f'job {key} was {"finished and archived" if now is None else "changed"} '
+                             f'by a worker while you edited it')
+    for key, before in base.items():
+        if key not in ours and theirs.get(key, before) != before:
+            conflicts.append(f'job {key}, which you deleted, was changed by a worker meanwhile')
+    merged += [line for key, line in theirs.items() if key not in base and key not in ours]
+    if conflicts:
+        raise EditConflict('; '.join(conflicts[:3]) + (f' (and {len(conflicts) - 3} more)'
+                                                       if len(conflicts) > 3 else '')
+                           + ': nothing was saved')
+    return merged
+
+
+class FileMaintenance(Inspection, FileEditing):
     """The file queue's side of the CLI: find, list, retry, purge, check."""
 
     def find_job(self, job_id):

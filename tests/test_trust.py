@@ -407,3 +407,95 @@ def test_list_and_show_survive_a_hand_edited_time_out_of_range(tmp_path):
                                 capture_output=True, text=True, env=python_env(),
                                 timeout=SUBPROCESS_TIMEOUT_SECONDS)
         assert result.returncode == 0 and 'Overflow' not in result.stderr, result.stderr
+
+
+# -- B5. dbbasic-queue edit -------------------------------------------------------------
+EDITOR = '''
+import os, sys
+from pathlib import Path
+from dbbasic_queue import Queue
+copy = Path(sys.argv[-1])
+count = Path(os.environ['EDIT_COUNT'])
+count.write_text(str(int(count.read_text() or 0) + 1) if count.exists() else '1')
+queue = Queue(os.environ['QUEUE_PATH'])
+for step in os.environ['EDIT_STEPS'].split(';')[int(count.read_text()) - 1].split(','):
+    if step == 'change':       # the person changes job 1's payload
+        copy.write_text(copy.read_text().replace('{""n"": 1}', '{""n"": 100}'))
+    elif step == 'break':      # ... or types a line that is not a job
+        copy.write_text(copy.read_text() + 'oops\\n')
+    elif step == 'fix':
+        copy.write_text(copy.read_text().replace('oops\\n', ''))
+    elif step == 'enqueue':    # meanwhile a producer adds a job (takes the lock)
+        queue.enqueue('t', {'n': 'new'})
+    elif step == 'work':       # meanwhile a worker runs and archives every due job
+        queue.process_jobs({'t': lambda p: p})
+'''
+
+
+def edit(tmp_path, steps, answers=None):
+    """`dbbasic-queue edit` with an editor that does steps (one ';'-separated group per
+    editor run); answers are typed at a real terminal (a pty) when it asks."""
+    import pty
+    editor = tmp_path / 'editor.py'
+    editor.write_text(EDITOR)
+    env = python_env({'VISUAL': f'{sys.executable} {editor}', 'EDIT_STEPS': steps,
+                      'EDIT_COUNT': str(tmp_path / 'count'),
+                      'QUEUE_PATH': str(tmp_path / 'data' / 'queue.tsv')})
+    master, slave = pty.openpty()
+    try:
+        proc = subprocess.Popen([sys.executable, '-m', 'dbbasic_queue', 'edit'], cwd=tmp_path,
+                                env=env, stdin=slave, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        if answers:
+            os.write(master, answers.encode())
+        out, err = proc.communicate(timeout=SUBPROCESS_TIMEOUT_SECONDS)
+    finally:
+        os.close(master)
+        os.close(slave)
+    return proc.returncode, out, err
+
+
+@pytest.fixture
+def edited_queue(tmp_path):
+    queue = Queue(tmp_path / 'data' / 'queue.tsv')
+    later = time.time() + 3600
+    return queue, [queue.enqueue('t', {'n': n}, run_at=later) for n in range(3)]
+
+
+def test_edit_saves_a_valid_change(tmp_path, edited_queue):
+    queue, ids = edited_queue
+    code, out, err = edit(tmp_path, 'change')
+    assert code == 0 and 'saved' in out and '1 line(s) changed' in out, err
+    assert [queue.get_job(i)['payload']['n'] for i in ids] == [0, 100, 2]
+
+
+def test_edit_names_bad_lines_and_aborts_or_edits_again(tmp_path, edited_queue):
+    queue, ids = edited_queue
+    before = queue.path.read_bytes()
+    code, out, err = edit(tmp_path, 'change,break', answers='a\n')
+    assert code == 1 and "line 5: not a job" in err and 'nothing was saved' in err
+    assert queue.path.read_bytes() == before
+    (tmp_path / 'count').unlink()
+    code, out, err = edit(tmp_path, 'change,break;fix', answers='e\n')
+    assert code == 0, err
+    assert queue.get_job(ids[1])['payload'] == {'n': 100} and queue.check() == []
+
+
+def test_edit_keeps_jobs_appended_while_the_editor_was_open(tmp_path, edited_queue):
+    queue, ids = edited_queue
+    code, out, err = edit(tmp_path, 'change,enqueue')   # deadlocks if edit held the lock
+    assert code == 0, err
+    jobs = queue.list_jobs()
+    assert sorted(str(job['payload']['n']) for job in jobs) == ['0', '100', '2', 'new']
+
+
+def test_edit_refuses_to_overwrite_what_a_worker_changed_meanwhile(tmp_path, edited_queue):
+    queue, ids = edited_queue
+    queue.enqueue('t', {'n': 1})   # never: the worker below runs this one; edit changes it too
+    code, out, err = edit(tmp_path, 'change,work')
+    assert code == 1 and 'by a worker while you edited it' in err and 'nothing was saved' in err
+    kept = Path(err.split('your version is kept in ')[1].split()[0])
+    assert '{""n"": 100}' in kept.read_text()
+    kept.unlink()
+    assert [job['status'] for job in queue.list_jobs(status='completed')] == ['completed']
+    assert [queue.get_job(i)['payload']['n'] for i in ids] == [0, 1, 2]
