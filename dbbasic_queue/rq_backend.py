@@ -16,8 +16,12 @@ How the API maps onto RQ:
   long-lived worker (run_worker) on as many machines as you like.
 - Statuses: queued/scheduled/deferred -> pending, started -> processing,
   finished -> completed, failed -> failed, canceled/stopped -> cancelled.
-- A worker that dies mid-job: RQ fails or retries the job when its heartbeat expires
-  (about a minute), not at once as the file backend does on the same host.
+- A worker that dies mid-job: its claim (RQ's started-job registry) lapses lease_seconds
+  (default 60) after the worker's last heartbeat; the next process_jobs for that type
+  then counts the crash as an attempt and retries (after the backoff) or fails the job.
+  A running job's worker renews the claim every lease_seconds / 3, so a long job keeps it.
+- Our workers run only our jobs: a job in a dbbasic: queue that calls anything but
+  dispatch (anyone who can write to Redis can push one) is failed, never imported.
 """
 
 import json
@@ -53,6 +57,8 @@ TYPES_KEY = 'dbbasic_queue:types'          # every job type ever enqueued (for s
 UNIQUE_KEY_PREFIX = 'dbbasic_queue:unique:'
 UNIQUE_CLAIM_GRACE_SECONDS = 60            # a unique key set, its job not yet saved
 KEEP_FOREVER = -1                          # results and failures stay until purge
+LEASE_SECONDS = 60                         # a dead worker's job is recovered this long after
+HEARTBEATS_PER_LEASE = 3                   # ... its last heartbeat; renewed 3 times a lease
 DISPATCH = 'dbbasic_queue.rq_backend.dispatch'
 STATUSES = {
     JobStatus.QUEUED: Status.PENDING, JobStatus.SCHEDULED: Status.PENDING,
@@ -119,12 +125,15 @@ class RedisQueue(Inspection):
     """dbbasic-queue's API on RQ. Queue('redis://...') returns one of these."""
 
     def __init__(self, url, *, clock=time.time,
-                 backoff_base_seconds=file_queue.BACKOFF_BASE_SECONDS, lease_seconds=None):
+                 backoff_base_seconds=file_queue.BACKOFF_BASE_SECONDS, lease_seconds=None,
+                 file_mode=None):
+        """lease_seconds: how long after a worker's last heartbeat its job is recovered
+        (default LEASE_SECONDS). file_mode is for the file backend; ignored here."""
         self.url = self.path = url
         self.redis = Redis.from_url(url)
         self._clock = clock
         self.backoff_base_seconds = backoff_base_seconds
-        self.lease_seconds = 0  # RQ watches its own workers: see stats()
+        self.lease_seconds = LEASE_SECONDS if lease_seconds is None else lease_seconds
         self._valid_types = set()
 
     backoff_seconds = file_queue.Queue.backoff_seconds
@@ -246,8 +255,9 @@ class RedisQueue(Inspection):
             return file_queue.outcome_counts(summary)
         _current.run = {'handlers': dict(handlers), 'max_attempts': max_attempts,
                         'timeout': timeout, 'backoff': self.backoff_seconds, 'summary': summary}
-        worker = SimpleWorker([self._rq(t) for t in handlers], connection=self.redis,
-                              serializer=JSONSerializer)
+        worker = _Worker([self._rq(t) for t in handlers], connection=self.redis,
+                         serializer=JSONSerializer)
+        worker.lease_seconds = max(1, math.ceil(self.lease_seconds))
         timer = None
         if max_seconds is not None:
             timer = threading.Timer(max_seconds, worker.request_stop, args=(None, None))
@@ -367,6 +377,41 @@ class RedisQueue(Inspection):
                 problems.append(f'job {job_id} ({job_type}) is started by a worker that stopped '
                                 f'answering; RQ fails or retries it at its next maintenance')
         return problems
+
+
+class _Worker(SimpleWorker):
+    """RQ's in-process worker, with two rules of ours: it runs only dispatch() jobs, and
+    its claim on a running job lasts lease_seconds past its last heartbeat, renewed from a
+    thread while the handler runs (RQ's SimpleWorker would hold it 7 minutes, or forever)."""
+
+    lease_seconds = LEASE_SECONDS
+
+    def get_heartbeat_ttl(self, job, working_time=0.0):
+        return self.lease_seconds
+
+    def perform_job(self, job, queue, execution):
+        if job.func_name != DISPATCH:
+            error = (f'refused: this job calls {job.func_name!r}, and dbbasic-queue workers '
+                     f'only run {DISPATCH} (anyone who can write to Redis could push it)')
+            log.error('job %s in %s: %s', job.id, queue.name, error)
+            job.retries_left = 0
+            self.handle_job_failure(job, queue, exc_string=error, execution=execution)
+            return False
+        stop = threading.Event()
+        beat = threading.Thread(target=self._beat, args=(job, execution, stop), daemon=True)
+        beat.start()
+        try:
+            return super().perform_job(job, queue, execution)
+        finally:
+            stop.set()
+            beat.join()
+
+    def _beat(self, job, execution, stop):
+        while not stop.wait(self.lease_seconds / HEARTBEATS_PER_LEASE):
+            try:
+                self.maintain_heartbeats(job, execution)
+            except Exception:
+                log.exception('heartbeat of job %s failed; its claim may lapse', job.id)
 
 
 def _last_line(traceback_text):

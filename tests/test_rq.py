@@ -187,3 +187,82 @@ def test_retry_purge_and_check_on_redis(redis_url):
     assert sorted(queue.purge(['completed'], older_than_seconds=1)) == sorted([broken, done])
     assert queue.get_job(done) is None and queue.list_jobs() == []
     assert queue.check() == []
+
+
+def test_a_worker_runs_only_our_dispatcher_never_a_function_pushed_by_others(redis_url, tmp_path):
+    from rq import Queue as RQQueue
+    from rq.job import Job as RQJob
+    from rq.serializers import JSONSerializer
+    marker = tmp_path / 'pwned'
+    pushed = RQQueue('dbbasic:t', connection=Redis.from_url(redis_url),
+                     serializer=JSONSerializer).enqueue('os.system', f'touch {marker}')
+    queue = Queue(redis_url)
+    ours = queue.enqueue('t', {'n': 1})
+    assert queue.process_jobs({'t': lambda p: p['n']})['completed'] == 1
+    assert not marker.exists() and queue.get_job(ours)['status'] == 'completed'
+    job = RQJob.fetch(pushed.id, connection=Redis.from_url(redis_url), serializer=JSONSerializer)
+    assert job.get_status() == 'failed'
+    assert 'refused' in job.latest_result().exc_string
+
+
+RQ_SLOW_WORKER = '''
+import sys, time
+from pathlib import Path
+from dbbasic_queue import Queue
+queue = Queue(sys.argv[1], lease_seconds=float(sys.argv[3]))
+def slow(payload):
+    Path(sys.argv[2]).touch()
+    time.sleep(payload['seconds'])
+    return 'done'
+print(queue.process_jobs({'slow': slow}))
+'''
+
+
+def test_a_killed_rq_workers_job_is_recovered_once_its_lease_lapses(redis_url, tmp_path):
+    # The figure the README documents: lease_seconds after the last heartbeat (60 by
+    # default; 4 here to keep the test short), plus the next worker run.
+    lease = 4
+    queue = Queue(redis_url, lease_seconds=lease, backoff_base_seconds=0)
+    job_id = queue.enqueue('slow', {'seconds': 60})
+    started = tmp_path / 'started'
+    worker = subprocess.Popen([sys.executable, '-c', RQ_SLOW_WORKER, redis_url, started,
+                               str(lease)], env=python_env())
+    try:
+        deadline = time.monotonic() + SUBPROCESS_TIMEOUT_SECONDS
+        while not started.exists():
+            assert time.monotonic() < deadline and worker.poll() is None
+            time.sleep(0.05)
+    finally:
+        os.kill(worker.pid, signal.SIGKILL)
+        worker.wait(timeout=SUBPROCESS_TIMEOUT_SECONDS)
+    killed = time.monotonic()
+    while queue.get_job(job_id)['status'] == 'processing':
+        assert time.monotonic() - killed < lease + 5, 'not recovered within the lease'
+        queue.process_jobs({'slow': lambda p: 'again'})   # a cron run of this type's worker
+        time.sleep(0.25)
+    recovered_after = time.monotonic() - killed
+    assert lease - 1 <= recovered_after < lease + 5
+    queue.process_jobs({'slow': lambda p: 'again'})
+    job = queue.get_job(job_id)
+    assert (job['status'], job['attempts'], job['result']) == ('completed', 2, 'again')
+
+
+def test_a_long_rq_job_keeps_its_claim_through_its_heartbeat(redis_url, tmp_path):
+    lease = 2
+    queue = Queue(redis_url, lease_seconds=lease)
+    job_id = queue.enqueue('slow', {'seconds': 3 * lease})
+    started = tmp_path / 'started'
+    worker = subprocess.Popen([sys.executable, '-c', RQ_SLOW_WORKER, redis_url, started,
+                               str(lease)], env=python_env(), stdout=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + SUBPROCESS_TIMEOUT_SECONDS
+    while not started.exists():
+        assert time.monotonic() < deadline and worker.poll() is None
+        time.sleep(0.05)
+    while worker.poll() is None:   # three leases long
+        assert time.monotonic() < deadline
+        queue.process_jobs({'slow': lambda p: 'stolen'})   # would recover a lapsed claim
+        time.sleep(0.25)
+    out, _ = worker.communicate(timeout=SUBPROCESS_TIMEOUT_SECONDS)
+    assert "'completed': 1" in out
+    job = queue.get_job(job_id)
+    assert (job['status'], job['attempts']) == ('completed', 1)
