@@ -249,7 +249,7 @@ def test_a_killed_rq_workers_job_is_recovered_once_its_lease_lapses(redis_url, t
 
 def test_a_long_rq_job_keeps_its_claim_through_its_heartbeat(redis_url, tmp_path):
     lease = 2
-    queue = Queue(redis_url, lease_seconds=lease)
+    queue = Queue(redis_url, lease_seconds=lease, backoff_base_seconds=0)
     job_id = queue.enqueue('slow', {'seconds': 3 * lease})
     started = tmp_path / 'started'
     worker = subprocess.Popen([sys.executable, '-c', RQ_SLOW_WORKER, redis_url, started,
@@ -261,6 +261,7 @@ def test_a_long_rq_job_keeps_its_claim_through_its_heartbeat(redis_url, tmp_path
     while worker.poll() is None:   # three leases long
         assert time.monotonic() < deadline
         queue.process_jobs({'slow': lambda p: 'stolen'})   # would recover a lapsed claim
+        assert queue.get_job(job_id)['status'] in ('processing', 'completed')
         time.sleep(0.25)
     out, _ = worker.communicate(timeout=SUBPROCESS_TIMEOUT_SECONDS)
     assert "'completed': 1" in out
