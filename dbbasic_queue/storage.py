@@ -49,14 +49,18 @@ def storage_errors(path, doing):
     """Turn an OSError about path into one StorageError that names it."""
     try:
         yield
-    except StorageError:
-        raise
     except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            reason = 'it is a symbolic link, which dbbasic-queue never follows'
-        else:
-            reason = exc.strerror or str(exc)
-        raise StorageError(f'cannot {doing} {path}: {reason}') from exc
+        raise storage_error(path, doing, exc) from exc
+
+
+def storage_error(path, doing, exc):
+    if isinstance(exc, StorageError):
+        return exc
+    if exc.errno == errno.ELOOP:
+        reason = 'it is a symbolic link, which dbbasic-queue never follows'
+    else:
+        reason = exc.strerror or str(exc)
+    return StorageError(f'cannot {doing} {path}: {reason}')
 
 
 class FileLock:
@@ -242,27 +246,31 @@ class TableFile:
         edit) gets one first, so a job is never glued onto it: that costs a one-byte read
         only when the file's size is not the one this process's last append left.
         """
-        with self.lock, storage_errors(self.path, 'append to'):
+        with self.lock:
             try:
-                fd = os.open(self._path_text, APPEND_FLAGS)
-            except FileNotFoundError:
-                self._create()
-                fd = os.open(self._path_text, APPEND_FLAGS)
-            try:
-                size = os.lseek(fd, 0, os.SEEK_END)
-                if size != self._appended_end and size and os.pread(fd, 1, size - 1) != b'\n':
-                    data = b'\n' + data
-                written = os.write(fd, data)
-                if written < len(data):
-                    # Disk full or a size limit mid-line: leave no half line behind.
-                    os.ftruncate(fd, size)
-                    raise OSError(errno.ENOSPC, f'short write ({written} of {len(data)} '
-                                                f'bytes), undone')
-                if fsync:
-                    os.fsync(fd)
-                self._appended_end = size + written
-            finally:
-                os.close(fd)
+                try:
+                    fd = os.open(self._path_text, APPEND_FLAGS)
+                except FileNotFoundError:
+                    self._create()
+                    fd = os.open(self._path_text, APPEND_FLAGS)
+                try:
+                    size = os.lseek(fd, 0, os.SEEK_END)
+                    if (size != self._appended_end and size
+                            and os.pread(fd, 1, size - 1) != b'\n'):
+                        data = b'\n' + data
+                    written = os.write(fd, data)
+                    if written < len(data):
+                        # Disk full or a size limit mid-line: leave no half line behind.
+                        os.ftruncate(fd, size)
+                        raise OSError(errno.ENOSPC, f'short write ({written} of {len(data)} '
+                                                    f'bytes), undone')
+                    if fsync:
+                        os.fsync(fd)
+                    self._appended_end = size + written
+                finally:
+                    os.close(fd)
+            except OSError as exc:   # no context manager here: this is enqueue's hot path
+                raise storage_error(self.path, 'append to', exc) from exc
 
     def append_lines(self, lines, fsync=False):
         """Append these lines (str, without newlines); bytes that are not UTF-8 (read from
