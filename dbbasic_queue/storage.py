@@ -127,16 +127,17 @@ class Snapshot:
     edited in place (same inode, other bytes) since; see TableFile.snapshot.
     """
 
-    def __init__(self, fd=None, header=None, lines=(), offset=0, crc=0, tail=b''):
+    def __init__(self, fd=None, header=None, lines=(), offset=0, crc=0, tail=b'', content=None):
         self.generation = next(_generations)
         self.fd = fd
         self.header = header
         self.lines = list(lines)
         self.offset = offset
-        self.crc = crc              # zlib.crc32 of the file's bytes [0, offset)
+        self.crc = crc              # zlib.crc32 of the file's bytes [0, offset) ...
+        self.content = content      # ... or those bytes themselves, when kept anyway
         self.tail = tail            # the last TAIL_BYTES of them
         self.jobs = []  # parsed lines, filled in by the queue layer
-        self.seen = None            # the file's _version() when offset was its whole size
+        self.seen = None            # a _version() of the file known to start with them
         if fd is None:
             self.ino = self.dev = None
             self._finalizer = None
@@ -171,12 +172,26 @@ class Snapshot:
         return os.pread(self.fd, len(self.tail), self.offset - len(self.tail)) == self.tail
 
     def proven_unchanged(self, st):
-        """only_grew, proven: the CRC of the file's first offset bytes is the one read."""
+        """only_grew, proven: the file's first offset bytes are the ones read."""
         if not self.only_grew(st):
             return False
-        if self.fd is None or self.seen == _version(st):
-            return True
-        return zlib.crc32(_pread_all(self.fd, self.offset, 0)) == self.crc
+        return self.fd is None or self.seen == _version(st) or self._prefix_is_ours()
+
+    def prove(self):
+        """Check the bytes now, without the lock: a commit then holding the lock needs no
+        reading unless the file changed again meanwhile (see proven_unchanged)."""
+        if self.fd is None:
+            return
+        before = os.fstat(self.fd)
+        if (self.seen != _version(before) and before.st_size >= self.offset
+                and self._prefix_is_ours() and _version(os.fstat(self.fd)) == _version(before)):
+            self.seen = _version(before)
+
+    def _prefix_is_ours(self):
+        prefix = _pread_all(self.fd, self.offset, 0)
+        if self.content is not None:
+            return prefix == self.content
+        return zlib.crc32(prefix) == self.crc
 
     def close(self):
         if self._finalizer is not None:
@@ -213,6 +228,7 @@ class Snapshot:
         if added_newline:
             data = data[:-1]
         self.offset += len(data)
+        self.content = None
         self.crc = zlib.crc32(data, self.crc)
         self.tail = (self.tail + data)[-TAIL_BYTES:]
 
@@ -342,7 +358,7 @@ class TableFile:
         "Only grew" is not "the same inode": an editor or `cat > file` rewrites a file in
         place. See Snapshot.only_grew; a commit proves it with a CRC before it writes.
         """
-        with storage_errors(self.path, 'read'):
+        try:   # no context manager: this is a worker's idle poll
             st = _stat_or_none(self.path)
             snap = self._snapshot
             if snap is not None and snap.only_grew(st):
@@ -352,6 +368,8 @@ class TableFile:
             self._forget()
             self._snapshot = snap = self._open_snapshot()
             return snap
+        except OSError as exc:
+            raise storage_error(self.path, 'read', exc) from exc
 
     def _forget(self):
         if self._snapshot is not None:
@@ -420,7 +438,7 @@ class TableFile:
                     return False
                 data = _pread_all(fd, os.fstat(fd).st_size, 0)
                 whole = data.rfind(b'\n') + 1   # whole lines only
-                snap = Snapshot(fd, offset=whole, crc=zlib.crc32(data[:whole]),
+                snap = Snapshot(fd, offset=whole, content=memoryview(data)[:whole],
                                 tail=data[max(0, whole - TAIL_BYTES):whole])
                 pos = data.find(needle, 0, whole)
                 if pos < 0:
@@ -443,16 +461,17 @@ class TableFile:
                     appended = _pread_all(snap.fd, st.st_size - whole, whole)
                     out.write(appended if appended.endswith(b'\n') else appended + b'\n')
 
-                replaced = self._replace(snap, write_body, write_appended)
+                replaced = self._replace(snap, write_body, write_appended, keep=False)
                 snap.close()
                 if replaced is not None:
                     self._keep(Snapshot(replaced[0]))   # read again when next needed
                     return True
 
-    def _replace(self, snap, write_body, write_appended, under_lock=None):
+    def _replace(self, snap, write_body, write_appended, under_lock=None, keep=True):
         """The atomic rename behind commit and rewrite_line: (new file's fd, the _Output
         that wrote it), or None if the file is no longer, byte for byte up to what snap
-        read, the one snap holds open."""
+        read, the one snap holds open. keep: the new file will be a kept Snapshot (its
+        CRC is computed as it is written)."""
         remove_abandoned_temp_files(self.lock.path)
         tmp_path = self.path.with_name(f'{self._temp_prefix()}{os.urandom(4).hex()}.tmp')
         fd = None
@@ -460,9 +479,10 @@ class TableFile:
             fd = os.open(tmp_path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
                          DEFAULT_FILE_MODE)
             self._copy_owner(fd, snap)
-            out = _Output(fd)
+            out = _Output(fd, keep)
             write_body(out)
             os.fsync(fd)
+            snap.prove()   # the costly check, before the lock: enqueues wait less
             with self.lock:
                 st = _stat_or_none(self.path)
                 if not snap.proven_unchanged(st):
@@ -514,8 +534,9 @@ class _Output:
     """Writes a new version of a file, keeping what a Snapshot of it needs: its size,
     the CRC of its bytes and their tail."""
 
-    def __init__(self, fd):
+    def __init__(self, fd, keep=True):
         self.fd = fd
+        self.keep = keep
         self.size = 0
         self.crc = 0
         self.tail = b''
@@ -523,8 +544,9 @@ class _Output:
     def write(self, data):
         _write_all(self.fd, data)
         self.size += len(data)
-        self.crc = zlib.crc32(data, self.crc)
-        self.tail = (self.tail + bytes(data[-TAIL_BYTES:]))[-TAIL_BYTES:]
+        if self.keep:
+            self.crc = zlib.crc32(data, self.crc)
+            self.tail = (self.tail + bytes(data[-TAIL_BYTES:]))[-TAIL_BYTES:]
 
     def write_lines(self, lines):
         # In slices, so a 100K-line file never sits in memory twice more as str and bytes.
