@@ -160,7 +160,7 @@ from dbbasic_queue import Queue
 q = Queue(sys.argv[1])
 for n in range(int(sys.argv[2]), int(sys.argv[2]) + 1500):
     q.enqueue('t', {'n': n})
-    time.sleep(0.003)   # all through the edits
+    time.sleep(0.01)   # all through the edits
 '''
     worker = '''
 import os, sys, time
@@ -175,8 +175,8 @@ while time.time() < end:
 '''
     done_log = tmp_path / 'done.log'
     procs = [spawn(producer, path, start) for start in (0, 100_000)]
-    procs += [spawn(worker, path, done_log, 8) for _ in range(2)]
-    edits, deadline = 0, time.monotonic() + 6
+    procs += [spawn(worker, path, done_log, 17) for _ in range(2)]
+    edits, deadline = 0, time.monotonic() + 15   # the issue's reproduction: 15 s of edits
     while time.monotonic() < deadline:
         time.sleep(0.1 + 0.3 * (edits % 4) / 4)
         # Reformat every payload, one byte longer or shorter each time: every offset moves.
@@ -192,7 +192,7 @@ while time.time() < end:
     Queue(path).process_jobs({'t': lambda p: open(done_log, 'a').write(f"{p['n']}\n")})
     done = done_log.read_text().split()
     expected = {str(n) for n in [-1, *range(1500), *range(100_000, 101_500)]}
-    assert set(done) == expected and edits >= 10
+    assert set(done) == expected and edits >= 30
     assert Queue(path).check() == []
 
 
