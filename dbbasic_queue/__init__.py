@@ -3,7 +3,8 @@
 See dbbasic_queue.queue for the manual.
 """
 
-from .errors import EditConflict, InvalidJobError, JobTimedOut, QueueError, StorageError
+from .errors import (EditConflict, InvalidArgumentError, InvalidJobError, JobNotFound,
+                     JobTimedOut, QueueError, StorageError)
 from .job import COLUMNS, Job, Status
 from .queue import (ENV_VAR, Queue, cancel_job, default_queue, enqueue, get_job,
                     process_jobs)
@@ -12,7 +13,7 @@ __version__ = '2.0.0'
 
 __all__ = ['enqueue', 'process_jobs', 'get_job', 'cancel_job', 'Queue', 'Job', 'Status',
            'COLUMNS', 'ENV_VAR', 'QueueError', 'InvalidJobError', 'StorageError', 'JobTimedOut',
-           'EditConflict',
+           'EditConflict', 'InvalidArgumentError', 'JobNotFound',
            'default_queue']
 
 

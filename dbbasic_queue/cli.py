@@ -20,7 +20,7 @@ import time
 from datetime import datetime
 
 from .errors import QueueError
-from .queue import DEFAULT_PATH, ENV_VAR, Queue
+from .queue import DEFAULT_PATH, ENV_VAR, Queue, is_redis_url
 from .validate import check_limit
 
 log = logging.getLogger('dbbasic_queue')
@@ -145,7 +145,7 @@ def cmd_work(queue, args):
         while not stop:
             if args.max_seconds is not None:
                 limits['max_seconds'] = max(0.0, args.max_seconds - (time.monotonic() - started))
-            if args.loop and hasattr(queue, 'run_worker'):
+            if args.loop and queue.backend.long_running_worker:
                 # On RQ, --loop is RQ's own long-running worker (it blocks on Redis).
                 totals = queue.run_worker(handlers, args.max_attempts, timeout=timeout, **limits)
                 break
@@ -317,11 +317,11 @@ def cmd_purge(queue, args):
 
 
 def cmd_migrate(queue, args):
-    if not hasattr(queue, 'mark_migrated'):
+    if queue.backend.kind != 'file':
         raise UsageError('migrate moves a file queue into Redis: give --queue a .tsv file')
-    from .rq_backend import is_redis_url, migrate, raise_if_unavailable
     if not is_redis_url(args.to):
         raise UsageError(f'--to must be a redis:// URL, got {args.to!r}')
+    from .rq_backend import migrate, raise_if_unavailable
     raise_if_unavailable(args.to)
     live = [w for w in queue.stats()['workers']]
     if live and not args.dry_run:
@@ -341,7 +341,7 @@ def cmd_migrate(queue, args):
 
 def cmd_edit(queue, args):
     """Like crontab -e: edit a copy, check it, merge it with what changed meanwhile."""
-    if not hasattr(queue, 'save_edit'):
+    if queue.backend.kind != 'file':
         raise UsageError('edit works on a file queue: give --queue a .tsv file')
     original = queue.read_for_edit()
     editor = shlex.split(os.environ.get('VISUAL') or os.environ.get('EDITOR') or 'vi')

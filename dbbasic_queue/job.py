@@ -251,6 +251,14 @@ def parse_line(line, header=COLUMNS):
         raise UnparsableLine(f'{exc}: {line[:200]!r}') from None
 
 
+def job_or_none(line, header):
+    """The Job on line, or None when it is not one."""
+    try:
+        return parse_line(line, header or COLUMNS)
+    except UnparsableLine:
+        return None
+
+
 @functools.lru_cache(maxsize=8)
 def column_order(header):
     """Positions of COLUMNS in header, or None when header starts with COLUMNS."""

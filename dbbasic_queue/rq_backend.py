@@ -42,13 +42,11 @@ from rq.job import JobStatus
 from rq.results import Result
 from rq.serializers import JSONSerializer
 
-from . import queue as file_queue
-from .maintenance import Inspection, chosen_for_purge, purge_cutoff
-from .signals import time_limit
-from .validate import (check_handlers, check_job_type, check_limit, check_timeout, job_options,
-                       payload_json, result_json, run_at_from)
-from .errors import JobTimedOut, QueueError
+from . import rules
+from .backend import Backend
+from .errors import QueueError
 from .job import Job, Status, new_job_id, one_line
+from .validate import result_json
 
 log = logging.getLogger('dbbasic_queue')
 
@@ -71,12 +69,17 @@ STATUSES = {
 _current = threading.local()
 
 
+class AttemptFailed(Exception):
+    """Raised by dispatch after a failed attempt, so that RQ records it: retried or failed."""
+
+
 def is_redis_url(location):
     return str(location).startswith(('redis://', 'rediss://', 'unix://'))
 
 
 def dispatch(job_type, payload):
-    """The function every RQ job of ours runs: the handler process_jobs gave for job_type."""
+    """The function every RQ job of ours runs: the handler process_jobs gave for job_type,
+    by the rules of rules.py (the same as the file's)."""
     run = _current.run
     job = get_current_job()
     attempts = job.meta.get('attempts', 0) + 1
@@ -85,58 +88,40 @@ def dispatch(job_type, payload):
     job.save_meta()
     # process_jobs' max_attempts holds for jobs enqueued without their own.
     job.retries_left = max(0, max_attempts - attempts)
-    job.retry_intervals = [math.ceil(run['backoff'](attempts))] * max(job.retries_left, 1)
-    timeout = job.meta.get('timeout') or run['timeout']
+    job.retry_intervals = [math.ceil(rules.backoff_seconds(run['backoff_base'], attempts))] * max(
+        job.retries_left, 1)
+    handler = run['handlers'][job_type]
     started = time.perf_counter()
-    try:
-        with time_limit(timeout):
-            result = run['handlers'][job_type](payload)
-    except JobTimedOut:
-        _failed(run, job, job_type, f'TimeoutError: job ran longer than its timeout of '
-                                    f'{timeout:g} s', started)
-        raise TimeoutError(f'job ran longer than its timeout of {timeout:g} s') from None
-    except Exception as exc:
-        log.exception('job %s (%s) failed on attempt %d of %d', job.id, job_type, attempts,
-                      max_attempts)
-        _failed(run, job, job_type, f'{type(exc).__name__}: {exc}', started)
-        raise
-    if job.meta.get('error'):
-        job.meta['error'] = ''
+    outcome = rules.attempt(lambda: handler(payload), job.meta.get('timeout') or run['timeout'],
+                            rules.describe(job.id, job_type, attempts, max_attempts))
+    if outcome.error or job.meta.get('error'):
+        # Our one-line error, as the file has it; RQ keeps the whole traceback beside it.
+        job.meta['error'] = one_line(outcome.error)
         job.save_meta()
-    _count(run, job, job_type, 'completed', started)
-    return json.loads(result_json(result, job))
-
-
-def _failed(run, job, job_type, error, started):
-    # Our one-line error, as the file has it; RQ keeps the whole traceback beside it.
-    job.meta['error'] = one_line(error)
-    job.save_meta()
-    _count(run, job, job_type, 'retried' if job.retries_left else 'failed', started)
-
-
-def _count(run, job, job_type, word, started):
+    word = 'completed' if not outcome.failed else 'retried' if job.retries_left else 'failed'
     run['summary'][word] += 1
-    log.info('%s %s %s %.3fs attempt %d/%d', job.id, job_type, word,
-             time.perf_counter() - started, job.meta['attempts'],
-             job.meta.get('max_attempts') or run['max_attempts'])
+    rules.log_outcome(job.id, job_type, word, time.perf_counter() - started, attempts,
+                      max_attempts)
+    if outcome.failed:
+        raise AttemptFailed(outcome.error)
+    return json.loads(result_json(outcome.result, job))
 
 
-class RedisQueue(Inspection):
-    """dbbasic-queue's API on RQ. Queue('redis://...') returns one of these."""
+class RedisBackend(Backend):
+    """The Backend contract on RQ; Queue('redis://...') owns one of these."""
 
-    def __init__(self, url, *, clock=time.time,
-                 backoff_base_seconds=file_queue.BACKOFF_BASE_SECONDS, lease_seconds=None,
-                 file_mode=None):
+    kind = 'rq'
+    long_running_worker = True
+
+    def __init__(self, url, *, clock, backoff_base_seconds, lease_seconds=None):
         """lease_seconds: how long after a worker's last heartbeat its job is recovered
-        (default LEASE_SECONDS). file_mode is for the file backend; ignored here."""
+        (default LEASE_SECONDS)."""
         self.url = self.path = url
         self.redis = Redis.from_url(url)
-        self._clock = clock
+        self.clock = clock
         self.backoff_base_seconds = backoff_base_seconds
         self.lease_seconds = LEASE_SECONDS if lease_seconds is None else lease_seconds
         self._valid_types = set()
-
-    backoff_seconds = file_queue.Queue.backoff_seconds
 
     def _rq(self, job_type):
         return RQQueue(QUEUE_PREFIX + job_type, connection=self.redis, serializer=JSONSerializer)
@@ -144,34 +129,23 @@ class RedisQueue(Inspection):
     def _types(self):
         return sorted(t.decode() for t in self.redis.smembers(TYPES_KEY))
 
-    # -- the four calls ----------------------------------------------------------------
-    def enqueue(self, job_type, payload, run_at=None, *, delay=None, priority=0,
-                unique_key=None, timeout=None, max_attempts=None, job_id=None, attempts=0,
-                error=''):
-        """Add a job; returns its id. Same arguments and errors as Queue.enqueue.
-
-        job_id, attempts and error are for migrate: a job keeps its id and history.
-        """
-        if job_type not in self._valid_types:
-            check_job_type(job_type)
-            self._valid_types.add(job_type)
-        now = self._clock()
-        run_at = run_at_from(now, run_at, delay)
-        payload_json(payload)  # the same validation and errors as the file
-        options = job_options(priority, unique_key, timeout, max_attempts)
+    # -- add, find, cancel ---------------------------------------------------------------
+    def add(self, job_type, payload, payload_text, now, run_at, options, *, job_id=None,
+            attempts=0, error=''):
+        """job_id, attempts and error are for migrate: a job keeps its id and history."""
+        options = options or {'priority': 0, 'unique_key': '', 'timeout': 0.0, 'max_attempts': 0}
+        run_at = now if run_at is None else run_at
         job_id = job_id or new_job_id()
-        limit = options['max_attempts'] or file_queue.MAX_ATTEMPTS
+        limit = options['max_attempts'] or rules.MAX_ATTEMPTS
         retries = max(0, limit - attempts - 1)
         rq_queue = self._rq(job_type)
+        interval = math.ceil(rules.backoff_seconds(self.backoff_base_seconds, attempts + 1))
         job = rq_queue.create_job(
             DISPATCH, args=(job_type, payload), job_id=job_id, timeout=KEEP_FOREVER,
             result_ttl=KEEP_FOREVER, failure_ttl=KEEP_FOREVER,
-            retry=Retry(max=retries, interval=math.ceil(self.backoff_seconds(attempts + 1)))
-            if retries else None,
+            retry=Retry(max=retries, interval=interval) if retries else None,
             meta={'attempts': attempts, 'created_at': int(now), 'run_at': run_at,
-                  'error': error, 'max_attempts': options['max_attempts'],
-                  'timeout': options['timeout'], 'priority': priority,
-                  'unique_key': options['unique_key']})
+                  'error': error, **options})
 
         def save():
             # One MULTI/EXEC: the job exists in Redis only together with its place in line.
@@ -180,14 +154,14 @@ class RedisQueue(Inspection):
                     when = datetime.fromtimestamp(math.ceil(run_at), timezone.utc)
                     rq_queue.schedule_job(job, when, pipeline=pipe)
                 else:
-                    rq_queue.enqueue_job(job, pipeline=pipe, at_front=priority > 0)
+                    rq_queue.enqueue_job(job, pipeline=pipe, at_front=options['priority'] > 0)
                 pipe.sadd(TYPES_KEY, job_type)
                 pipe.execute()
 
-        if unique_key is None:
+        if not options['unique_key']:
             save()
             return job_id
-        return self._enqueue_unique(unique_key, job_id, save)
+        return self._enqueue_unique(options['unique_key'], job_id, save)
 
     def _enqueue_unique(self, unique_key, job_id, save):
         key = UNIQUE_KEY_PREFIX + unique_key
@@ -202,10 +176,10 @@ class RedisQueue(Inspection):
                     if value is None:
                         continue
                     holder, since = value.decode().split()
-                    job = self.find_job(holder)
+                    job = self.find(holder)
                     if job is None and time.time() - float(since) < UNIQUE_CLAIM_GRACE_SECONDS:
                         return holder  # its enqueue is saving it right now
-                    if job is not None and job.status in file_queue.ACTIVE_STATUSES:
+                    if job is not None and job.status in (Status.PENDING, Status.PROCESSING):
                         return holder
                     pipe.multi()
                     pipe.delete(key)  # the holder finished: the key is free
@@ -213,13 +187,7 @@ class RedisQueue(Inspection):
                 except WatchError:
                     continue
 
-    def get_job(self, job_id):
-        """The job as a dict, or None: the same keys as the file backend."""
-        job = self.find_job(job_id)
-        return job.to_dict() if job else None
-
-    def cancel_job(self, job_id):
-        """True if the job was pending and is now cancelled, else False."""
+    def cancel(self, job_id):
         rq_job = self._fetch(job_id)
         if rq_job is None:
             return False
@@ -235,26 +203,19 @@ class RedisQueue(Inspection):
                 return False  # a worker took it meanwhile
         return True
 
-    def process_jobs(self, handlers, max_attempts=file_queue.MAX_ATTEMPTS, *, timeout=None,
-                     max_jobs=None, max_seconds=None):
-        """Drain the due jobs of these types with an RQ worker in burst mode; counts."""
+    def work(self, handlers, max_attempts, timeout, max_jobs, max_seconds):
+        """An RQ worker in burst mode: it drains what is due and returns (cron keeps working)."""
         return self._work(handlers, max_attempts, timeout, max_jobs, max_seconds, burst=True)
 
-    def run_worker(self, handlers, max_attempts=file_queue.MAX_ATTEMPTS, *, timeout=None,
-                   max_jobs=None, max_seconds=None):
+    def work_forever(self, handlers, max_attempts, timeout, max_jobs, max_seconds):
         """A long-lived RQ worker (with its scheduler) for these types, until stopped."""
         return self._work(handlers, max_attempts, timeout, max_jobs, max_seconds, burst=False)
 
     def _work(self, handlers, max_attempts, timeout, max_jobs, max_seconds, burst):
-        check_handlers(handlers, max_attempts)
-        check_timeout(timeout)
-        check_limit('max_jobs', max_jobs)
-        check_limit('max_seconds', max_seconds)
         summary = Counter()
-        if not handlers or max_jobs == 0:
-            return file_queue.outcome_counts(summary)
         _current.run = {'handlers': dict(handlers), 'max_attempts': max_attempts,
-                        'timeout': timeout, 'backoff': self.backoff_seconds, 'summary': summary}
+                        'timeout': timeout, 'backoff_base': self.backoff_base_seconds,
+                        'summary': summary}
         worker = _Worker([self._rq(t) for t in handlers], connection=self.redis,
                          serializer=JSONSerializer)
         worker.lease_seconds = max(1, math.ceil(self.lease_seconds))
@@ -270,7 +231,7 @@ class RedisQueue(Inspection):
             if timer is not None:
                 timer.cancel()
             del _current.run
-        return file_queue.outcome_counts(summary)
+        return summary
 
     # -- inspection --------------------------------------------------------------------
     def _fetch(self, job_id):
@@ -282,7 +243,7 @@ class RedisQueue(Inspection):
             return None
         return job if job.func_name == DISPATCH else None
 
-    def find_job(self, job_id):
+    def find(self, job_id):
         """The Job (every field the file has) with this id, or None."""
         rq_job = self._fetch(job_id)
         return None if rq_job is None else self._as_job(rq_job)
@@ -328,48 +289,37 @@ class RedisQueue(Inspection):
                     found.append(self._as_job(rq_job))
         return found
 
-    def stats(self):
-        """Counts by status and by type, oldest pending age, next due, live workers."""
-        stats = Inspection.stats(self)
-        stats['workers'] = sorted(w.name for w in SimpleWorker.all(connection=self.redis))
-        return stats
+    def workers(self):
+        return sorted(w.name for w in SimpleWorker.all(connection=self.redis))
 
-    def retry(self, job_id=None, *, failed=False, job_type=None):
-        """Requeue failed or cancelled jobs with fresh attempts; returns their ids."""
-        if (job_id is None) == (not failed):
-            raise ValueError('give either a job_id or failed=True')
+    def revive(self, job_id, job_type, now):
         if job_id is not None:
-            job = self.find_job(job_id)
-            if job is None:
-                raise KeyError(job_id)
-            if job.status not in (Status.FAILED, Status.CANCELLED):
-                raise ValueError(f'job {job_id} is {job.status.value}: only failed and '
-                                 f'cancelled jobs can be retried')
+            job = self.find(job_id)
+            if job is None or not rules.revivable(job):
+                return [], job
             chosen = [job]
         else:
-            chosen = [j for j in self.jobs() if j.status is Status.FAILED
-                      and (job_type is None or j.type == job_type)]
+            chosen = [j for j in self.jobs() if rules.chosen_for_retry(j, None, job_type)]
         for job in chosen:
             rq_job = self._fetch(job.id)
             rq_job.meta.update(attempts=0, error='')
             rq_job.save_meta()
             rq_job.retries_left = None
             rq_job.delete(remove_from_queue=True)
-            self.enqueue(job.type, job.payload, job_id=job.id, priority=job.priority,
-                         timeout=job.timeout or None, max_attempts=job.max_attempts or None)
-        return [job.id for job in chosen]
+            options = {'priority': job.priority, 'unique_key': '', 'timeout': job.timeout,
+                       'max_attempts': job.max_attempts}
+            self.add(job.type, job.payload, None, now, None, options, job_id=job.id)
+        return [job.id for job in chosen], None
 
-    def purge(self, statuses, older_than_seconds=None, dry_run=False, *, keep=None):
-        """Delete finished jobs as the file's purge does (by age, count, or both); their ids."""
-        cutoff = purge_cutoff(statuses, older_than_seconds, keep, self._clock())
-        purged = chosen_for_purge(self.jobs(), set(statuses), cutoff, keep)
+    def purge(self, choose, dry_run):
+        purged = choose(self.jobs())
         if not dry_run:
             for job_id in purged:
                 self._fetch(job_id).delete(remove_from_queue=True)
         return purged
 
-    def check(self):
-        """Problems: jobs still 'started' by a worker whose heartbeat expired."""
+    def check(self, now):
+        """Jobs still 'started' by a worker whose heartbeat expired."""
         problems = []
         for job_type in self._types():
             registry = self._rq(job_type).started_job_registry
@@ -433,17 +383,17 @@ def migrate(source, target, dry_run=False, batch_size=500):
         batch = jobs[start:start + batch_size]
         for job in batch:
             if target.find_job(job.id) is None:
-                _copy(job, target)
+                _copy(job, target.backend)
         source.mark_migrated({job.id for job in batch})
     return jobs
 
 
 def _copy(job, target):
-    options = {'job_id': job.id, 'attempts': job.attempts, 'error': job.error,
-               'priority': job.priority, 'timeout': job.timeout or None,
-               'max_attempts': job.max_attempts or None}
     if job.status is Status.PENDING:
-        target.enqueue(job.type, job.payload, job.run_at, **options)
+        options = {'priority': job.priority, 'unique_key': '',   # the key stays in meta only
+                   'timeout': job.timeout, 'max_attempts': job.max_attempts}
+        target.add(job.type, job.payload, None, target.clock(), job.run_at, options,
+                   job_id=job.id, attempts=job.attempts, error=job.error)
         return
     # A failed job goes straight into RQ's failed registry, atomically.
     rq_queue = target._rq(job.type)

@@ -24,6 +24,7 @@ import weakref
 import zlib
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
+from typing import NamedTuple
 
 from . import liveness
 from .errors import StorageError
@@ -414,12 +415,34 @@ class TableFile:
         return self._keep(Snapshot(fd, self.columns, list(lines) + carried, out.size,
                                    out.crc, out.tail))
 
-    def attempts(self):
-        """Contexts to run an optimistic rewrite in, one per try: without the lock at first
-        (a commit that finds the file replaced returns None and the caller tries again),
-        then holding it after CONFLICTS_BEFORE_LOCKING lost races, so it always finishes."""
+    def rewrite(self, plan):
+        """Rewrite the file as plan(snapshot) says: a Change (the new lines, and a hook to
+        run under the lock just before the rename), or None to leave it alone.
+
+        Returns (change, the new Snapshot), or None. Lines appended meanwhile are carried
+        over; if another process replaced or edited the file meanwhile, plan runs again
+        on a fresh snapshot (see _optimistically).
+        """
+        def try_once():
+            snap = self.snapshot()
+            change = plan(snap)
+            if change is None:
+                return None
+            new = self.commit(snap, change.lines, change.under_lock)
+            return _RETRY if new is None else (change, new)
+
+        return self._optimistically(try_once)
+
+    def _optimistically(self, try_once):
+        """The one optimistic loop of every rewrite: try_once() without the lock (reading
+        and planning while others append), again while it returns _RETRY (the file was
+        replaced or edited meanwhile), holding the lock after CONFLICTS_BEFORE_LOCKING lost
+        races so it always finishes."""
         for attempt in itertools.count():
-            yield self.lock if attempt >= CONFLICTS_BEFORE_LOCKING else nullcontext()
+            with self.lock if attempt >= CONFLICTS_BEFORE_LOCKING else nullcontext():
+                outcome = try_once()
+                if outcome is not _RETRY:
+                    return outcome
 
     def rewrite_line(self, prefix, edit):
         """Replace the first line that starts with prefix by edit(header, line).
@@ -431,42 +454,50 @@ class TableFile:
         was replaced.
         """
         needle = ('\n' + prefix).encode(ENCODING, DECODE_ERRORS)
-        for holding in self.attempts():
-            with holding, storage_errors(self.path, 'read'):
+
+        def try_once():
+            with storage_errors(self.path, 'read'):
                 try:
                     fd = os.open(self._path_text, READ_FLAGS)
                 except FileNotFoundError:
                     return False
                 data = _pread_all(fd, os.fstat(fd).st_size, 0)
-                whole = data.rfind(b'\n') + 1   # whole lines only
-                snap = Snapshot(fd, offset=whole, content=memoryview(data)[:whole],
-                                tail=data[max(0, whole - TAIL_BYTES):whole])
-                pos = data.find(needle, 0, whole)
-                if pos < 0:
-                    snap.close()
-                    return False
-                start, end = pos + 1, data.find(b'\n', pos + 1) + 1
-                header = split_header(data[:data.find(b'\n')].decode(ENCODING, DECODE_ERRORS))
-                line = edit(header, data[start:end - 1].decode(ENCODING, DECODE_ERRORS))
-                if line is None:
-                    snap.close()
-                    return False
-                new_line = (line + '\n').encode(ENCODING, DECODE_ERRORS)
-
-                def write_body(out, data=memoryview(data)):
-                    out.write(data[:start])
-                    out.write(new_line)
-                    out.write(data[end:whole])
-
-                def write_appended(out, st):
-                    appended = _pread_all(snap.fd, st.st_size - whole, whole)
-                    out.write(appended if appended.endswith(b'\n') else appended + b'\n')
-
-                replaced = self._replace(snap, write_body, write_appended, keep=False)
+            whole = data.rfind(b'\n') + 1   # whole lines only
+            snap = Snapshot(fd, offset=whole, content=memoryview(data)[:whole],
+                            tail=data[max(0, whole - TAIL_BYTES):whole])
+            try:
+                return self._replace_line(snap, data, needle, edit)
+            finally:
                 snap.close()
-                if replaced is not None:
-                    self._keep(Snapshot(replaced[0]))   # read again when next needed
-                    return True
+
+        return self._optimistically(try_once)
+
+    def _replace_line(self, snap, data, needle, edit):
+        whole = snap.offset
+        pos = data.find(needle, 0, whole)
+        if pos < 0:
+            return False
+        start, end = pos + 1, data.find(b'\n', pos + 1) + 1
+        header = split_header(data[:data.find(b'\n')].decode(ENCODING, DECODE_ERRORS))
+        line = edit(header, data[start:end - 1].decode(ENCODING, DECODE_ERRORS))
+        if line is None:
+            return False
+        new_line = (line + '\n').encode(ENCODING, DECODE_ERRORS)
+
+        def write_body(out, data=memoryview(data)):
+            out.write(data[:start])
+            out.write(new_line)
+            out.write(data[end:whole])
+
+        def write_appended(out, st):
+            appended = _pread_all(snap.fd, st.st_size - whole, whole)
+            out.write(appended if appended.endswith(b'\n') else appended + b'\n')
+
+        replaced = self._replace(snap, write_body, write_appended, keep=False)
+        if replaced is None:
+            return _RETRY
+        self._keep(Snapshot(replaced[0]))   # read again when next needed
+        return True
 
     def _replace(self, snap, write_body, write_appended, under_lock=None, keep=True):
         """The atomic rename behind commit and rewrite_line: (new file's fd, the _Output
@@ -529,6 +560,17 @@ class TableFile:
             except PermissionError:
                 log.warning('%s will be owned by uid %d instead of %d: run workers as '
                             'the file\'s owner', self.path, os.geteuid(), st.st_uid)
+
+
+class Change(NamedTuple):
+    """What a rewrite writes: every line after the header, a hook run under the lock just
+    before the rename (or None), and whatever its planner wants back."""
+    lines: list
+    under_lock: object = None
+    result: object = None
+
+
+_RETRY = object()   # try_once's answer when the file changed under it
 
 
 class _Output:

@@ -6,7 +6,7 @@ import logging
 import math
 from datetime import datetime, timedelta
 
-from .errors import InvalidJobError
+from .errors import InvalidArgumentError, InvalidJobError
 from .job import one_line
 
 log = logging.getLogger('dbbasic_queue')
@@ -122,9 +122,9 @@ def job_options(priority, unique_key, timeout, max_attempts):
 def check_timeout(timeout):
     if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
                                 or not 0 < timeout < math.inf):
-        raise ValueError(f'timeout must be seconds > 0, got {timeout!r}')
+        raise InvalidArgumentError(f'timeout must be seconds > 0, got {timeout!r}')
     if timeout is not None and timeout > MAX_TIMEOUT_SECONDS:
-        raise ValueError(f'timeout must be at most {MAX_TIMEOUT_SECONDS} seconds (ten years), '
+        raise InvalidArgumentError(f'timeout must be at most {MAX_TIMEOUT_SECONDS} seconds (ten years), '
                          f'got {timeout!r}')
 
 
@@ -152,7 +152,7 @@ def timestamp_of(run_at):
 def check_limit(name, value):
     if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
                               or not 0 <= value < math.inf):
-        raise ValueError(f'{name} must be a finite number >= 0 or None, got {value!r}')
+        raise InvalidArgumentError(f'{name} must be a finite number >= 0 or None, got {value!r}')
 
 
 def check_file_mode(file_mode):
@@ -166,15 +166,15 @@ def check_file_mode(file_mode):
         except ValueError:
             mode = None
     if isinstance(mode, bool) or not isinstance(mode, int) or not 0 <= mode <= 0o777:
-        raise ValueError(f'file_mode must be permission bits such as 0o660 (or "660" in '
+        raise InvalidArgumentError(f'file_mode must be permission bits such as 0o660 (or "660" in '
                          f'$DBBASIC_QUEUE_MODE), got {file_mode!r}')
     if mode & 0o600 != 0o600:
-        raise ValueError(f'file_mode must let the owner read and write, got {oct(mode)}')
+        raise InvalidArgumentError(f'file_mode must let the owner read and write, got {oct(mode)}')
     return mode
 
 
 def check_handlers(handlers, max_attempts):
     if not hasattr(handlers, 'items') or not all(callable(h) for h in handlers.values()):
-        raise TypeError('handlers must be a dict of job_type -> callable(payload)')
+        raise InvalidArgumentError('handlers must be a dict of job_type -> callable(payload)')
     if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1:
-        raise ValueError(f'max_attempts must be an int >= 1, got {max_attempts!r}')
+        raise InvalidArgumentError(f'max_attempts must be an int >= 1, got {max_attempts!r}')

@@ -125,3 +125,23 @@ def test_process_jobs_rejects_bad_arguments(queue):
         queue.process_jobs(['t'])
     with pytest.raises(ValueError, match=r'max_attempts must be an int >= 1, got 0'):
         queue.process_jobs({}, max_attempts=0)
+
+
+@pytest.mark.parametrize('call, error', [
+    (lambda q: q.enqueue('', {}), 'InvalidJobError'),
+    (lambda q: q.process_jobs({'t': 'not callable'}), 'InvalidArgumentError'),
+    (lambda q: q.process_jobs({}, max_attempts=0), 'InvalidArgumentError'),
+    (lambda q: q.list_jobs(status='lost'), 'InvalidArgumentError'),
+    (lambda q: q.retry('0123456789abcdef'), 'JobNotFound'),
+    (lambda q: q.retry(), 'InvalidArgumentError'),
+    (lambda q: q.purge(['pending'], 10), 'InvalidArgumentError'),
+    (lambda q: q.purge(['completed']), 'InvalidArgumentError'),
+    (lambda q: Queue('data/queue.txt'), 'InvalidArgumentError'),
+    (lambda q: Queue(q.path, file_mode='rw'), 'InvalidArgumentError'),
+])
+def test_every_error_raised_on_purpose_is_a_queue_error(queue, call, error):
+    import dbbasic_queue
+    queue.enqueue('t', {})
+    with pytest.raises(dbbasic_queue.QueueError) as raised:
+        call(queue)
+    assert type(raised.value).__name__ == error

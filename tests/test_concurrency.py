@@ -114,7 +114,7 @@ def test_a_forked_child_does_not_share_its_parents_lock(tmp_path):
     queue = Queue(tmp_path / 'data' / 'queue.tsv')
     queue.enqueue('t', {})  # the lock file is open in this process now
     read_end, write_end = os.pipe()
-    with queue._table.lock:
+    with queue.backend.table.lock:
         pid = os.fork()
         if pid == 0:  # child: its enqueue must wait for the parent's lock
             started = time.monotonic()

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from dbbasic_queue import COLUMNS, Queue, liveness
 from dbbasic_queue.job import Job, Status, UnparsableLine, format_line, parse_line
-from dbbasic_queue.queue import _next_due_if_all_pending
+from dbbasic_queue.scan import next_due_if_all_pending as _next_due_if_all_pending
 from tests.conftest import SUBPROCESS_TIMEOUT_SECONDS
 
 
@@ -218,7 +218,7 @@ def test_the_first_poll_regex_never_reports_idle_when_a_parse_would_not(lines, c
 @pytest.mark.parametrize('exit_by', ['max_seconds', 'a second Ctrl-C'])
 def test_claimed_jobs_not_started_go_back_pending_without_an_attempt(queue, monkeypatch, exit_by):
     # One big batch, so most jobs are claimed when the run ends.
-    monkeypatch.setattr('dbbasic_queue.queue.MIN_BATCH_SECONDS', 100)
+    monkeypatch.setattr('dbbasic_queue.claims.MIN_BATCH_SECONDS', 100)
     ids = [queue.enqueue('t', {'n': n}) for n in range(40)]
 
     def handler(payload):

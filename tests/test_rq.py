@@ -267,3 +267,8 @@ def test_a_long_rq_job_keeps_its_claim_through_its_heartbeat(redis_url, tmp_path
     assert "'completed': 1" in out
     job = queue.get_job(job_id)
     assert (job['status'], job['attempts']) == ('completed', 1)
+
+
+def test_a_redis_queue_is_a_queue_that_owns_an_rq_backend(redis_url):
+    queue = Queue(redis_url)
+    assert isinstance(queue, Queue) and queue.backend.kind == 'rq'

@@ -1,0 +1,82 @@
+"""The contract between a Queue and where its jobs live.
+
+Queue (queue.py) checks every argument and owns every error text; a backend is given
+only valid values and stores, finds and works jobs. Two backends keep this contract: the
+file (file_backend.py, the default) and RQ on Redis (rq_backend.py). Both pass the same
+behavioural tests (tests/test_backends.py), and both follow rules.py for what an attempt
+does. Jobs cross the contract as job.Job.
+"""
+
+
+class Backend:
+    """What a Queue needs from storage. Every method is called with checked arguments."""
+
+    #: True if work_forever() blocks on new jobs itself (RQ); False: poll process_jobs.
+    long_running_worker = False
+
+    def add(self, job_type, payload, payload_text, now, run_at, options):
+        """Store a new pending job and return its id.
+
+        payload_text is payload as the JSON to store. run_at None means due now. options
+        is None (no options: the hot path) or the dict of validate.job_options. With a
+        unique_key, an active job with that key is returned instead of adding one; the
+        check and the add are atomic.
+        """
+        raise NotImplementedError
+
+    def find(self, job_id):
+        """The Job with this id, wherever it is (pending to finished), or None."""
+        raise NotImplementedError
+
+    def cancel(self, job_id):
+        """Mark a pending job cancelled, atomically; True if it was pending."""
+        raise NotImplementedError
+
+    def work(self, handlers, max_attempts, timeout, max_jobs, max_seconds):
+        """Run due jobs of these types until none is due or a limit is reached, by the
+        rules of rules.py; return a Counter of outcomes (rules.OUTCOMES). Each job is
+        claimed before its handler runs, so no two workers run one job at once."""
+        raise NotImplementedError
+
+    def jobs(self):
+        """Every job, as Jobs, each once (a job found twice after a crash: its later state)."""
+        raise NotImplementedError
+
+    def workers(self):
+        """The workers now holding jobs, as their names."""
+        raise NotImplementedError
+
+    def revive(self, job_id, job_type, now):
+        """Make failed (and cancelled, when asked by job_id) jobs pending with fresh
+        attempts: one job_id, or every failed job (of job_type if given). Returns
+        (revived ids, the Job of job_id as it was when it was not revivable, or None)."""
+        raise NotImplementedError
+
+    def purge(self, choose, dry_run):
+        """Delete the finished jobs choose(finished Jobs) -> ids names; returns those ids.
+        Jobs finishing meanwhile are kept."""
+        raise NotImplementedError
+
+    def check(self, now):
+        """Problems found, one line each (empty: all is well)."""
+        raise NotImplementedError
+
+    def work_forever(self, handlers, max_attempts, timeout, max_jobs, max_seconds):
+        """A long-running worker, for backends with long_running_worker."""
+        raise NotImplementedError
+
+    def mark_migrated(self, job_ids):
+        """Mark these pending and failed jobs migrated (moved to another backend)."""
+        raise NotImplementedError
+
+    def read_for_edit(self):
+        """The stored jobs as text a person may edit (file backend only)."""
+        raise NotImplementedError
+
+    def check_edit(self, text):
+        """Problems in an edited text, with line numbers (file backend only)."""
+        raise NotImplementedError
+
+    def save_edit(self, original, edited):
+        """Save an edit, merged with what changed meanwhile (file backend only)."""
+        raise NotImplementedError

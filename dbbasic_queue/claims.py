@@ -1,0 +1,276 @@
+"""The file backend's claim cycle: how a worker takes due jobs, runs them and writes their
+outcomes back, and how it recovers the jobs of workers that died.
+
+One rewrite of the hot file does all the bookkeeping at once: it writes back the last
+batch's outcomes, gives back claims not started, recovers dead workers' jobs, archives
+finished rows, and claims the next batch. Between rewrites, finished jobs are appended to
+the archive; the worker's journal names the job whose handler is running.
+"""
+
+import heapq
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+
+from . import liveness, rules
+from .job import FINAL_STATUSES, Status, format_line
+from .scan import PENDING, PROCESSING
+from .signals import deferred_signals
+from .storage import WorkerJournal
+from .validate import result_json
+
+MIN_BATCH_SECONDS = 0.05        # a batch holds at least this much measured work ...
+REWRITE_SHARE = 0.1             # ... or enough that rewrites are <= 10 % of the time
+BATCH_GROWTH = 64
+MAX_BATCH_JOBS = 2_000          # bounds a worker's memory: each claim holds a Job
+ARCHIVE_FLUSH_SECONDS = 0.05    # finished jobs reach the archive at least this often
+
+
+@dataclass
+class Plan:
+    """What one rewrite does: replace (Job) or drop (None) lines by index."""
+    changes: dict = field(default_factory=dict)
+    archive: list = field(default_factory=list)       # Jobs to append to the archive first
+    claimed: list = field(default_factory=list)       # the batch this rewrite claims
+    gone_workers: list = field(default_factory=list)  # dead workers: journals to remove
+
+
+@dataclass
+class Run:
+    """The rules' side of one process_jobs call: what it may run and what it did."""
+    handlers: dict
+    max_attempts: int
+    timeout: object
+    worker: str
+    jobs_left: object = None                        # None = no limit
+    deadline: object = None                         # time.monotonic() value, or None
+    stop_requested: bool = False
+    interrupting: bool = False                      # a second SIGINT is stopping the job
+    signals: list = field(default_factory=list)     # deferred until the run is tidy
+    summary: Counter = field(default_factory=Counter)
+
+
+@dataclass
+class Batch:
+    """The claim cycle's side of a run: claims, outcomes not yet written, the journal."""
+    journal: object
+    size: int = 1
+    claimed: dict = field(default_factory=dict)         # id -> Job as claimed
+    unstarted: deque = field(default_factory=deque)     # ids claimed, not started, in order
+    outcomes: dict = field(default_factory=dict)        # id -> Job to write back, None = archived
+    archive_buffer: list = field(default_factory=list)  # lines of finished jobs, unwritten
+    archive_unsynced: bool = False
+    archive_flushed_at: float = 0.0
+    rewrite_seconds: float = 0.0
+
+
+class ClaimCycle:
+    """Claims, runs and records jobs of one file backend (see file_backend.py)."""
+
+    def __init__(self, backend):
+        self.backend = backend
+        self.table, self.archive, self.scan = backend.table, backend.archive, backend.scan
+
+    def work(self, run):
+        """Run due jobs until none is due or a limit is reached (see Backend.work)."""
+        if self.scan.nothing_due(frozenset(run.handlers), run.worker, self.backend.clock):
+            return   # the idle poll: no signal handlers to swap, no journal
+        with deferred_signals(run):
+            batch = Batch(WorkerJournal(self.backend.path, run.worker, self.backend.file_mode))
+            try:
+                while not run.stop_requested and run.jobs_left != 0:
+                    if run.jobs_left is not None:
+                        batch.size = min(batch.size, run.jobs_left)
+                    if not self._claim(run, batch):
+                        break
+                    self._run_batch(run, batch)
+            finally:
+                if batch.outcomes or batch.unstarted or batch.archive_buffer:
+                    self._claim(run, batch, claim=False)
+                batch.journal.close()
+
+    def _claim(self, run, batch, claim=True):
+        """One rewrite: record outcomes, release or recover claims, and (if claim) claim
+        the next batch into batch.claimed. Returns how many were claimed."""
+        if (claim and not batch.outcomes and not batch.unstarted
+                and self.scan.nothing_due(frozenset(run.handlers), run.worker, self.backend.clock)):
+            return 0
+        started = time.perf_counter()
+        plan = self.backend.rewrite_hot(
+            lambda entries, now: self._plan(run, batch, entries, now, claim),
+            before_rename=lambda: self._flush_archive(batch, fsync=True))
+        batch.outcomes.clear()
+        batch.claimed = {job.id: job for job in (plan.claimed if plan else ())}
+        batch.unstarted = deque(batch.claimed)
+        batch.rewrite_seconds = time.perf_counter() - started
+        return len(batch.claimed)
+
+    def _plan(self, run, batch, entries, now, claim):
+        plan = Plan()
+        mine, candidates, finished, dead = {}, [], [], {}
+        alive = {run.worker: True}
+        for i, entry in enumerate(entries):
+            if entry is None:
+                continue
+            if entry.status == PENDING:
+                if claim and entry.run_at <= now and entry.type in run.handlers:
+                    candidates.append(i)
+            elif entry.status == PROCESSING:
+                worker = entry.claim.worker
+                if worker == run.worker:
+                    mine[entry.claim.job_id] = i
+                    continue
+                if worker not in alive:
+                    alive[worker] = liveness.claim_is_alive(
+                        worker, entry.claim.claimed_at, now, self.backend.lease_seconds)
+                if not alive[worker]:
+                    dead.setdefault(worker, []).append(i)
+            else:
+                finished.append(i)
+        candidates.extend(self._apply_outcomes(batch, mine, plan))
+        self.backend.archive_finished(finished, plan)
+        for worker, indexes in dead.items():
+            candidates.extend(self._recover(run, worker, indexes, plan, now))
+        plan.gone_workers = list(dead) + self.backend.idle_dead_journals(alive)
+        if claim:
+            self._claim_due(run, batch, entries, candidates, plan, now)
+        return plan if plan.changes or plan.archive else None
+
+    def _claim_due(self, run, batch, entries, candidates, plan, now):
+        """Claim up to batch.size due jobs: highest priority first, then earliest run_at,
+        then file (enqueue) order."""
+        def run_at(i):
+            return plan.changes[i].run_at if i in plan.changes else entries[i].run_at
+
+        def order(i):
+            return (-entries[i].priority, run_at(i), i)
+        due = [i for i in candidates if run_at(i) <= now and entries[i].type in run.handlers]
+        claimed_ids = set()
+        for i in heapq.nsmallest(batch.size, due, key=order):
+            job = plan.changes.get(i) or self.scan.full_job(i)
+            # A line copied by a hand edit: one copy is claimed at a time.
+            if job is not None and job.id not in claimed_ids:
+                claimed_ids.add(job.id)
+                claimed = job.evolve(status=Status.PROCESSING, worker=run.worker, claimed_at=now)
+                plan.changes[i] = claimed
+                plan.claimed.append(claimed)
+
+    def _apply_outcomes(self, batch, mine, plan):
+        """Write back this run's outcomes and unstarted claims; returns the indexes of
+        jobs pending again (a retry may be due at once)."""
+        pending = []
+        for job_id, outcome in batch.outcomes.items():
+            if job_id in mine:
+                plan.changes[mine[job_id]] = outcome
+                if outcome is not None:
+                    pending.append(mine[job_id])
+            else:
+                rules.log.warning('job %s vanished from %s while this worker ran it', job_id,
+                                  self.backend.path)
+        for job_id in batch.unstarted:
+            if job_id in mine:
+                plan.changes[mine[job_id]] = batch.claimed[job_id].evolve(
+                    status=Status.PENDING, worker='', claimed_at=0.0)
+        return pending
+
+    def _recover(self, run, worker, indexes, plan, now):
+        """Give back the jobs of one dead worker; returns the indexes now pending.
+
+        Its finished jobs are in the archive already: they are dropped here. Its journal
+        names the job whose handler was running when it died: that one is charged an
+        attempt (rules.after_crash). The others had not started, or their outcome was
+        lost with the worker: they return to pending as they were. A worker of an older
+        version kept no journal: the first claim in run order is charged, as it then was.
+        """
+        claims = [(i, job) for i, job in ((i, self.scan.full_job(i)) for i in indexes) if job]
+        archived = self.backend.archived_ids({job.id for _, job in claims})
+        unfinished = []
+        for i, job in sorted(claims, key=lambda c: (-c[1].priority, c[1].run_at, c[0])):
+            if job.id in archived:
+                plan.changes[i] = None
+            else:
+                unfinished.append((i, job))
+        running = WorkerJournal.running_job(self.backend.path, worker)
+        pending = []
+        for i, job in unfinished:
+            if job.id == running or (running is None and i == unfinished[0][0]):
+                outcome = rules.after_crash(job, job.max_attempts or run.max_attempts, now)
+            else:
+                outcome = job.evolve(status=Status.PENDING, worker='', claimed_at=0.0)
+            if outcome.status is Status.FAILED:
+                plan.changes[i] = None
+                plan.archive.append(outcome)
+                run.summary['failed'] += 1
+            else:
+                plan.changes[i] = outcome
+                pending.append(i)
+                run.summary['recovered'] += 1
+        return pending
+
+    def _run_batch(self, run, batch):
+        started, ran = time.perf_counter(), 0
+        batch.archive_flushed_at = started
+        for job in batch.claimed.values():
+            if run.deadline is not None and time.monotonic() >= run.deadline:
+                run.stop_requested = True
+            if run.stop_requested:
+                break
+            batch.unstarted.popleft()
+            if rules.killed_a_worker(job) and batch.archive_buffer:
+                self._flush_archive(batch)
+            self._execute(run, batch, job)
+            ran += 1
+            if run.jobs_left is not None:
+                run.jobs_left -= 1
+            if time.perf_counter() - batch.archive_flushed_at >= ARCHIVE_FLUSH_SECONDS:
+                self._flush_archive(batch)
+        if ran:
+            seconds_per_job = max((time.perf_counter() - started) / ran, 1e-6)
+            batch_seconds = max(MIN_BATCH_SECONDS, batch.rewrite_seconds / REWRITE_SHARE)
+            batch.size = max(1, min(int(batch_seconds / seconds_per_job),
+                                    batch.size * BATCH_GROWTH, MAX_BATCH_JOBS))
+
+    def _execute(self, run, batch, job):
+        """Run one claimed job and record its outcome (finished jobs go to the archive)."""
+        attempts = job.attempts + 1
+        max_attempts = job.max_attempts or run.max_attempts
+        started = time.perf_counter()
+        batch.journal.starting(job.id)
+        try:
+            handler = run.handlers[job.type]
+            result = rules.attempt(lambda: handler(job.payload), job.timeout or run.timeout,
+                                   rules.describe(job.id, job.type, attempts, max_attempts),
+                                   interrupted=lambda: run.interrupting)
+        except BaseException:
+            batch.unstarted.appendleft(job.id)   # Ctrl-C twice: not the job's fault
+            raise
+        finally:
+            batch.journal.finished()
+        now = self.backend.clock()
+        if result.failed:
+            outcome = rules.after_failure(job, attempts, result.error, max_attempts, now,
+                                          self.backend.backoff_base_seconds)
+        else:
+            outcome = job.evolve(status=Status.COMPLETED, attempts=attempts, error='',
+                                 result_json=result_json(result.result, job), finished_at=now)
+        if outcome.status in FINAL_STATUSES:
+            batch.archive_buffer.append(format_line(outcome))
+            batch.outcomes[job.id] = None
+        else:
+            batch.outcomes[job.id] = outcome
+        word = rules.outcome_word(outcome)
+        run.summary[word] += 1
+        rules.log_outcome(job.id, job.type, word, time.perf_counter() - started, attempts,
+                          max_attempts)
+
+    def _flush_archive(self, batch, fsync=False):
+        """Append the finished jobs of this run to the archive (fsync before a rewrite)."""
+        if batch.archive_buffer:
+            self.archive.append_lines(batch.archive_buffer, fsync=fsync)
+            batch.archive_buffer.clear()
+            batch.archive_unsynced = not fsync
+        elif fsync and batch.archive_unsynced:
+            self.archive.append(b'', fsync=True)
+            batch.archive_unsynced = False
+        batch.archive_flushed_at = time.perf_counter()
+

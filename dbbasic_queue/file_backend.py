@@ -1,0 +1,386 @@
+"""The file backend: a queue's jobs in data/queue.tsv (pending and processing, the hot
+file) and data/queue.done.tsv (finished, the archive), both locked by data/queue.lock.
+
+Its operations are here; the claim cycle that works jobs is claims.py, the speed
+machinery scan.py, the files themselves storage.py, hand edits editing.py.
+"""
+
+import threading
+import time
+from pathlib import Path
+
+from . import editing, liveness, rules
+from .backend import Backend
+from .claims import ClaimCycle, Plan, Run
+from .job import (COLUMNS, FINAL_STATUSES, Job, Status, UnparsableLine, check_header,
+                  format_line, format_millis, format_new_line, format_time, job_or_none,
+                  new_job_id, parse_line, quote_field)
+from .scan import Scan, entry_of_job
+from .storage import (Change, FileLock, TableFile, WorkerJournal, abandoned_temp_files,
+                      split_header)
+from .validate import JSON_ASCII, due_now_millis, payload_json
+
+ACTIVE_STATUSES = frozenset({Status.PENDING, Status.PROCESSING})
+
+
+class FileBackend(Backend):
+    """Jobs in two TSV files; see the module docstring and Backend for the contract."""
+
+    kind = 'file'
+
+    def __init__(self, path, *, clock, backoff_base_seconds, lease_seconds, file_mode):
+        self.path = Path(path)
+        self.clock = clock
+        self.backoff_base_seconds = backoff_base_seconds
+        self.lease_seconds = lease_seconds
+        self.file_mode = file_mode
+        lock = FileLock(self.path.with_suffix('.lock'), file_mode)
+        self.table = TableFile(self.path, COLUMNS, lock)
+        self.archive = TableFile(self.path.with_name(self.path.stem + '.done.tsv'), COLUMNS, lock)
+        self.scan = Scan(self.table, lease_seconds)
+        self.claims = ClaimCycle(self)
+        self.state_lock = threading.RLock()   # one rewrite at a time in this process
+        self._header_current = False
+
+    # -- add, find, cancel --------------------------------------------------------------
+    def add(self, job_type, payload, payload_text, now, run_at, options):
+        """One locked append, never reading the file; with a unique_key, one read of the
+        hot file under the lock."""
+        if options is None:
+            run_at_text = (format_millis(due_now_millis(now)) if run_at is None
+                           else format_time(run_at))
+            job_id = new_job_id()
+            line = format_new_line(job_id, job_type, payload_text, int(now), run_at_text)
+        else:
+            job_id = new_job_id()
+            line = format_line(Job(job_id, job_type, payload_text, Status.PENDING, int(now),
+                                   now if run_at is None else run_at, **options))
+        try:
+            data = (line + '\n').encode('utf-8')
+        except UnicodeEncodeError:
+            # Lone surrogates in a str: escape them so the file stays valid UTF-8.
+            escaped = payload_json(payload, JSON_ASCII)
+            data = (line.replace(quote_field(payload_text), quote_field(escaped), 1)
+                    + '\n').encode('utf-8')
+        if not self._header_current:
+            self._upgrade_header()
+        unique_key = options and options['unique_key']
+        if not unique_key:
+            self.table.append(data)
+            return job_id
+        with self.table.lock:
+            existing = self._active_job_with_key(unique_key)
+            if existing is not None:
+                return existing
+            self.table.append(data)
+        return job_id
+
+    def _active_job_with_key(self, unique_key):
+        """The id of the pending or processing job with this unique_key, or None."""
+        data = self.table.read_bytes()
+        needle = ('\t' + quote_field(unique_key) + '\t').encode('utf-8', 'surrogateescape')
+        pos = data.find(needle)
+        while pos >= 0:
+            try:
+                job = parse_line_at(data, pos)
+            except UnparsableLine:
+                job = None
+            if job is not None and job.unique_key == unique_key and job.status in ACTIVE_STATUSES:
+                return job.id
+            pos = data.find(needle, data.find(b'\n', pos) + 1 or len(data))
+        return None
+
+    def _upgrade_header(self):
+        """Rewrite a file with older columns (1.0.0's nine) to ours, once per backend."""
+        header = self.table.read_header()
+        if header is not None and tuple(header) != COLUMNS:
+            self.rewrite_hot(lambda entries, now: None)
+        self._header_current = True
+
+    def find(self, job_id):
+        """Reads the files each time, so it sees what any other process wrote."""
+        job = find_line(self.table.read_bytes(), job_id)
+        if job is None or job.status is not Status.PENDING:
+            job = find_line(self.archive.read_bytes(), job_id) or job
+        return job
+
+    def cancel(self, job_id):
+        """The job stays in the hot file as cancelled; the next worker run archives it."""
+        def cancelled(header, line):
+            if tuple(header) != COLUMNS:
+                raise _OlderColumns
+            try:
+                job = parse_line(line, header)
+            except UnparsableLine:
+                self.scan.report_unparsable(line)
+                return None
+            if job.status is not Status.PENDING:
+                return None
+            return format_line(job.evolve(status=Status.CANCELLED, error='Cancelled by user',
+                                          finished_at=self.clock()))
+
+        with self.state_lock:
+            try:
+                return self.table.rewrite_line(job_id + '\t', cancelled)
+            except _OlderColumns:
+                self._upgrade_header()   # a 1.0.0 file: give it our columns first
+                return self.table.rewrite_line(job_id + '\t', cancelled)
+
+    # -- work -------------------------------------------------------------------------
+    def work(self, handlers, max_attempts, timeout, max_jobs, max_seconds):
+        run = Run(dict(handlers), max_attempts, timeout, liveness.current_worker(),
+                  jobs_left=max_jobs,
+                  deadline=None if max_seconds is None else time.monotonic() + max_seconds)
+        with self.state_lock:
+            self.claims.work(run)
+        return run.summary
+
+    def rewrite_hot(self, edit, before_rename=None):
+        """Apply edit(entries, now) -> claims.Plan | None to the hot file; returns the
+        Plan committed, or None. A file with older columns is upgraded on the way."""
+        def planned(snap):
+            plan = edit(self.scan.entries(snap), self.clock())
+            outdated = snap.header is not None and tuple(snap.header) != COLUMNS
+            if plan is None and not outdated:
+                return None
+            plan = plan or Plan()
+            lines, entries = self._new_lines(snap, plan, outdated)
+
+            def under_lock():
+                if plan.archive:
+                    self.archive.append_lines(map(format_line, plan.archive), fsync=True)
+                if before_rename is not None:
+                    before_rename()
+            return Change(lines, under_lock, (plan, entries))
+
+        with self.state_lock:
+            done = self.table.rewrite(planned)
+        if done is None:
+            return None
+        (plan, entries), new = done[0].result, done[1]
+        new.jobs = entries
+        for worker in plan.gone_workers:
+            WorkerJournal.remove(self.path, worker)
+        return plan
+
+    def _new_lines(self, snap, plan, outdated):
+        """The new file's lines, and their entries as far as snap had parsed them."""
+        parsed = len(snap.jobs)
+        lines, entries = [], []
+        changes = plan.changes
+        for i, line in enumerate(snap.lines):
+            entry = snap.jobs[i] if i < parsed else None
+            if i in changes:
+                job = changes[i]
+                if job is None:
+                    continue
+                line, entry = format_line(job), entry_of_job(job)
+            elif outdated and entry is not None:
+                line = format_line(parse_line(line, snap.header))
+            lines.append(line)
+            if i < parsed:
+                entries.append(entry)
+        return lines, entries
+
+    def archive_finished(self, finished, plan):
+        """Move finished rows (a cancel, a 1.0.0 file) to the archive, exactly once."""
+        rows = [(i, job) for i, job in ((i, self.scan.full_job(i)) for i in finished) if job]
+        if not rows:
+            return
+        already = self.archived_ids({job.id for _, job in rows})
+        for i, job in rows:
+            plan.changes[i] = None
+            if job.id not in already:
+                plan.archive.append(job)
+
+    def archived_ids(self, ids):
+        """The subset of ids that have a row in the archive."""
+        if not ids:
+            return set()
+        data = self.archive.read_bytes()
+        if len(ids) <= 16:
+            return {i for i in ids if b'\n' + i.encode('utf-8', 'surrogateescape') + b'\t' in data}
+        present = {line.split(b'\t', 1)[0] for line in data.split(b'\n')}
+        return {i for i in ids if i.encode('utf-8', 'surrogateescape') in present}
+
+    def idle_dead_journals(self, workers_with_claims):
+        """Journals left by dead workers of this host that hold no claim."""
+        return [worker for worker in WorkerJournal.workers(self.path)
+                if worker not in workers_with_claims
+                and worker.startswith(liveness.HOST + ':')
+                and not liveness.claim_is_alive(worker, 0.0, 0.0, 0)]
+
+    # -- inspection and maintenance -----------------------------------------------------
+    def file_lines(self):
+        """(file path, line number, line, Job or None) for every line of both files."""
+        for table in (self.table, self.archive):
+            header, lines = table.read_lines()
+            check_header(table.path, header)
+            for line_number, line in enumerate(lines, start=2):
+                yield table.path, line_number, line, job_or_none(line, header)
+
+    def jobs(self):
+        """Hot file first, then the archive; a job found in both (after a crash) is given
+        once, as the archive has it."""
+        found = {}
+        for _, _, _, job in self.file_lines():
+            if job is not None and (job.id not in found or found[job.id].status is Status.PENDING
+                                    or job.status in FINAL_STATUSES):
+                found[job.id] = job
+        return list(found.values())
+
+    def workers(self):
+        now = self.clock()
+        return sorted({job.worker for job in self.jobs() if job.status is Status.PROCESSING
+                       and liveness.claim_is_alive(job.worker, job.claimed_at, now,
+                                                   self.lease_seconds)})
+
+    def revive(self, job_id, job_type, now):
+        """The archive is filtered outside the lock; the revived jobs are appended to the
+        hot file just before its rename: a crash between leaves a job in both files, and
+        the pending copy runs."""
+        refused = []
+
+        def planned(archive):
+            keep, revived = [], {}
+            for line in archive.lines:
+                job = job_or_none(line, archive.header)
+                if job is not None and rules.chosen_for_retry(job, job_id, job_type):
+                    if not rules.revivable(job):
+                        refused.append(job)
+                        return None
+                    revived[job.id] = rules.revived(job, now)
+                else:
+                    keep.append(line)
+            if not revived:
+                return None
+            return Change(keep, lambda: self.table.append_lines(
+                map(format_line, revived.values()), fsync=True), list(revived))
+
+        with self.state_lock:
+            done = self.archive.rewrite(planned)
+        if done is not None:
+            return done[0].result, None
+        return [], refused[0] if refused else (self.find(job_id) if job_id else None)
+
+    def purge(self, choose, dry_run):
+        """The archive is read and filtered outside the lock (jobs finishing meanwhile are
+        kept), so enqueues never wait for a purge."""
+        chosen = []
+
+        def planned(archive):
+            jobs = [job_or_none(line, archive.header) for line in archive.lines]
+            chosen[:] = choose([job for job in jobs if job])
+            if not chosen or dry_run:
+                return None
+            gone = set(chosen)
+            return Change([line for line, job in zip(archive.lines, jobs)
+                           if job is None or job.id not in gone])
+
+        with self.state_lock:
+            self.archive.rewrite(planned)
+        return list(chosen)
+
+    def check(self, now):
+        """Lines that are not jobs or not UTF-8, duplicate ids, jobs still claimed by a
+        worker that is gone, temp files left by a crashed rewrite."""
+        problems, seen = [], {}
+        for path, line_number, line, job in self.file_lines():
+            where = f'{path.name}:{line_number}'
+            if editing.NOT_UTF8.search(line):
+                problems.append(f'{where}: not valid UTF-8 (a hand edit in another '
+                                f'encoding?): {line[:80]!r}')
+            if job is None:
+                problems.append(f'{where}: not a job: {line[:80]!r}')
+                continue
+            if job.id in seen:
+                problems.append(f'{where}: job {job.id} also at {seen[job.id]}')
+            seen[job.id] = where
+            if job.status is Status.PROCESSING and not liveness.claim_is_alive(
+                    job.worker, job.claimed_at, now, self.lease_seconds):
+                problems.append(f'{where}: job {job.id} is processing by '
+                                f'{job.worker or "an unknown worker"}, which is gone')
+        for leftover in sorted(abandoned_temp_files(self.table.lock.path)):
+            problems.append(f'{leftover.name}: temp file left by an interrupted rewrite')
+        return problems
+
+    def mark_migrated(self, job_ids):
+        """Pending jobs (hot file) and failed ones (archive) become 'migrated', in the
+        archive; called by migrate once Redis has them. Never deletes a row."""
+        job_ids = set(job_ids)
+
+        def migrated(entries, now):
+            plan = Plan()
+            rows = [(i, self.scan.full_job(i)) for i, entry in enumerate(entries)
+                    if entry is not None and entry.status == Status.PENDING.value
+                    and self.scan.snap.lines[i].split('\t', 1)[0] in job_ids]
+            rows = [(i, job) for i, job in rows if job]
+            already = self.archived_ids({job.id for _, job in rows})
+            for i, job in rows:
+                plan.changes[i] = None
+                if job.id not in already:
+                    plan.archive.append(job.evolve(status=Status.MIGRATED, finished_at=now))
+            return plan if plan.changes else None
+
+        def failed_migrated(archive):
+            lines = [_migrated_line(line, archive.header, job_ids) for line in archive.lines]
+            return Change(lines) if lines != archive.lines else None
+
+        self.rewrite_hot(migrated)
+        with self.state_lock:
+            self.archive.rewrite(failed_migrated)
+
+    # -- hand edits ---------------------------------------------------------------------
+    def read_for_edit(self):
+        self._upgrade_header()   # edit our columns, never 1.0.0's
+        with self.table.lock:
+            data = self.table.read_bytes()
+        return data.decode('utf-8', 'surrogateescape') or self.table.header_line + '\n'
+
+    def check_edit(self, text):
+        return editing.problems(text)
+
+    def save_edit(self, original, edited):
+        base, ours = editing.lines_by_id(original), editing.lines_by_id(edited)
+
+        def planned(snap):
+            return Change(editing.merge(base, ours, editing.lines_by_id_of(snap.lines)))
+
+        with self.state_lock:
+            self.table.rewrite(planned)
+        return editing.changed_count(base, ours)
+
+
+class _OlderColumns(Exception):
+    """The file has older columns (1.0.0's nine): upgrade it before editing a line."""
+
+
+def _migrated_line(line, header, job_ids):
+    if line.split('\t', 1)[0] in job_ids:
+        job = job_or_none(line, header)
+        if job is not None and job.status is Status.FAILED:
+            return format_line(job.evolve(status=Status.MIGRATED))
+    return line
+
+
+def find_line(data, job_id):
+    """The last job in data (a whole file) whose id is job_id, or None."""
+    pos = data.rfind(b'\n' + job_id.encode('utf-8', 'surrogateescape') + b'\t')
+    if pos < 0:
+        return None
+    try:
+        return parse_line_at(data, pos + 1)
+    except UnparsableLine as exc:
+        rules.log.warning('job %s has a line that does not parse: %s', job_id, exc)
+        return None
+
+
+def parse_line_at(data, pos):
+    """The Job on the line of data (a whole file, header first) that holds byte pos.
+
+    Raises UnparsableLine when that line is not a job.
+    """
+    start, end = data.rfind(b'\n', 0, pos) + 1, data.find(b'\n', pos)
+    line = data[start:end if end >= 0 else len(data)].decode('utf-8', 'surrogateescape')
+    header = split_header(data[:data.find(b'\n')].decode('utf-8', 'surrogateescape'))
+    return parse_line(line, header)

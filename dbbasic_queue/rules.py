@@ -1,0 +1,144 @@
+"""The rules of an attempt, the same on every backend: how a handler is run and what its
+outcome is, the backoff after a failure, what a crash costs, what a run returns. Both
+backends call these, so no rule and no error text exists twice."""
+
+import logging
+import random
+from collections import Counter
+from typing import NamedTuple
+
+from .errors import JobTimedOut
+from .job import Status
+from .signals import time_limit
+
+log = logging.getLogger('dbbasic_queue')
+
+MAX_ATTEMPTS = 3                # process_jobs' default for jobs enqueued without their own
+BACKOFF_BASE_SECONDS = 60       # 1.0.0's base: retry n waits base * 2**n
+BACKOFF_CAP_SECONDS = 3600
+BACKOFF_JITTER_FRACTION = 0.25  # up to +25 %, so failed jobs do not retry in lockstep
+WORKER_LOST = 'WorkerLost'      # the error of an attempt its worker did not survive
+OUTCOMES = ('completed', 'retried', 'failed', 'recovered')
+
+
+class Attempt(NamedTuple):
+    """What running a handler once gave: its result, or an error text ('' if none)."""
+    result: object
+    error: str
+
+    @property
+    def failed(self):
+        return bool(self.error)
+
+
+def attempt(call, timeout, described, interrupted=lambda: False):
+    """Run call() (a handler given its payload) once, within timeout seconds (None: no
+    limit).
+
+    Any exception the handler raises, SystemExit and KeyboardInterrupt included, is a
+    failed attempt: logged with its traceback, returned as 'Type: message'. Only an
+    interruption of the worker itself (interrupted() true: a second Ctrl-C) propagates.
+    described is how the log names the job ('job 9f45... (send_email) ... attempt 1 of 3').
+    """
+    try:
+        with time_limit(timeout):
+            return Attempt(call(), '')
+    except JobTimedOut:
+        error = f'TimeoutError: job ran longer than its timeout of {timeout:g} s'
+        log.error('%s failed: %s', described, error)
+        return Attempt(None, error)
+    except BaseException as exc:
+        if interrupted():
+            raise
+        log.exception('%s failed', described)
+        return Attempt(None, f'{type(exc).__name__}: {exc}')
+
+
+def describe(job_id, job_type, attempts, max_attempts):
+    return f'job {job_id} ({job_type}) on attempt {attempts} of {max_attempts}'
+
+
+def backoff_seconds(base_seconds, attempts):
+    """Delay before retry number `attempts`: base * 2**attempts, up to +25 % jitter, capped."""
+    delay = base_seconds * 2 ** attempts
+    delay += random.uniform(0, delay * BACKOFF_JITTER_FRACTION)
+    return min(delay, BACKOFF_CAP_SECONDS)
+
+
+def after_failure(job, attempts, error, max_attempts, now, backoff_base_seconds,
+                  retry_at=None):
+    """The job after a failed attempt: pending again after the backoff (or at retry_at),
+    or failed once max_attempts are spent."""
+    if attempts >= max_attempts:
+        return job.evolve(status=Status.FAILED, attempts=attempts, error=error, finished_at=now)
+    if retry_at is None:
+        retry_at = now + backoff_seconds(backoff_base_seconds, attempts)
+    return job.evolve(status=Status.PENDING, attempts=attempts, error=error, run_at=retry_at,
+                      worker='', claimed_at=0.0)
+
+
+def crash_error(worker):
+    return f'{WORKER_LOST}: worker {worker or "of dbbasic-queue 1.0.0"} died running this job'
+
+
+def after_crash(job, max_attempts, now):
+    """The job its worker died running: the crash is an attempt, but not the handler's
+    failure, so no backoff: it stays due and runs again at the next run."""
+    error = crash_error(job.worker)
+    log.warning('job %s (%s): %s', job.id, job.type, error)
+    return after_failure(job, job.attempts + 1, error, max_attempts, now, 0, retry_at=job.run_at)
+
+
+def killed_a_worker(job):
+    """A job whose last attempt killed its worker: run it only once what finished before
+    it is recorded, so a second crash costs no one else."""
+    return job.error.startswith(WORKER_LOST)
+
+
+def chosen_for_retry(job, job_id, job_type):
+    """retry(job_id) takes that job; retry(failed=True) every failed one (of job_type)."""
+    if job_id is not None:
+        return job.id == job_id
+    return job.status is Status.FAILED and (job_type is None or job.type == job_type)
+
+
+def revivable(job):
+    return job.status in (Status.FAILED, Status.CANCELLED)
+
+
+def revived(job, now):
+    """A failed or cancelled job made pending again, due now, with fresh attempts."""
+    return job.evolve(status=Status.PENDING, attempts=0, run_at=now, worker='',
+                      claimed_at=0.0, finished_at=0.0)
+
+
+def chosen_for_purge(jobs, statuses, cutoff, keep):
+    """The ids, in the order of jobs, of those with these statuses that finished before
+    cutoff (None: any age) or are not among the newest `keep` of them (None: any number)."""
+    def finished(job):
+        return job.finished_at or job.created_at
+
+    candidates = [job for job in jobs if job.status.value in statuses]
+    newest_first = sorted(candidates, key=finished, reverse=True)
+    kept = {job.id for job in newest_first[:keep]} if keep is not None else None
+    return [job.id for job in candidates
+            if (cutoff is not None and finished(job) < cutoff)
+            or (kept is not None and job.id not in kept)]
+
+
+def outcome_word(job_after):
+    """How a run counts the job after an attempt: completed, failed, or retried."""
+    if job_after.status is Status.PENDING:
+        return 'retried'
+    return job_after.status.value
+
+
+def log_outcome(job_id, job_type, word, seconds, attempts, max_attempts):
+    log.info('%s %s %s %.3fs attempt %d/%d', job_id, job_type, word, seconds, attempts,
+             max_attempts)
+
+
+def outcome_counts(counter=None):
+    """What process_jobs returns, on either backend: the four outcomes, zeros included."""
+    counter = counter or Counter()
+    return {name: counter[name] for name in OUTCOMES}
