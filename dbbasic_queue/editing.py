@@ -4,7 +4,7 @@ and merge it by job id with what workers and producers did while the editor was 
 import re
 
 from .errors import EditConflict
-from .job import COLUMNS, UnparsableLine, parse_line
+from .job import COLUMNS, job_or_none
 from .storage import split_header
 
 NOT_UTF8 = re.compile('[\udc80-\udcff]')   # bytes that were not UTF-8, as surrogateescape reads them
@@ -15,23 +15,32 @@ def problems(text):
     lines = text.split('\n')
     if split_header(lines[0]) != list(COLUMNS):
         return [f'line 1: the header must stay as it was: {chr(9).join(COLUMNS)}']
-    found, seen = [], {}
-    for number, line in enumerate(lines[1:], start=2):
-        if not line.strip():
-            continue
-        try:
-            job = parse_line(line)
-        except UnparsableLine as exc:
-            found.append(f'line {number}: not a job ({str(exc).split(":")[0]}): {line[:60]!r}')
-            continue
-        if job.id in seen:
-            found.append(f'line {number}: id {job.id} is also on line {seen[job.id]}')
-        seen[job.id] = number
-        if job.payload_json:
+    rows = [(f'line {number}', line, job_or_none(line, COLUMNS))
+            for number, line in enumerate(lines[1:], start=2) if line.strip()]
+    found = line_problems(rows)
+    for where, _, job in rows:
+        if job is not None and job.payload_json:
             try:
                 job.payload
             except ValueError as exc:
-                found.append(f'line {number}: the payload is not JSON: {exc}')
+                found.append(f'{where}: the payload is not JSON: {exc}')
+    return found
+
+
+def line_problems(rows):
+    """Problems of (where, line, Job or None) rows, in order: bytes that are not UTF-8,
+    lines that are not jobs, ids seen before. What check and edit both look for."""
+    found, seen = [], {}
+    for where, line, job in rows:
+        if NOT_UTF8.search(line):
+            found.append(f'{where}: not valid UTF-8 (a hand edit in another encoding?): '
+                         f'{line[:80]!r}')
+        if job is None:
+            found.append(f'{where}: not a job: {line[:80]!r}')
+        elif job.id in seen:
+            found.append(f'{where}: job {job.id} also at {seen[job.id]}')
+        else:
+            seen[job.id] = where
     return found
 
 

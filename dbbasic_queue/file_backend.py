@@ -284,19 +284,11 @@ class FileBackend(Backend):
     def check(self, now):
         """Lines that are not jobs or not UTF-8, duplicate ids, jobs still claimed by a
         worker that is gone, temp files left by a crashed rewrite."""
-        problems, seen = [], {}
-        for path, line_number, line, job in self.file_lines():
-            where = f'{path.name}:{line_number}'
-            if editing.NOT_UTF8.search(line):
-                problems.append(f'{where}: not valid UTF-8 (a hand edit in another '
-                                f'encoding?): {line[:80]!r}')
-            if job is None:
-                problems.append(f'{where}: not a job: {line[:80]!r}')
-                continue
-            if job.id in seen:
-                problems.append(f'{where}: job {job.id} also at {seen[job.id]}')
-            seen[job.id] = where
-            if job.status is Status.PROCESSING and not liveness.claim_is_alive(
+        rows = [(f'{path.name}:{number}', line, job)
+                for path, number, line, job in self.file_lines()]
+        problems = editing.line_problems(rows)
+        for where, _, job in rows:
+            if job is not None and job.status is Status.PROCESSING and not liveness.claim_is_alive(
                     job.worker, job.claimed_at, now, self.lease_seconds):
                 problems.append(f'{where}: job {job.id} is processing by '
                                 f'{job.worker or "an unknown worker"}, which is gone')
