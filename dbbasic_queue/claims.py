@@ -49,6 +49,9 @@ class Run:
     signals: list = field(default_factory=list)     # deferred until the run is tidy
     summary: Counter = field(default_factory=Counter)
 
+    def is_interrupting(self):
+        return self.interrupting
+
 
 @dataclass
 class Batch:
@@ -239,8 +242,7 @@ class ClaimCycle:
         try:
             handler = run.handlers[job.type]
             result = rules.attempt(lambda: handler(job.payload), job.timeout or run.timeout,
-                                   rules.describe(job.id, job.type, attempts, max_attempts),
-                                   interrupted=lambda: run.interrupting)
+                                   (job.id, job.type, attempts, max_attempts), run.is_interrupting)
         except BaseException:
             batch.unstarted.appendleft(job.id)   # Ctrl-C twice: not the job's fault
             raise

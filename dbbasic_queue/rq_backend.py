@@ -93,7 +93,7 @@ def dispatch(job_type, payload):
     handler = run['handlers'][job_type]
     started = time.perf_counter()
     outcome = rules.attempt(lambda: handler(payload), job.meta.get('timeout') or run['timeout'],
-                            rules.describe(job.id, job_type, attempts, max_attempts))
+                            (job.id, job_type, attempts, max_attempts))
     if outcome.error or job.meta.get('error'):
         # Our one-line error, as the file has it; RQ keeps the whole traceback beside it.
         job.meta['error'] = one_line(outcome.error)

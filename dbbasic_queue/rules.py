@@ -31,31 +31,28 @@ class Attempt(NamedTuple):
         return bool(self.error)
 
 
-def attempt(call, timeout, described, interrupted=lambda: False):
+def attempt(call, timeout, described, interrupted=None):
     """Run call() (a handler given its payload) once, within timeout seconds (None: no
     limit).
 
     Any exception the handler raises, SystemExit and KeyboardInterrupt included, is a
     failed attempt: logged with its traceback, returned as 'Type: message'. Only an
     interruption of the worker itself (interrupted() true: a second Ctrl-C) propagates.
-    described is how the log names the job ('job 9f45... (send_email) ... attempt 1 of 3').
+    described is (job id, type, attempt, max_attempts), for the log, formatted only when
+    the attempt fails.
     """
     try:
         with time_limit(timeout):
             return Attempt(call(), '')
     except JobTimedOut:
         error = f'TimeoutError: job ran longer than its timeout of {timeout:g} s'
-        log.error('%s failed: %s', described, error)
+        log.error('job %s (%s) failed on attempt %d of %d: %s', *described, error)
         return Attempt(None, error)
     except BaseException as exc:
-        if interrupted():
+        if interrupted is not None and interrupted():
             raise
-        log.exception('%s failed', described)
+        log.exception('job %s (%s) failed on attempt %d of %d', *described)
         return Attempt(None, f'{type(exc).__name__}: {exc}')
-
-
-def describe(job_id, job_type, attempts, max_attempts):
-    return f'job {job_id} ({job_type}) on attempt {attempts} of {max_attempts}'
 
 
 def backoff_seconds(base_seconds, attempts):
@@ -140,5 +137,6 @@ def log_outcome(job_id, job_type, word, seconds, attempts, max_attempts):
 
 def outcome_counts(counter=None):
     """What process_jobs returns, on either backend: the four outcomes, zeros included."""
-    counter = counter or Counter()
+    if counter is None:
+        counter = Counter()
     return {name: counter[name] for name in OUTCOMES}
