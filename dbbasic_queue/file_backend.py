@@ -38,7 +38,6 @@ class FileBackend(Backend):
         self.table = TableFile(self.path, COLUMNS, lock)
         self.archive = TableFile(self.path.with_name(self.path.stem + '.done.tsv'), COLUMNS, lock)
         self.scan = Scan(self.table, lease_seconds)
-        self.claims = ClaimCycle(self)
         self.state_lock = threading.RLock()   # one rewrite at a time in this process
         self._header_current = False
 
@@ -132,7 +131,9 @@ class FileBackend(Backend):
                   jobs_left=max_jobs,
                   deadline=None if max_seconds is None else time.monotonic() + max_seconds)
         with self.state_lock:
-            self.claims.work(run)
+            # Made per run, not kept: a kept one would make a reference cycle, and the
+            # old file versions a dropped backend holds open would wait for the GC.
+            ClaimCycle(self).work(run)
         return run.summary
 
     def rewrite_hot(self, edit, before_rename=None):

@@ -145,3 +145,21 @@ def test_every_error_raised_on_purpose_is_a_queue_error(queue, call, error):
     with pytest.raises(dbbasic_queue.QueueError) as raised:
         call(queue)
     assert type(raised.value).__name__ == error
+
+
+def test_a_dropped_queue_closes_its_files_without_waiting_for_the_gc(tmp_path):
+    # A reference cycle would keep old versions of the file open (and in memory) until
+    # the cyclic GC ran: each cancel_job of a fresh Queue then got slower.
+    import gc
+    import weakref
+    queue = Queue(tmp_path / 'data' / 'queue.tsv')
+    queue.enqueue('t', {})
+    queue.process_jobs({'t': lambda p: None})
+    queue.cancel_job(queue.enqueue('t', {}))
+    dropped = weakref.ref(queue.backend)
+    gc.disable()
+    try:
+        del queue
+        assert dropped() is None
+    finally:
+        gc.enable()
