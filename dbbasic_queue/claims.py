@@ -84,23 +84,31 @@ class ClaimCycle:
                 while not run.stop_requested and run.jobs_left != 0:
                     if run.jobs_left is not None:
                         batch.size = min(batch.size, run.jobs_left)
-                    if not self._claim(run, batch):
+                    if not self._claim_next(run, batch):
                         break
                     self._run_batch(run, batch)
             finally:
                 if batch.outcomes or batch.unstarted or batch.archive_buffer:
-                    self._claim(run, batch, claim=False)
+                    self._write_back(run, batch)
                 batch.journal.close()
 
-    def _claim(self, run, batch, claim=True):
-        """One rewrite: record outcomes, release or recover claims, and (if claim) claim
-        the next batch into batch.claimed. Returns how many were claimed."""
-        if (claim and not batch.outcomes and not batch.unstarted
+    def _claim_next(self, run, batch):
+        """Record the last batch and claim the next one; returns how many were claimed."""
+        if (not batch.outcomes and not batch.unstarted
                 and self.scan.nothing_due(frozenset(run.handlers), run.worker, self.backend.clock)):
             return 0
+        return self._rewrite(run, batch, claim=True)
+
+    def _write_back(self, run, batch):
+        """Record the last batch and give back its claims not started, claiming nothing."""
+        self._rewrite(run, batch, claim=False)
+
+    def _rewrite(self, run, batch, claim):
+        """One rewrite: record outcomes, release or recover claims, and (if claim) claim
+        the next batch into batch.claimed. Returns how many were claimed."""
         started = time.perf_counter()
         plan = self.backend.rewrite_hot(
-            lambda entries, now: self._plan(run, batch, entries, now, claim),
+            lambda view, now: self._plan(run, batch, view, now, claim),
             before_rename=lambda: self._flush_archive(batch, fsync=True))
         batch.outcomes.clear()
         batch.claimed = {job.id: job for job in (plan.claimed if plan else ())}
@@ -108,11 +116,11 @@ class ClaimCycle:
         batch.rewrite_seconds = time.perf_counter() - started
         return len(batch.claimed)
 
-    def _plan(self, run, batch, entries, now, claim):
+    def _plan(self, run, batch, view, now, claim):
         plan = Plan()
         mine, candidates, finished, dead = {}, [], [], {}
         alive = {run.worker: True}
-        for i, entry in enumerate(entries):
+        for i, entry in enumerate(view.entries):
             if entry is None:
                 continue
             if entry.status == PENDING:
@@ -131,17 +139,19 @@ class ClaimCycle:
             else:
                 finished.append(i)
         candidates.extend(self._apply_outcomes(batch, mine, plan))
-        self.backend.archive_finished(finished, plan)
+        self.backend.archive_finished(finished, plan, view)
         for worker, indexes in dead.items():
-            candidates.extend(self._recover(run, worker, indexes, plan, now))
+            candidates.extend(self._recover(run, worker, indexes, plan, view, now))
         plan.gone_workers = list(dead) + self.backend.idle_dead_journals(alive)
         if claim:
-            self._claim_due(run, batch, entries, candidates, plan, now)
+            self._claim_due(run, batch, view, candidates, plan, now)
         return plan if plan.changes or plan.archive else None
 
-    def _claim_due(self, run, batch, entries, candidates, plan, now):
+    def _claim_due(self, run, batch, view, candidates, plan, now):
         """Claim up to batch.size due jobs: highest priority first, then earliest run_at,
         then file (enqueue) order."""
+        entries = view.entries
+
         def run_at(i):
             return plan.changes[i].run_at if i in plan.changes else entries[i].run_at
 
@@ -150,7 +160,7 @@ class ClaimCycle:
         due = [i for i in candidates if run_at(i) <= now and entries[i].type in run.handlers]
         claimed_ids = set()
         for i in heapq.nsmallest(batch.size, due, key=order):
-            job = plan.changes.get(i) or self.scan.full_job(i)
+            job = plan.changes.get(i) or view.job(i)
             # A line copied by a hand edit: one copy is claimed at a time.
             if job is not None and job.id not in claimed_ids:
                 claimed_ids.add(job.id)
@@ -176,7 +186,7 @@ class ClaimCycle:
                     status=Status.PENDING, worker='', claimed_at=0.0)
         return pending
 
-    def _recover(self, run, worker, indexes, plan, now):
+    def _recover(self, run, worker, indexes, plan, view, now):
         """Give back the jobs of one dead worker; returns the indexes now pending.
 
         Its finished jobs are in the archive already: they are dropped here. Its journal
@@ -185,7 +195,7 @@ class ClaimCycle:
         lost with the worker: they return to pending as they were. A worker of an older
         version kept no journal: the first claim in run order is charged, as it then was.
         """
-        claims = [(i, job) for i, job in ((i, self.scan.full_job(i)) for i in indexes) if job]
+        claims = [(i, job) for i, job in ((i, view.job(i)) for i in indexes) if job]
         archived = self.backend.archived_ids({job.id for _, job in claims})
         unfinished = []
         for i, job in sorted(claims, key=lambda c: (-c[1].priority, c[1].run_at, c[0])):

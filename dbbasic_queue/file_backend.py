@@ -93,7 +93,7 @@ class FileBackend(Backend):
         """Rewrite a file with older columns (1.0.0's nine) to ours, once per backend."""
         header = self.table.read_header()
         if header is not None and tuple(header) != COLUMNS:
-            self.rewrite_hot(lambda entries, now: None)
+            self.rewrite_hot(lambda view, now: None)
         self._header_current = True
 
     def find(self, job_id):
@@ -137,10 +137,11 @@ class FileBackend(Backend):
         return run.summary
 
     def rewrite_hot(self, edit, before_rename=None):
-        """Apply edit(entries, now) -> claims.Plan | None to the hot file; returns the
-        Plan committed, or None. A file with older columns is upgraded on the way."""
+        """Apply edit(view, now) -> claims.Plan | None to the hot file (view: a scan.View
+        of it); returns the Plan committed, or None. A file with older columns is
+        upgraded on the way."""
         def planned(snap):
-            plan = edit(self.scan.entries(snap), self.clock())
+            plan = edit(self.scan.view(snap), self.clock())
             outdated = snap.header is not None and tuple(snap.header) != COLUMNS
             if plan is None and not outdated:
                 return None
@@ -183,9 +184,9 @@ class FileBackend(Backend):
                 entries.append(entry)
         return lines, entries
 
-    def archive_finished(self, finished, plan):
+    def archive_finished(self, finished, plan, view):
         """Move finished rows (a cancel, a 1.0.0 file) to the archive, exactly once."""
-        rows = [(i, job) for i, job in ((i, self.scan.full_job(i)) for i in finished) if job]
+        rows = [(i, job) for i, job in ((i, view.job(i)) for i in finished) if job]
         if not rows:
             return
         already = self.archived_ids({job.id for _, job in rows})
@@ -302,11 +303,11 @@ class FileBackend(Backend):
         archive; called by migrate once Redis has them. Never deletes a row."""
         job_ids = set(job_ids)
 
-        def migrated(entries, now):
+        def migrated(view, now):
             plan = Plan()
-            rows = [(i, self.scan.full_job(i)) for i, entry in enumerate(entries)
+            rows = [(i, view.job(i)) for i, entry in enumerate(view.entries)
                     if entry is not None and entry.status == Status.PENDING.value
-                    and self.scan.snap.lines[i].split('\t', 1)[0] in job_ids]
+                    and view.snap.lines[i].split('\t', 1)[0] in job_ids]
             rows = [(i, job) for i, job in rows if job]
             already = self.archived_ids({job.id for _, job in rows})
             for i, job in rows:

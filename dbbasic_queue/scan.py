@@ -2,8 +2,8 @@
 each line between polls, the first poll's one-pass regex, and the idle poll's cache.
 
 Nothing here decides what happens to a job; it only answers, fast and exactly, "what is
-on line i" and "is anything due". The interface is Scan: entries(), full_job() and
-nothing_due().
+on line i" and "is anything due". The interface is Scan: view() (a View: the entries of a
+snapshot, and the whole Job of any line) and nothing_due().
 """
 
 import logging
@@ -75,20 +75,32 @@ def entry_of_job(job):
 _new_tuple = tuple.__new__
 
 
+class View(NamedTuple):
+    """One snapshot as a rewrite plans on it: an Entry (or None) per line, and job(i)."""
+    snap: object
+    entries: list
+    scan: object
+
+    def job(self, i):
+        """The whole Job on line i, or None (reported once as not a job)."""
+        return self.scan.job_at(self.snap, i)
+
+
 class Scan:
     """Entries of the hot file's lines, parsed once per line and kept with the snapshot."""
 
     def __init__(self, table, lease_seconds):
         self.table = table
         self.lease_seconds = lease_seconds
-        self.snap = None            # the snapshot entries() last saw: full_job reads it
         self._idle_cache = None
         self._polled = False
         self._reported_lines = set()
 
+    def view(self, snap):
+        return View(snap, self.entries(snap), self)
+
     def entries(self, snap):
         """Entries for every line of snap (None = not a job); parses only new lines."""
-        self.snap = snap
         check_header(self.table.path, snap.header)
         entries = snap.jobs
         has_priority = snap.header is None or tuple(snap.header) == COLUMNS
@@ -99,11 +111,11 @@ class Scan:
             entries.append(entry)
         return entries
 
-    def full_job(self, i):
-        """The whole Job on line i of the snapshot entries() last saw, or None (reported)."""
-        line = self.snap.lines[i]
+    def job_at(self, snap, i):
+        """The whole Job on line i of snap, or None (reported once as not a job)."""
+        line = snap.lines[i]
         try:
-            return parse_line(line, self.snap.header or COLUMNS)
+            return parse_line(line, snap.header or COLUMNS)
         except UnparsableLine:
             self.report_unparsable(line)
             return None
