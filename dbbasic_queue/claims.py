@@ -229,7 +229,7 @@ class ClaimCycle:
             if run.stop_requested:
                 break
             batch.unstarted.popleft()
-            if rules.killed_a_worker(job) and batch.archive_buffer:
+            if job.error and rules.killed_a_worker(job) and batch.archive_buffer:
                 self._flush_archive(batch)
             self._execute(run, batch, job)
             ran += 1
@@ -251,20 +251,21 @@ class ClaimCycle:
         batch.journal.starting(job.id)
         try:
             handler = run.handlers[job.type]
-            result = rules.attempt(lambda: handler(job.payload), job.timeout or run.timeout,
-                                   (job.id, job.type, attempts, max_attempts), run.is_interrupting)
+            result, error = rules.attempt(lambda: handler(job.payload), job.timeout or run.timeout,
+                                          (job.id, job.type, attempts, max_attempts),
+                                          run.is_interrupting)
         except BaseException:
             batch.unstarted.appendleft(job.id)   # Ctrl-C twice: not the job's fault
             raise
         finally:
             batch.journal.finished()
         now = self.backend.clock()
-        if result.failed:
-            outcome = rules.after_failure(job, attempts, result.error, max_attempts, now,
+        if error:
+            outcome = rules.after_failure(job, attempts, error, max_attempts, now,
                                           self.backend.backoff_base_seconds)
         else:
             outcome = job.evolve(status=Status.COMPLETED, attempts=attempts, error='',
-                                 result_json=result_json(result.result, job), finished_at=now)
+                                 result_json=result_json(result, job), finished_at=now)
         if outcome.status in FINAL_STATUSES:
             batch.archive_buffer.append(format_line(outcome))
             batch.outcomes[job.id] = None

@@ -92,19 +92,20 @@ def dispatch(job_type, payload):
         job.retries_left, 1)
     handler = run['handlers'][job_type]
     started = time.perf_counter()
-    outcome = rules.attempt(lambda: handler(payload), job.meta.get('timeout') or run['timeout'],
-                            (job.id, job_type, attempts, max_attempts))
-    if outcome.error or job.meta.get('error'):
+    result, error = rules.attempt(lambda: handler(payload),
+                                  job.meta.get('timeout') or run['timeout'],
+                                  (job.id, job_type, attempts, max_attempts))
+    if error or job.meta.get('error'):
         # Our one-line error, as the file has it; RQ keeps the whole traceback beside it.
-        job.meta['error'] = one_line(outcome.error)
+        job.meta['error'] = one_line(error)
         job.save_meta()
-    word = 'completed' if not outcome.failed else 'retried' if job.retries_left else 'failed'
+    word = 'completed' if not error else 'retried' if job.retries_left else 'failed'
     run['summary'][word] += 1
     rules.log_outcome(job.id, job_type, word, time.perf_counter() - started, attempts,
                       max_attempts)
-    if outcome.failed:
-        raise AttemptFailed(outcome.error)
-    return json.loads(result_json(outcome.result, job))
+    if error:
+        raise AttemptFailed(error)
+    return json.loads(result_json(result, job))
 
 
 class RedisBackend(Backend):

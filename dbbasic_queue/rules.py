@@ -5,7 +5,6 @@ backends call these, so no rule and no error text exists twice."""
 import logging
 import random
 from collections import Counter
-from typing import NamedTuple
 
 from .errors import JobTimedOut
 from .job import Status
@@ -21,19 +20,9 @@ WORKER_LOST = 'WorkerLost'      # the error of an attempt its worker did not sur
 OUTCOMES = ('completed', 'retried', 'failed', 'recovered')
 
 
-class Attempt(NamedTuple):
-    """What running a handler once gave: its result, or an error text ('' if none)."""
-    result: object
-    error: str
-
-    @property
-    def failed(self):
-        return bool(self.error)
-
-
 def attempt(call, timeout, described, interrupted=None):
     """Run call() (a handler given its payload) once, within timeout seconds (None: no
-    limit).
+    limit). Returns (its result, '') or (None, the error text).
 
     Any exception the handler raises, SystemExit and KeyboardInterrupt included, is a
     failed attempt: logged with its traceback, returned as 'Type: message'. Only an
@@ -42,17 +31,19 @@ def attempt(call, timeout, described, interrupted=None):
     the attempt fails.
     """
     try:
+        if not timeout:   # no timer to set: the common case, kept cheap
+            return call(), ''
         with time_limit(timeout):
-            return Attempt(call(), '')
+            return call(), ''
     except JobTimedOut:
         error = f'TimeoutError: job ran longer than its timeout of {timeout:g} s'
         log.error('job %s (%s) failed on attempt %d of %d: %s', *described, error)
-        return Attempt(None, error)
+        return None, error
     except BaseException as exc:
         if interrupted is not None and interrupted():
             raise
         log.exception('job %s (%s) failed on attempt %d of %d', *described)
-        return Attempt(None, f'{type(exc).__name__}: {exc}')
+        return None, f'{type(exc).__name__}: {exc}'
 
 
 def backoff_seconds(base_seconds, attempts):
