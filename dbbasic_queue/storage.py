@@ -135,7 +135,8 @@ class Snapshot:
         self.header = header
         self.lines = list(lines)
         self.offset = offset
-        self.crc = crc              # zlib.crc32 of the file's bytes [0, offset) ...
+        self.crc = crc              # zlib.crc32 of the file's bytes [0, offset) (None: not
+                                    # computed yet; header and lines are exactly those bytes) ...
         self.content = content      # ... or those bytes themselves, when kept anyway
         self.tail = tail            # the last TAIL_BYTES of them
         self.jobs = []  # parsed lines, filled in by the queue layer
@@ -193,7 +194,15 @@ class Snapshot:
         prefix = _pread_all(self.fd, self.offset, 0)
         if self.content is not None:
             return prefix == self.content
-        return zlib.crc32(prefix) == self.crc
+        return zlib.crc32(prefix) == self._crc()
+
+    def _crc(self):
+        """The CRC of the bytes read; for a version this process wrote, computed only when
+        first needed (a drain with no one else writing never needs it)."""
+        if self.crc is None:
+            text = '\n'.join(['\t'.join(self.header)] + self.lines) + '\n'
+            self.crc = zlib.crc32(text.encode(ENCODING, DECODE_ERRORS))
+        return self.crc
 
     def close(self):
         if self._finalizer is not None:
@@ -229,9 +238,9 @@ class Snapshot:
     def _take(self, data, added_newline=False):
         if added_newline:
             data = data[:-1]
+        self.crc = zlib.crc32(data, self._crc())   # before offset and lines grow
         self.offset += len(data)
         self.content = None
-        self.crc = zlib.crc32(data, self.crc)
         self.tail = (self.tail + data)[-TAIL_BYTES:]
 
     def _header_or(self, lines):
@@ -413,7 +422,7 @@ class TableFile:
             return None
         fd, out = replaced
         return self._keep(Snapshot(fd, self.columns, list(lines) + carried, out.size,
-                                   out.crc, out.tail))
+                                   None, out.tail))
 
     def rewrite(self, plan):
         """Rewrite the file as plan(snapshot) says: a Change (the new lines, and a hook to
@@ -502,8 +511,8 @@ class TableFile:
     def _replace(self, snap, write_body, write_appended, under_lock=None, keep=True):
         """The atomic rename behind commit and rewrite_line: (new file's fd, the _Output
         that wrote it), or None if the file is no longer, byte for byte up to what snap
-        read, the one snap holds open. keep: the new file will be a kept Snapshot (its
-        CRC is computed as it is written)."""
+        read, the one snap holds open. keep: the new file will be a kept Snapshot (the
+        tail of its bytes is kept as it is written)."""
         remove_abandoned_temp_files(self.lock.path)
         tmp_path = self.path.with_name(f'{self._temp_prefix()}{os.urandom(4).hex()}.tmp')
         fd = None
@@ -574,21 +583,19 @@ _RETRY = object()   # try_once's answer when the file changed under it
 
 
 class _Output:
-    """Writes a new version of a file, keeping what a Snapshot of it needs: its size,
-    the CRC of its bytes and their tail."""
+    """Writes a new version of a file, keeping what a Snapshot of it needs: its size and
+    (keep) the tail of its bytes."""
 
     def __init__(self, fd, keep=True):
         self.fd = fd
         self.keep = keep
         self.size = 0
-        self.crc = 0
         self.tail = b''
 
     def write(self, data):
         _write_all(self.fd, data)
         self.size += len(data)
         if self.keep:
-            self.crc = zlib.crc32(data, self.crc)
             self.tail = (self.tail + bytes(data[-TAIL_BYTES:]))[-TAIL_BYTES:]
 
     def write_lines(self, lines):
@@ -755,10 +762,10 @@ class WorkerJournal:
     def starting(self, job_id):
         line = (job_id + '\n').encode(ENCODING, DECODE_ERRORS)[:self.SIZE_BYTES - 1]
         self._map[1:1 + len(line)] = line
-        self._map[0:1] = self.RUNNING
+        self._map[0] = self.RUNNING[0]
 
     def finished(self):
-        self._map[0:1] = self.IDLE
+        self._map[0] = self.IDLE[0]
 
     def close(self):
         """Unmap and remove it: this worker holds no job any more."""
