@@ -120,20 +120,23 @@ class ClaimCycle:
         plan = Plan()
         mine, candidates, finished, dead = {}, [], [], {}
         alive = {run.worker: True}
+        handlers = run.handlers
         for i, entry in enumerate(view.entries):
             if entry is None:
                 continue
-            if entry.status == PENDING:
-                if claim and entry.run_at <= now and entry.type in run.handlers:
+            # Unpacked, not entry.status: this loop runs over every line for every batch.
+            status, job_type, run_at, claim_of, _ = entry
+            if status == PENDING:
+                if claim and run_at <= now and job_type in handlers:
                     candidates.append(i)
-            elif entry.status == PROCESSING:
-                worker = entry.claim.worker
+            elif status == PROCESSING:
+                worker = claim_of.worker
                 if worker == run.worker:
-                    mine[entry.claim.job_id] = i
+                    mine[claim_of.job_id] = i
                     continue
                 if worker not in alive:
                     alive[worker] = liveness.claim_is_alive(
-                        worker, entry.claim.claimed_at, now, self.backend.lease_seconds)
+                        worker, claim_of.claimed_at, now, self.backend.lease_seconds)
                 if not alive[worker]:
                     dead.setdefault(worker, []).append(i)
             else:
