@@ -12,16 +12,13 @@ from pathlib import Path
 from . import editing, liveness, rules
 from .backend import Backend
 from .claims import ClaimCycle, Plan, Run
-from .job import (COLUMNS, FINAL_STATUSES, Job, Status, UnparsableLine, check_header,
+from .job import (ACTIVE_STATUSES, COLUMNS, FINAL_STATUSES, Job, Status, UnparsableLine, check_header,
                   format_line, format_millis, format_new_line, format_time, job_or_none,
                   new_job_id, parse_line, quote_field)
 from .scan import Scan, entry_of_job
 from .storage import (Change, FileLock, TableFile, WorkerJournal, abandoned_temp_files,
                       split_header)
 from .validate import JSON_ASCII, due_now_millis, payload_json
-
-ACTIVE_STATUSES = frozenset({Status.PENDING, Status.PROCESSING})
-
 
 class FileBackend(Backend):
     """Jobs in two TSV files; see the module docstring and Backend for the contract."""
@@ -45,13 +42,12 @@ class FileBackend(Backend):
     def add(self, job_type, payload, payload_text, now, run_at, options):
         """One locked append, never reading the file; with a unique_key, one read of the
         hot file under the lock."""
+        job_id = new_job_id()
         if options is None:
             run_at_text = (format_millis(due_now_millis(now)) if run_at is None
                            else format_time(run_at))
-            job_id = new_job_id()
             line = format_new_line(job_id, job_type, payload_text, int(now), run_at_text)
         else:
-            job_id = new_job_id()
             line = format_line(Job(job_id, job_type, payload_text, Status.PENDING, int(now),
                                    now if run_at is None else run_at, **options))
         try:
@@ -232,8 +228,12 @@ class FileBackend(Backend):
         return list(found.values())
 
     def workers(self):
+        """Claims live only in the hot file: the archive is not read."""
         now = self.clock()
-        return sorted({job.worker for job in self.jobs() if job.status is Status.PROCESSING
+        header, lines = self.table.read_lines()
+        claimed = (job_or_none(line, header) for line in lines if '\tprocessing\t' in line)
+        return sorted({job.worker for job in claimed if job is not None
+                       and job.status is Status.PROCESSING
                        and liveness.claim_is_alive(job.worker, job.claimed_at, now,
                                                    self.lease_seconds)})
 

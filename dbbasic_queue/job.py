@@ -38,10 +38,16 @@ class Status(str, enum.Enum):
 
 
 FINAL_STATUSES = frozenset({Status.COMPLETED, Status.FAILED, Status.CANCELLED, Status.MIGRATED})
+ACTIVE_STATUSES = frozenset({Status.PENDING, Status.PROCESSING})   # a unique_key is held
 _STATUS_BY_WORD = {status.value: status for status in Status}
 _ONE_LINE = str.maketrans({'\t': ' ', '\n': ' ', '\r': ' ', '\x0b': ' ', '\x0c': ' ',
                            '\x1c': ' ', '\x1d': ' ', '\x1e': ' ', '\x85': ' ',
                            '\u2028': ' ', '\u2029': ' '})
+
+
+def is_queue_header(header):
+    """True if header (its fields) starts with the seed's nine columns."""
+    return tuple(header[:len(SEED_COLUMNS)]) == SEED_COLUMNS
 
 
 def check_header(path, header):
@@ -49,7 +55,7 @@ def check_header(path, header):
 
     Nothing of the file is echoed: it may be one the user running this must not read.
     """
-    if header is not None and tuple(header[:len(SEED_COLUMNS)]) != SEED_COLUMNS:
+    if header is not None and not is_queue_header(header):
         raise StorageError(f'{path} is not a dbbasic-queue file: its first line is not the '
                            f'header of one')
 

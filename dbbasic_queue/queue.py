@@ -28,7 +28,7 @@ from pathlib import Path
 from . import rules
 from .errors import InvalidArgumentError, JobNotFound, QueueError
 from .file_backend import FileBackend
-from .job import FINAL_STATUSES, Status, number
+from .job import FINAL_STATUSES, Status, format_line, number, split_line
 from .validate import (check_file_mode, check_handlers, check_job_type, check_limit,
                        check_timeout, job_options, payload_json, run_at_from)
 
@@ -120,8 +120,6 @@ class Queue:
         SIGINT interrupts the running job at once).
         """
         self._check_work(handlers, max_attempts, timeout, max_jobs, max_seconds)
-        if not handlers or max_jobs == 0:
-            return rules.outcome_counts()
         return rules.outcome_counts(self.backend.work(handlers, max_attempts, timeout,
                                                       max_jobs, max_seconds))
 
@@ -197,7 +195,6 @@ class Queue:
 
     def read_rows(self):
         """Every job as a list of str in COLUMNS order (what _read_tsv returns)."""
-        from .job import format_line, split_line
         return [split_line(format_line(job)) for job in self.jobs()]
 
     # -- maintenance -------------------------------------------------------------------

@@ -45,7 +45,7 @@ from rq.serializers import JSONSerializer
 from . import rules
 from .backend import Backend
 from .errors import QueueError
-from .job import Job, Status, new_job_id, one_line
+from .job import ACTIVE_STATUSES, Job, Status, new_job_id, one_line
 from .validate import result_json
 
 log = logging.getLogger('dbbasic_queue')
@@ -180,7 +180,7 @@ class RedisBackend(Backend):
                     job = self.find(holder)
                     if job is None and time.time() - float(since) < UNIQUE_CLAIM_GRACE_SECONDS:
                         return holder  # its enqueue is saving it right now
-                    if job is not None and job.status in (Status.PENDING, Status.PROCESSING):
+                    if job is not None and job.status in ACTIVE_STATUSES:
                         return holder
                     pipe.multi()
                     pipe.delete(key)  # the holder finished: the key is free
@@ -214,6 +214,8 @@ class RedisBackend(Backend):
 
     def _work(self, handlers, max_attempts, timeout, max_jobs, max_seconds, burst):
         summary = Counter()
+        if not handlers or max_jobs == 0:
+            return summary   # an RQ worker with no queues would listen to the default one
         _current.run = {'handlers': dict(handlers), 'max_attempts': max_attempts,
                         'timeout': timeout, 'backoff_base': self.backoff_base_seconds,
                         'summary': summary}

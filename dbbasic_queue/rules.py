@@ -4,7 +4,6 @@ backends call these, so no rule and no error text exists twice."""
 
 import logging
 import random
-from collections import Counter
 
 from .errors import JobTimedOut
 from .job import Status
@@ -126,8 +125,6 @@ def log_outcome(job_id, job_type, word, seconds, attempts, max_attempts):
              max_attempts)
 
 
-def outcome_counts(counter=None):
+def outcome_counts(counter):
     """What process_jobs returns, on either backend: the four outcomes, zeros included."""
-    if counter is None:
-        counter = Counter()
     return {name: counter[name] for name in OUTCOMES}

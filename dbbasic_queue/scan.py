@@ -13,7 +13,8 @@ import sys
 from typing import NamedTuple
 
 from . import liveness
-from .job import COLUMNS, SEED_COLUMNS, Status, UnparsableLine, check_header, parse_line, split_line
+from .job import (COLUMNS, Status, UnparsableLine, check_header, is_queue_header, parse_line,
+                  split_line)
 from .storage import split_header
 
 log = logging.getLogger('dbbasic_queue')
@@ -186,7 +187,7 @@ def next_due_if_all_pending(data, now=-math.inf, chunk_bytes=SCAN_CHUNK_BYTES):
     if header_end < 0:
         return None
     header = split_header(data[:header_end].decode('utf-8', 'replace'))
-    if tuple(header[:len(SEED_COLUMNS)]) != SEED_COLUMNS:
+    if not is_queue_header(header):
         return None
     last = data.rfind(b'\n')   # ends the last whole line: one still being appended waits
     start, next_due = header_end, math.inf

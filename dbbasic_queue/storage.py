@@ -359,9 +359,6 @@ class TableFile:
             finally:
                 os.close(fd)
 
-    def exists(self):
-        return _stat_or_none(self.path) is not None
-
     # -- snapshots and rewrites ------------------------------------------------
     def snapshot(self):
         """The current lines, reusing the previous snapshot if the file only grew.
@@ -502,17 +499,16 @@ class TableFile:
             appended = _pread_all(snap.fd, st.st_size - whole, whole)
             out.write(appended if appended.endswith(b'\n') else appended + b'\n')
 
-        replaced = self._replace(snap, write_body, write_appended, keep=False)
+        replaced = self._replace(snap, write_body, write_appended)
         if replaced is None:
             return _RETRY
         self._keep(Snapshot(replaced[0]))   # read again when next needed
         return True
 
-    def _replace(self, snap, write_body, write_appended, under_lock=None, keep=True):
+    def _replace(self, snap, write_body, write_appended, under_lock=None):
         """The atomic rename behind commit and rewrite_line: (new file's fd, the _Output
         that wrote it), or None if the file is no longer, byte for byte up to what snap
-        read, the one snap holds open. keep: the new file will be a kept Snapshot (the
-        tail of its bytes is kept as it is written)."""
+        read, the one snap holds open."""
         remove_abandoned_temp_files(self.lock.path)
         tmp_path = self.path.with_name(f'{self._temp_prefix()}{os.urandom(4).hex()}.tmp')
         fd = None
@@ -520,7 +516,7 @@ class TableFile:
             fd = os.open(tmp_path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
                          DEFAULT_FILE_MODE)
             self._copy_owner(fd, snap)
-            out = _Output(fd, keep)
+            out = _Output(fd)
             write_body(out)
             os.fsync(fd)
             snap.prove()   # the costly check, before the lock: enqueues wait less
@@ -584,19 +580,17 @@ _RETRY = object()   # try_once's answer when the file changed under it
 
 class _Output:
     """Writes a new version of a file, keeping what a Snapshot of it needs: its size and
-    (keep) the tail of its bytes."""
+    the tail of its bytes."""
 
-    def __init__(self, fd, keep=True):
+    def __init__(self, fd):
         self.fd = fd
-        self.keep = keep
         self.size = 0
         self.tail = b''
 
     def write(self, data):
         _write_all(self.fd, data)
         self.size += len(data)
-        if self.keep:
-            self.tail = (self.tail + bytes(data[-TAIL_BYTES:]))[-TAIL_BYTES:]
+        self.tail = (self.tail + bytes(data[-TAIL_BYTES:]))[-TAIL_BYTES:]
 
     def write_lines(self, lines):
         # In slices, so a 100K-line file never sits in memory twice more as str and bytes.

@@ -124,8 +124,8 @@ def check_timeout(timeout):
                                 or not 0 < timeout < math.inf):
         raise InvalidArgumentError(f'timeout must be seconds > 0, got {timeout!r}')
     if timeout is not None and timeout > MAX_TIMEOUT_SECONDS:
-        raise InvalidArgumentError(f'timeout must be at most {MAX_TIMEOUT_SECONDS} seconds (ten years), '
-                         f'got {timeout!r}')
+        raise InvalidArgumentError(f'timeout must be at most {MAX_TIMEOUT_SECONDS} seconds '
+                                   f'(ten years), got {timeout!r}')
 
 
 def due_now(now):
