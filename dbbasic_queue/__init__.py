@@ -8,8 +8,8 @@ from .errors import (EditConflict, InvalidArgumentError, InvalidJobError, JobNot
 from .job import COLUMNS, Job, Status
 from .queue import (ENV_VAR, Queue, cancel_job, default_queue, enqueue, get_job,
                     process_jobs)
+from .version import __version__
 
-__version__ = '2.0.0'
 
 __all__ = ['enqueue', 'process_jobs', 'get_job', 'cancel_job', 'Queue', 'Job', 'Status',
            'COLUMNS', 'ENV_VAR', 'QueueError', 'InvalidJobError', 'StorageError', 'JobTimedOut',

@@ -32,10 +32,23 @@ class Backend:
         """Mark a pending job cancelled, atomically; True if it was pending."""
         raise NotImplementedError
 
-    def work(self, handlers, max_attempts, timeout, max_jobs, max_seconds):
+    def cancel_pending(self, job_type):
+        """Cancel every pending job (of job_type, if not None); returns their ids."""
+        raise NotImplementedError
+
+    def paused_types(self):
+        """The job types paused (workers leave their jobs pending), as a frozenset."""
+        raise NotImplementedError
+
+    def set_paused(self, job_type, paused):
+        """Pause or resume one job type; kept in the storage, so it outlives processes."""
+        raise NotImplementedError
+
+    def work(self, handlers, max_attempts, timeout, max_jobs, max_seconds, on_failure=None):
         """Run due jobs of these types until none is due or a limit is reached, by the
         rules of rules.py; return a Counter of outcomes (rules.OUTCOMES). Each job is
-        claimed before its handler runs, so no two workers run one job at once."""
+        claimed before its handler runs, so no two workers run one job at once.
+        on_failure goes to rules.report_failure after each failed attempt."""
         raise NotImplementedError
 
     def jobs(self):
@@ -61,7 +74,8 @@ class Backend:
         """Problems found, one line each (empty: all is well)."""
         raise NotImplementedError
 
-    def work_forever(self, handlers, max_attempts, timeout, max_jobs, max_seconds):
+    def work_forever(self, handlers, max_attempts, timeout, max_jobs, max_seconds,
+                     on_failure=None):
         """A long-running worker, for backends with long_running_worker."""
         raise NotImplementedError
 

@@ -42,6 +42,7 @@ class Run:
     max_attempts: int
     timeout: object
     worker: str
+    on_failure: object = None                       # the user's hook, or None
     jobs_left: object = None                        # None = no limit
     deadline: object = None                         # time.monotonic() value, or None
     stop_requested: bool = False
@@ -254,7 +255,7 @@ class ClaimCycle:
         batch.journal.starting(job.id)
         try:
             handler = run.handlers[job.type]
-            result, error = rules.attempt(lambda: handler(job.payload), job.timeout or run.timeout,
+            result, error, exc = rules.attempt(lambda: handler(job.payload), job.timeout or run.timeout,
                                           (job.id, job.type, attempts, max_attempts),
                                           run.is_interrupting)
         except BaseException:
@@ -266,6 +267,7 @@ class ClaimCycle:
         if error:
             outcome = rules.after_failure(job, attempts, error, max_attempts, now,
                                           self.backend.backoff_base_seconds)
+            rules.report_failure(run.on_failure, outcome, exc)
         else:
             outcome = job.evolve(status=Status.COMPLETED, attempts=attempts, error='',
                                  result_json=result_json(result, job), finished_at=now)

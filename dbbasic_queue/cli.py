@@ -2,7 +2,8 @@
 `dbbasic queue:<command>` (see COMMANDS).
 
 Exit codes: 0 ok, 1 not found or problems found, 2 bad usage or input. Errors are one
-line on stderr, never a traceback. Logs go to stderr, one line per job.
+line on stderr, never a traceback. Logs go to stderr, one line per job. The options
+--queue, --json, -v, -q and --log-level go before or after the command.
 """
 
 import argparse
@@ -19,9 +20,17 @@ import tempfile
 import time
 from datetime import datetime
 
+from pathlib import Path
+
 from .errors import QueueError
 from .queue import DEFAULT_PATH, ENV_VAR, Queue, is_redis_url
-from .validate import check_limit
+from .validate import check_handlers, check_limit
+from .version import __version__
+
+try:
+    import tomllib
+except ImportError:     # Python < 3.11: the one setting we read is found by a pattern
+    tomllib = None
 
 log = logging.getLogger('dbbasic_queue')
 
@@ -32,6 +41,14 @@ PROGRESS_INTERVAL_SECONDS = 0.2
 DURATION_UNITS_SECONDS = {'s': 1, 'm': 60, 'h': 3600, 'd': 86400, 'w': 604800}
 DURATION_PATTERN = re.compile(r'(\d+(?:\.\d+)?)([smhdw]?)')
 STATUSES = ('pending', 'processing', 'completed', 'failed', 'cancelled', 'migrated')
+HANDLERS_ENV_VAR = 'DBBASIC_QUEUE_HANDLERS'   # MODULE:ATTR when `work` is given none
+CONFIG_TABLE = 'dbbasic-queue'               # [tool.dbbasic-queue] in pyproject.toml
+LOG_LEVELS = ('DEBUG', 'INFO', 'WARNING', 'ERROR')
+LIST_LIMIT = 50
+CRON_MARGIN_SECONDS = 5         # a cron run stops this long before the next one starts
+HOW_TO_CONFIGURE = (f'no handlers given: run `{PROG} work MODULE:ATTR`, or set '
+                    f'{HANDLERS_ENV_VAR}=app.jobs:HANDLERS, or add to pyproject.toml: '
+                    f'[tool.{CONFIG_TABLE}] handlers = "app.jobs:HANDLERS"')
 
 
 class UsageError(Exception):
@@ -70,12 +87,53 @@ def parse_time(text):
                          f'e.g. 2026-12-01T09:00') from None
 
 
-def load_handlers(spec):
-    """'package.module:ATTR' -> the handlers dict (ATTR may be a callable returning one)."""
+def resolve_handlers(spec):
+    """(MODULE:ATTR, the directory it is imported from): spec if given, else
+    $DBBASIC_QUEUE_HANDLERS, else [tool.dbbasic-queue] handlers in the nearest
+    pyproject.toml (from the current directory up; imported from that file's directory).
+    Neither: a UsageError saying how to configure one."""
+    if spec:
+        return spec, os.getcwd()
+    if os.environ.get(HANDLERS_ENV_VAR):
+        return os.environ[HANDLERS_ENV_VAR], os.getcwd()
+    here = Path.cwd()
+    for folder in (here, *here.parents):
+        pyproject = folder / 'pyproject.toml'
+        if pyproject.is_file():
+            configured = _configured_handlers(pyproject)
+            if configured:
+                return configured, str(folder)
+            break
+    raise UsageError(HOW_TO_CONFIGURE)
+
+
+def _configured_handlers(pyproject):
+    try:
+        text = pyproject.read_text(encoding='utf-8')
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f'cannot read {pyproject}: {exc}') from None
+    if tomllib is None:
+        table = re.search(r'^\[tool\.(?:"dbbasic-queue"|dbbasic-queue)\][ \t]*$(.*?)(?=^\[|\Z)',
+                          text, re.M | re.S)
+        found = table and re.search(r'^handlers\s*=\s*["\']([^"\'\n]*)["\']', table.group(1), re.M)
+        return found.group(1) if found else None
+    try:
+        value = tomllib.loads(text).get('tool', {}).get(CONFIG_TABLE, {}).get('handlers')
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f'{pyproject}: {exc}') from None
+    if value is not None and not isinstance(value, str):
+        raise UsageError(f'{pyproject}: [tool.{CONFIG_TABLE}] handlers must be a string '
+                         f'like "app.jobs:HANDLERS"')
+    return value
+
+
+def load_handlers(spec, directory=None):
+    """'package.module:ATTR' -> the handlers dict (ATTR may be a callable returning one),
+    imported with directory (default: the current one) first on sys.path."""
     module_name, _, attr = spec.partition(':')
     if not module_name or not attr:
         raise UsageError(f'handlers must be given as MODULE:ATTR, got {spec!r}')
-    sys.path.insert(0, os.getcwd())
+    sys.path.insert(0, directory or os.getcwd())
     try:
         module = importlib.import_module(module_name)
     except Exception as exc:
@@ -91,6 +149,26 @@ def load_handlers(spec):
     if not hasattr(handlers, 'items') or not all(callable(h) for h in handlers.values()):
         raise UsageError(f'{spec} is not a dict of job type -> function')
     return handlers
+
+
+def where(queue):
+    """The queue's location for a log line: an absolute path, or the URL without a password."""
+    if queue.backend.kind == 'file':
+        return os.path.abspath(queue.path)
+    return re.sub(r'//[^@/]*@', '//***@', str(queue.path))
+
+
+def missing_queue(queue):
+    """The absolute path of a file queue that does not exist (yet), else None."""
+    if queue.backend.kind == 'file' and not os.path.exists(queue.path):
+        return os.path.abspath(queue.path)
+    return None
+
+
+def note_if_missing(queue):
+    missing = missing_queue(queue)
+    if missing:
+        print(f'{PROG}: no queue at {missing} (nothing was enqueued there yet)', file=sys.stderr)
 
 
 # -- output ------------------------------------------------------------------------
@@ -134,7 +212,13 @@ def short(value, width=40):
 # -- commands ----------------------------------------------------------------------
 def cmd_work(queue, args):
     check_limit('max_seconds', args.max_seconds)   # before the loop does arithmetic with it
-    handlers = load_handlers(args.handlers)
+    check_limit('max_jobs', args.max_jobs)           # ... and before the first log line
+    spec, directory = resolve_handlers(args.handlers)
+    handlers = load_handlers(spec, directory)
+    check_handlers(handlers, args.max_attempts)
+    log.info('working %s%s with %s (%s)', where(queue),
+             ' (no such file yet)' if missing_queue(queue) else '', spec,
+             ', '.join(sorted(handlers)) or 'no job types')
     timeout = None if args.timeout is None else parse_duration(args.timeout)
     limits = {'max_jobs': args.max_jobs, 'max_seconds': args.max_seconds}
     stop = []
@@ -222,6 +306,7 @@ def cmd_enqueue(queue, args):
 
 
 def cmd_stats(queue, args):
+    note_if_missing(queue)
     stats = queue.stats()
     if args.json:
         print_json(stats)
@@ -239,18 +324,26 @@ def cmd_stats(queue, args):
     print(f"next due:       {when(stats['next_due_at'])}")
     print(f"workers active: {len(stats['workers'])}"
           + (f" ({', '.join(stats['workers'])})" if stats['workers'] else ''))
+    print(f"paused:         {', '.join(stats['paused']) or '-'}")
     return EXIT_OK
 
 
 def cmd_list(queue, args):
-    jobs = queue.list_jobs(status=args.status, job_type=args.type, limit=args.limit)
+    if args.limit < 0:
+        raise UsageError(f'--limit must be >= 0 (0: all), got {args.limit}')
+    note_if_missing(queue)
+    jobs = queue.list_jobs(status=args.status, job_type=args.type)
+    shown = jobs[:args.limit] if args.limit else jobs
     if args.json:
-        print_json(jobs)
-        return EXIT_OK
-    print_table([[j['id'], j['type'], j['status'], j['priority'], j['attempts'],
-                  when(j['run_at']), short(j['error'] or '', 30), short(j['payload'])]
-                 for j in jobs],
-                ['id', 'type', 'status', 'priority', 'attempts', 'run_at', 'error', 'payload'])
+        print_json(shown)
+    else:
+        print_table([[j['id'], j['type'], j['status'], j['priority'], j['attempts'],
+                      when(j['run_at']), short(j['error'] or '', 30), short(j['payload'])]
+                     for j in shown],
+                    ['id', 'type', 'status', 'priority', 'attempts', 'run_at', 'error', 'payload'])
+    if len(shown) < len(jobs):
+        sys.stdout.flush()   # the table first, then the note, when both go to a terminal
+        print(f'showing {len(shown)} of {len(jobs)}; --limit 0 for all', file=sys.stderr)
     return EXIT_OK
 
 
@@ -289,6 +382,17 @@ def cmd_retry(queue, args):
 
 
 def cmd_cancel(queue, args):
+    if args.all == (args.id is not None):
+        raise UsageError('give either a job ID or --all')
+    if args.type is not None and not args.all:
+        raise UsageError('--type goes with --all')
+    if args.all:
+        ids = queue.cancel_jobs(args.type)
+        if args.json:
+            print_json({'cancelled': ids})
+        else:
+            print(f'cancelled {len(ids)} pending job(s)' + (f' of type {args.type}' if args.type else ''))
+        return EXIT_OK
     if queue.cancel_job(args.id):
         print_json({'cancelled': args.id}) if args.json else print(f'cancelled {args.id}')
         return EXIT_OK
@@ -395,7 +499,65 @@ def _abandon_edit(copy, why):
     return EXIT_PROBLEM
 
 
+def cmd_pause(queue, args):
+    queue.pause(args.type)
+    print_json({'paused': queue.paused_types()}) if args.json else print(
+        f'paused {args.type}: workers leave its jobs pending until `{PROG} resume {args.type}`')
+    return EXIT_OK
+
+
+def cmd_resume(queue, args):
+    queue.resume(args.type)
+    print_json({'paused': queue.paused_types()}) if args.json else print(f'resumed {args.type}')
+    return EXIT_OK
+
+
+def cmd_crontab(queue, args):
+    """The crontab line for this installation, checked now rather than at 3 a.m."""
+    spec, directory = resolve_handlers(args.handlers)
+    load_handlers(spec, directory)
+    schedule, interval_seconds = cron_schedule(args.every)
+    location = where(queue) if queue.backend.kind == 'file' else str(queue.path)
+    log_path = args.log or (str(Path(location).with_suffix('.log'))
+                            if queue.backend.kind == 'file' else os.path.join(directory, 'queue.log'))
+    command = this_program() + ['--queue', location, 'work', spec,
+                                '--max-seconds', f'{interval_seconds - CRON_MARGIN_SECONDS:g}']
+    line = (f'cd {shlex.quote(directory)} && {shlex.join(command)} '
+            f'>> {shlex.quote(os.path.abspath(log_path))} 2>&1')
+    print(f'{schedule} {line.replace("%", chr(92) + "%")}')   # cron reads a bare % as a newline
+    return EXIT_OK
+
+
+def cron_schedule(every):
+    """'1m' -> ('* * * * *', 60); whole minutes dividing an hour, hours dividing a day, 1d."""
+    seconds = parse_duration(every)
+    minutes = seconds / 60
+    if minutes == 1:
+        return '* * * * *', seconds
+    if minutes.is_integer() and minutes < 60 and 60 % minutes == 0:
+        return f'*/{minutes:.0f} * * * *', seconds
+    hours = minutes / 60
+    if hours.is_integer() and hours < 24 and 24 % hours == 0:
+        return '0 * * * *' if hours == 1 else f'0 */{hours:.0f} * * *', seconds
+    if hours == 24:
+        return '0 0 * * *', seconds
+    raise UsageError(f'--every {every}: use whole minutes that divide an hour (1m, 5m, 15m), '
+                     f'hours that divide a day (1h, 6h), or 1d')
+
+
+def this_program():
+    """The absolute command that runs this installation's dbbasic-queue: the console
+    script beside this Python (a venv's bin/), else this Python with -m."""
+    script = Path(sys.executable).parent / PROG
+    if script.is_file() and os.access(script, os.X_OK):
+        return [str(script)]
+    return [sys.executable, '-m', 'dbbasic_queue']
+
+
 def cmd_check(queue, args):
+    missing = missing_queue(queue)
+    if missing:
+        raise NotFound(f'no queue at {missing}')
     problems = queue.check()
     if args.json:
         print_json({'problems': problems})
@@ -404,88 +566,143 @@ def cmd_check(queue, args):
     return EXIT_PROBLEM if problems else EXIT_OK
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """Every option's help ends with its default, when it has one worth showing."""
+
+    def _get_help_string(self, action):
+        text = action.help or ''
+        default = action.default
+        if (action.option_strings and '%(default)' not in text and default is not None
+                and default is not False and default is not argparse.SUPPRESS):
+            text += ' (default: %(default)s)'
+        return text
+
+
+def _add_global_options(parser, suppress):
+    """--queue, --json and the log level. The copies after the command default to
+    SUPPRESS, so they never overwrite what was given before it."""
+    def default(value):
+        return argparse.SUPPRESS if suppress else value
+    parser.add_argument('--queue', metavar='PATH', default=default(None),
+                        help=f'the queue: a .tsv path or a redis:// URL '
+                             f'(default: ${ENV_VAR}, else {DEFAULT_PATH})')
+    parser.add_argument('--json', action='store_true', default=default(False),
+                        help='print JSON instead of columns')
+    noise = parser.add_mutually_exclusive_group()
+    noise.add_argument('-v', '--verbose', dest='log_level', action='store_const', const='DEBUG',
+                       default=default(None), help='log debug lines too')
+    noise.add_argument('-q', '--quiet', dest='log_level', action='store_const', const='WARNING',
+                       default=default(None), help='log warnings and errors only')
+    noise.add_argument('--log-level', dest='log_level', type=str.upper, choices=LOG_LEVELS,
+                       default=default(None), help='the lowest level logged (default: INFO)')
+
+
 def build_parser():
-    parser = _Parser(prog=PROG, description='A job queue in one TSV file.')
-    parser.add_argument('--queue', metavar='PATH',
-                        help=f'the queue file (default: ${ENV_VAR}, else {DEFAULT_PATH})')
-    parser.add_argument('--json', action='store_true', help='print JSON instead of columns')
+    parser = _Parser(prog=PROG, description='A job queue in one TSV file.',
+                     formatter_class=_HelpFormatter)
+    parser.add_argument('--version', action='version', version=f'{PROG} {__version__}')
+    _add_global_options(parser, suppress=False)
     commands = parser.add_subparsers(dest='command', metavar='COMMAND', parser_class=_Parser)
     commands.required = True
 
-    work = commands.add_parser('work', help='run due jobs (drain and exit: the cron way)')
-    work.add_argument('handlers', metavar='MODULE:ATTR', help='a dict of type -> function')
+    def command(name, help_text, run, **kwargs):
+        sub = commands.add_parser(name, help=help_text, description=help_text,
+                                  formatter_class=_HelpFormatter, **kwargs)
+        _add_global_options(sub, suppress=True)
+        sub.set_defaults(run=run)
+        return sub
+
+    work = command('work', 'run due jobs (drain and exit: the cron way)', cmd_work,
+                   aliases=['worker'])
+    work.add_argument('handlers', metavar='MODULE:ATTR', nargs='?',
+                      help=f'a dict of type -> function (default: ${HANDLERS_ENV_VAR}, else '
+                           f'[tool.{CONFIG_TABLE}] handlers in pyproject.toml)')
     work.add_argument('--loop', action='store_true', help='keep polling instead of exiting')
-    work.add_argument('--sleep', type=float, default=1.0, metavar='S', help='seconds between polls')
-    work.add_argument('--max-jobs', type=int, metavar='N')
-    work.add_argument('--max-seconds', type=float, metavar='S')
+    work.add_argument('--burst', action='store_true',
+                      help="drain and exit (rq's flag; already what work does without --loop)")
+    work.add_argument('--sleep', type=float, default=1.0, metavar='S',
+                      help='with --loop: seconds between polls')
+    work.add_argument('--max-jobs', type=int, metavar='N', help='stop after N jobs')
+    work.add_argument('--max-seconds', type=float, metavar='S',
+                      help='stop starting jobs after S seconds')
     work.add_argument('--max-attempts', type=int, default=3, metavar='N',
-                      help='for jobs enqueued without their own (default 3)')
+                      help='for jobs enqueued without their own')
     work.add_argument('--timeout', metavar='DURATION',
                       help='for jobs enqueued without their own: interrupt handlers after this')
-    work.set_defaults(run=cmd_work)
 
-    enqueue = commands.add_parser('enqueue', help='add a job, print its id')
-    enqueue.add_argument('type')
-    enqueue.add_argument('payload', nargs='?', metavar='JSON', help="the payload; '-' reads stdin")
+    enqueue = command('enqueue', 'add a job, print its id', cmd_enqueue)
+    enqueue.add_argument('type', help='the job type (a key of the handlers dict)')
+    enqueue.add_argument('payload', nargs='?', metavar='JSON',
+                         help="the payload, a JSON value; '-' reads stdin (default: {})")
     when_group = enqueue.add_mutually_exclusive_group()
-    when_group.add_argument('--at', metavar='TIME', help='Unix seconds or ISO 8601')
-    when_group.add_argument('--in', dest='delay', metavar='DURATION', help='e.g. 90s, 15m, 2h, 7d')
+    when_group.add_argument('--at', metavar='TIME', help='run at: Unix seconds or ISO 8601')
+    when_group.add_argument('--in', dest='delay', metavar='DURATION',
+                            help='run after: e.g. 90s, 15m, 2h, 7d')
     enqueue.add_argument('--priority', type=int, default=0, metavar='N', help='higher runs first')
     enqueue.add_argument('--unique-key', metavar='KEY',
                          help='while a job with this key is pending or running, print its id')
     enqueue.add_argument('--timeout', metavar='DURATION', help='interrupt the handler after this')
     enqueue.add_argument('--max-attempts', type=int, metavar='N', help="this job's attempt limit")
-    enqueue.set_defaults(run=cmd_enqueue)
 
-    commands.add_parser('stats', help='counts per status and type, workers').set_defaults(run=cmd_stats)
+    command('stats', 'counts per status and type, workers, paused types', cmd_stats)
 
-    listing = commands.add_parser('list', help='list jobs')
-    listing.add_argument('--status', choices=STATUSES)
-    listing.add_argument('--type')
-    listing.add_argument('--limit', type=int, default=50, metavar='N')
-    listing.set_defaults(run=cmd_list)
+    listing = command('list', 'list jobs, oldest first', cmd_list)
+    listing.add_argument('--status', choices=STATUSES, help='only jobs with this status')
+    listing.add_argument('--type', help='only jobs of this type')
+    listing.add_argument('--limit', type=int, default=LIST_LIMIT, metavar='N',
+                         help='show at most N jobs; 0 for all')
 
-    show = commands.add_parser('show', help='one job in full')
-    show.add_argument('id')
-    show.set_defaults(run=cmd_show)
+    command('show', 'one job in full', cmd_show).add_argument('id', help='the job id')
 
-    retry = commands.add_parser('retry', help='make failed or cancelled jobs pending again')
-    retry.add_argument('id', nargs='?')
+    retry = command('retry', 'make failed or cancelled jobs pending again', cmd_retry)
+    retry.add_argument('id', nargs='?', help='one job id')
     retry.add_argument('--failed', action='store_true', help='every failed job')
     retry.add_argument('--type', help='with --failed: only this type')
-    retry.set_defaults(run=cmd_retry)
 
-    cancel = commands.add_parser('cancel', help='cancel a pending job')
-    cancel.add_argument('id')
-    cancel.set_defaults(run=cmd_cancel)
+    cancel = command('cancel', 'cancel a pending job, or every pending job', cmd_cancel)
+    cancel.add_argument('id', nargs='?', help='one job id')
+    cancel.add_argument('--all', action='store_true', help="every pending job (rq's empty)")
+    cancel.add_argument('--type', help='with --all: only this type')
 
-    purge = commands.add_parser('purge', help='delete old finished jobs from the archive')
+    for name, run, verb in (('pause', cmd_pause, 'leave jobs of TYPE pending until resumed'),
+                            ('resume', cmd_resume, 'run jobs of a paused TYPE again')):
+        command(name, verb, run).add_argument('type', metavar='TYPE', help='a job type')
+
+    purge = command('purge', 'delete old finished jobs from the archive', cmd_purge)
     purge.add_argument('--status', nargs='+', required=True,
-                       choices=('completed', 'failed', 'cancelled', 'migrated'))
-    purge.add_argument('--older-than', metavar='DURATION', help='finished longer ago than this, e.g. 7d')
+                       choices=('completed', 'failed', 'cancelled', 'migrated'),
+                       help='the statuses to delete (failed jobs stay unless named)')
+    purge.add_argument('--older-than', metavar='DURATION',
+                       help='finished longer ago than this, e.g. 7d')
     purge.add_argument('--keep', type=int, metavar='N',
                        help='all but the newest N of these statuses (with --older-than: either)')
-    purge.add_argument('--dry-run', action='store_true')
-    purge.set_defaults(run=cmd_purge)
+    purge.add_argument('--dry-run', action='store_true', help='only list what would go')
 
-    commands.add_parser('check', help='find problems; exit 1 if any').set_defaults(run=cmd_check)
+    command('check', 'find problems; exit 1 if any (or if there is no queue)', cmd_check)
+    command('edit', 'edit the queue file in $VISUAL/$EDITOR, safely (like crontab -e)', cmd_edit)
 
-    commands.add_parser('edit', help='edit the queue file in $VISUAL/$EDITOR, safely (like '
-                        'crontab -e)').set_defaults(run=cmd_edit)
+    crontab = command('crontab', 'print the crontab line that runs the worker of this '
+                      'installation, from this directory', cmd_crontab)
+    crontab.add_argument('handlers', metavar='MODULE:ATTR', nargs='?',
+                         help='as for work (default: the configured handlers)')
+    crontab.add_argument('--every', default='1m', metavar='DURATION',
+                         help='how often cron starts it: 1m, 5m, 15m, 1h, 1d ...')
+    crontab.add_argument('--log', metavar='FILE',
+                         help="where its output goes (default: the queue's path with .log)")
 
-    migrate = commands.add_parser('migrate', help='move pending and failed jobs into Redis (RQ)')
-    migrate.add_argument('--to', required=True, metavar='redis://HOST:PORT/DB')
-    migrate.add_argument('--dry-run', action='store_true')
-    migrate.set_defaults(run=cmd_migrate)
+    migrate = command('migrate', 'move pending and failed jobs into Redis (RQ)', cmd_migrate)
+    migrate.add_argument('--to', required=True, metavar='redis://HOST:PORT/DB',
+                         help='the Redis to move them to')
+    migrate.add_argument('--dry-run', action='store_true', help='only list what would move')
     return parser
 
 
-def configure_logging():
+def configure_logging(level='INFO'):
     """stderr, one line per record, fit for `>> /var/log/queue.log 2>&1`."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter('%(asctime)s %(levelname)s %(message)s'))
     log.handlers[:] = [handler]
-    log.setLevel(logging.INFO)
+    log.setLevel(level)
     log.propagate = False
     return handler
 
@@ -494,13 +711,17 @@ def main(argv=None):
     """Run one command; returns the exit code."""
     try:
         args = build_parser().parse_args(argv)
-        args.log_handler = configure_logging()
+        args.log_handler = configure_logging(args.log_level or 'INFO')
         location = args.queue or os.environ.get(ENV_VAR) or DEFAULT_PATH
         try:
             queue = Queue(location)
         except ValueError as exc:
             raise UsageError(str(exc)) from None
         return args.run(queue, args)
+    except BrokenPipeError:
+        # `list | head`: the reader has gone, as with any Unix tool; say nothing more.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
     except UsageError as exc:
         return _fail(str(exc), EXIT_USAGE)
     except NotFound as exc:
@@ -531,15 +752,18 @@ def _dbbasic_command(name, help_text):
 
 # dbbasic-cli discovers this: `dbbasic queue:worker`, `dbbasic queue:stats`, ...
 COMMANDS = {
-    'queue:worker': _dbbasic_command('work', 'Run due jobs: queue:worker MODULE:ATTR [--loop]'),
+    'queue:worker': _dbbasic_command('work', 'Run due jobs: queue:worker [MODULE:ATTR] [--loop]'),
     **{f'queue:{name}': _dbbasic_command(name, help_text) for name, help_text in [
-        ('work', 'Run due jobs: queue:work MODULE:ATTR [--loop]'),
+        ('work', 'Run due jobs: queue:work [MODULE:ATTR] [--loop]'),
         ('stats', 'Show queue counts per status and type'),
         ('enqueue', 'Add a job: queue:enqueue TYPE [JSON]'),
         ('list', 'List jobs: queue:list [--status S] [--type T]'),
         ('show', 'Show one job: queue:show ID'),
         ('retry', 'Retry a job or every failed job: queue:retry ID | --failed'),
-        ('cancel', 'Cancel a pending job: queue:cancel ID'),
+        ('cancel', 'Cancel a pending job: queue:cancel ID | --all [--type T]'),
+        ('pause', 'Leave jobs of a type pending: queue:pause TYPE'),
+        ('resume', 'Run jobs of a paused type again: queue:resume TYPE'),
+        ('crontab', 'Print the crontab line for this installation: queue:crontab [MODULE:ATTR]'),
         ('purge', 'Delete old finished jobs: queue:purge --status S --older-than 7d | --keep N'),
         ('check', 'Find problems in the queue files'),
         ('edit', 'Edit the queue file in $EDITOR, checked and merged: queue:edit'),

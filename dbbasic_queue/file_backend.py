@@ -16,8 +16,8 @@ from .job import (ACTIVE_STATUSES, COLUMNS, FINAL_STATUSES, Job, Status, Unparsa
                   format_line, format_millis, format_new_line, format_time, job_or_none,
                   new_job_id, parse_line, quote_field)
 from .scan import Scan, entry_of_job
-from .storage import (Change, FileLock, TableFile, WorkerJournal, abandoned_temp_files,
-                      split_header)
+from .storage import (Change, FileLock, TableFile, WordsFile, WorkerJournal,
+                      abandoned_temp_files, split_header)
 from .validate import JSON_ASCII, due_now_millis, payload_json
 
 class FileBackend(Backend):
@@ -35,6 +35,7 @@ class FileBackend(Backend):
         self.table = TableFile(self.path, COLUMNS, lock)
         self.archive = TableFile(self.path.with_name(self.path.stem + '.done.tsv'), COLUMNS, lock)
         self.scan = Scan(self.table, lease_seconds)
+        self.paused = WordsFile(self.path.with_suffix('.paused'), lock)
         self.state_lock = threading.RLock()   # one rewrite at a time in this process
         self._header_current = False
 
@@ -121,9 +122,30 @@ class FileBackend(Backend):
                 self._upgrade_header()   # a 1.0.0 file: give it our columns first
                 return self.table.rewrite_line(job_id + '\t', cancelled)
 
+    def cancel_pending(self, job_type):
+        """One rewrite: the jobs stay in the hot file as cancelled, as cancel leaves one."""
+        def cancelled(view, now):
+            plan = Plan()
+            for i, entry in enumerate(view.entries):
+                if entry is not None and entry.status == Status.PENDING.value:
+                    job = view.job(i)
+                    if job and (job_type is None or job.type == job_type):
+                        plan.changes[i] = job.evolve(status=Status.CANCELLED,
+                                                     error='Cancelled by user', finished_at=now)
+            return plan if plan.changes else None
+
+        plan = self.rewrite_hot(cancelled)
+        return [job.id for job in plan.changes.values()] if plan else []
+
+    def paused_types(self):
+        return self.paused.words()
+
+    def set_paused(self, job_type, paused):
+        self.paused.update(add=[job_type] if paused else [], remove=[] if paused else [job_type])
+
     # -- work -------------------------------------------------------------------------
-    def work(self, handlers, max_attempts, timeout, max_jobs, max_seconds):
-        run = Run(dict(handlers), max_attempts, timeout, liveness.current_worker(),
+    def work(self, handlers, max_attempts, timeout, max_jobs, max_seconds, on_failure=None):
+        run = Run(dict(handlers), max_attempts, timeout, liveness.current_worker(), on_failure,
                   jobs_left=max_jobs,
                   deadline=None if max_seconds is None else time.monotonic() + max_seconds)
         with self.state_lock:

@@ -104,7 +104,7 @@ class Queue:
         return self.backend.add(job_type, payload, payload_text, now, due, options)
 
     def process_jobs(self, handlers, max_attempts=MAX_ATTEMPTS, *, timeout=None,
-                     max_jobs=None, max_seconds=None):
+                     max_jobs=None, max_seconds=None, on_failure=None):
         """Run every due job whose type has a handler, then return counts by outcome.
 
         Returns {'completed': n, 'retried': n, 'failed': n, 'recovered': n}. A handler
@@ -115,30 +115,64 @@ class Queue:
         only in the main thread, and not inside C code that blocks signals).
         max_attempts is the default for jobs enqueued without their own.
         max_jobs and max_seconds stop it early (a job already started always finishes).
+        on_failure(job dict, exception) is called after every failed attempt (the job as
+        that attempt left it: 'pending' for a retry, else 'failed'): the place for Sentry
+        or an alert. Its own exceptions are logged and never stop the run.
+        Jobs of a paused type (pause()) are left pending.
         On SIGTERM or SIGINT the current job finishes, claimed jobs not yet started go
         back to pending, and the signal is then handled as it would have been (a second
         SIGINT interrupts the running job at once).
         """
-        self._check_work(handlers, max_attempts, timeout, max_jobs, max_seconds)
-        return rules.outcome_counts(self.backend.work(handlers, max_attempts, timeout,
-                                                      max_jobs, max_seconds))
+        self._check_work(handlers, max_attempts, timeout, max_jobs, max_seconds, on_failure)
+        return rules.outcome_counts(self.backend.work(self._unpaused(handlers), max_attempts,
+                                                      timeout, max_jobs, max_seconds, on_failure))
 
     def run_worker(self, handlers, max_attempts=MAX_ATTEMPTS, *, timeout=None,
-                   max_jobs=None, max_seconds=None):
+                   max_jobs=None, max_seconds=None, on_failure=None):
         """A long-running worker that blocks on new jobs itself (RQ only; the file's is
-        `dbbasic-queue work --loop`); counts by outcome."""
-        self._check_work(handlers, max_attempts, timeout, max_jobs, max_seconds)
+        `dbbasic-queue work --loop`); counts by outcome. Types paused when it starts are
+        left alone until it is restarted."""
+        self._check_work(handlers, max_attempts, timeout, max_jobs, max_seconds, on_failure)
         if not self.backend.long_running_worker:
             raise QueueError('run_worker needs RQ; a file queue polls process_jobs')
-        return rules.outcome_counts(self.backend.work_forever(handlers, max_attempts, timeout,
-                                                              max_jobs, max_seconds))
+        return rules.outcome_counts(self.backend.work_forever(
+            self._unpaused(handlers), max_attempts, timeout, max_jobs, max_seconds, on_failure))
 
     @staticmethod
-    def _check_work(handlers, max_attempts, timeout, max_jobs, max_seconds):
+    def _check_work(handlers, max_attempts, timeout, max_jobs, max_seconds, on_failure):
         check_handlers(handlers, max_attempts)
         check_timeout(timeout)
         check_limit('max_jobs', max_jobs)
         check_limit('max_seconds', max_seconds)
+        if on_failure is not None and not callable(on_failure):
+            raise InvalidArgumentError(f'on_failure must be callable or None, got {on_failure!r}')
+
+    def _unpaused(self, handlers):
+        paused = self.backend.paused_types()
+        return {t: h for t, h in handlers.items() if t not in paused} if paused else handlers
+
+    # -- pause, resume, cancel all -------------------------------------------------------
+    def pause(self, job_type):
+        """Workers leave this type's jobs pending (from their next process_jobs) until
+        resume(job_type). Kept beside the queue (data/queue.paused: one type a line; on
+        RQ a Redis set), so it survives restarts."""
+        check_job_type(job_type)
+        self.backend.set_paused(job_type, True)
+
+    def resume(self, job_type):
+        """Undo pause(job_type); resuming a type that is not paused does nothing."""
+        check_job_type(job_type)
+        self.backend.set_paused(job_type, False)
+
+    def paused_types(self):
+        """The paused job types, sorted."""
+        return sorted(self.backend.paused_types())
+
+    def cancel_jobs(self, job_type=None):
+        """Cancel every pending job (of job_type, if given) at once; returns their ids."""
+        if job_type is not None:
+            check_job_type(job_type)
+        return self.backend.cancel_pending(job_type)
 
     def get_job(self, job_id):
         """The job as a dict (payload and result decoded), or None if there is no such id.
@@ -174,7 +208,8 @@ class Queue:
         return chosen if limit is None else chosen[:limit]
 
     def stats(self):
-        """Counts by status and by type, oldest pending age, next due time, live workers."""
+        """Counts by status and by type, oldest pending age, next due time, live workers,
+        paused types."""
         now = self._clock()
         by_status = dict.fromkeys(STATUS_WORDS, 0)
         by_type = {}
@@ -191,6 +226,7 @@ class Queue:
             'oldest_pending_seconds': None if oldest_created is None else max(0, now - oldest_created),
             'next_due_at': None if next_due is None else number(next_due),
             'workers': self.backend.workers(),
+            'paused': self.paused_types(),
         }
 
     def read_rows(self):
@@ -299,9 +335,10 @@ def enqueue(job_type, payload, run_at=None, **options):
     return default_queue().enqueue(job_type, payload, run_at, **options)
 
 
-def process_jobs(handlers, max_attempts=MAX_ATTEMPTS, **limits):
-    """Run the due jobs of the default queue; returns counts by outcome."""
-    return default_queue().process_jobs(handlers, max_attempts, **limits)
+def process_jobs(handlers, max_attempts=MAX_ATTEMPTS, **options):
+    """Run the due jobs of the default queue; returns counts by outcome. See
+    Queue.process_jobs for the options (timeout, max_jobs, max_seconds, on_failure)."""
+    return default_queue().process_jobs(handlers, max_attempts, **options)
 
 
 def get_job(job_id):

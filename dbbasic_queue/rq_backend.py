@@ -53,6 +53,7 @@ log = logging.getLogger('dbbasic_queue')
 QUEUE_PREFIX = 'dbbasic:'                  # RQ queue of a job type: dbbasic:<type>
 TYPES_KEY = 'dbbasic_queue:types'          # every job type ever enqueued (for stats, list)
 UNIQUE_KEY_PREFIX = 'dbbasic_queue:unique:'
+PAUSED_KEY = 'dbbasic_queue:paused'        # the job types workers leave alone for now
 UNIQUE_CLAIM_GRACE_SECONDS = 60            # a unique key set, its job not yet saved
 KEEP_FOREVER = -1                          # results and failures stay until purge
 LEASE_SECONDS = 60                         # a dead worker's job is recovered this long after
@@ -92,7 +93,7 @@ def dispatch(job_type, payload):
         job.retries_left, 1)
     handler = run['handlers'][job_type]
     started = time.perf_counter()
-    result, error = rules.attempt(lambda: handler(payload),
+    result, error, exc = rules.attempt(lambda: handler(payload),
                                   job.meta.get('timeout') or run['timeout'],
                                   (job.id, job_type, attempts, max_attempts))
     if error or job.meta.get('error'):
@@ -104,6 +105,10 @@ def dispatch(job_type, payload):
     rules.log_outcome(job.id, job_type, word, time.perf_counter() - started, attempts,
                       max_attempts)
     if error:
+        rules.report_failure(run['on_failure'], Job(
+            job.id, job_type, json.dumps(payload, ensure_ascii=False),
+            Status.PENDING if job.retries_left else Status.FAILED, job.meta.get('created_at', 0),
+            job.meta.get('run_at') or 0.0, attempts, one_line(error)), exc)
         raise AttemptFailed(error)
     return json.loads(result_json(result, job))
 
@@ -204,21 +209,35 @@ class RedisBackend(Backend):
                 return False  # a worker took it meanwhile
         return True
 
-    def work(self, handlers, max_attempts, timeout, max_jobs, max_seconds):
+    def cancel_pending(self, job_type):
+        """Each pending job (of job_type) by cancel: atomically, one at a time."""
+        return [job.id for job in self.jobs() if job.status is Status.PENDING
+                and (job_type is None or job.type == job_type) and self.cancel(job.id)]
+
+    def paused_types(self):
+        return frozenset(t.decode() for t in self.redis.smembers(PAUSED_KEY))
+
+    def set_paused(self, job_type, paused):
+        (self.redis.sadd if paused else self.redis.srem)(PAUSED_KEY, job_type)
+
+    def work(self, handlers, max_attempts, timeout, max_jobs, max_seconds, on_failure=None):
         """An RQ worker in burst mode: it drains what is due and returns (cron keeps working)."""
-        return self._work(handlers, max_attempts, timeout, max_jobs, max_seconds, burst=True)
+        return self._work(handlers, max_attempts, timeout, max_jobs, max_seconds, on_failure,
+                          burst=True)
 
-    def work_forever(self, handlers, max_attempts, timeout, max_jobs, max_seconds):
+    def work_forever(self, handlers, max_attempts, timeout, max_jobs, max_seconds,
+                     on_failure=None):
         """A long-lived RQ worker (with its scheduler) for these types, until stopped."""
-        return self._work(handlers, max_attempts, timeout, max_jobs, max_seconds, burst=False)
+        return self._work(handlers, max_attempts, timeout, max_jobs, max_seconds, on_failure,
+                          burst=False)
 
-    def _work(self, handlers, max_attempts, timeout, max_jobs, max_seconds, burst):
+    def _work(self, handlers, max_attempts, timeout, max_jobs, max_seconds, on_failure, burst):
         summary = Counter()
         if not handlers or max_jobs == 0:
             return summary   # an RQ worker with no queues would listen to the default one
         _current.run = {'handlers': dict(handlers), 'max_attempts': max_attempts,
                         'timeout': timeout, 'backoff_base': self.backoff_base_seconds,
-                        'summary': summary}
+                        'summary': summary, 'on_failure': on_failure}
         worker = _Worker([self._rq(t) for t in handlers], connection=self.redis,
                          serializer=JSONSerializer)
         worker.lease_seconds = max(1, math.ceil(self.lease_seconds))

@@ -21,28 +21,42 @@ OUTCOMES = ('completed', 'retried', 'failed', 'recovered')
 
 def attempt(call, timeout, described, interrupted=None):
     """Run call() (a handler given its payload) once, within timeout seconds (None: no
-    limit). Returns (its result, '') or (None, the error text).
+    limit). Returns (its result, '', None) or (None, the error text, the exception).
 
     Any exception the handler raises, SystemExit and KeyboardInterrupt included, is a
-    failed attempt: logged with its traceback, returned as 'Type: message'. Only an
-    interruption of the worker itself (interrupted() true: a second Ctrl-C) propagates.
-    described is (job id, type, attempt, max_attempts), for the log, formatted only when
-    the attempt fails.
+    failed attempt: logged with its traceback, returned as 'Type: message'; a timeout is
+    a TimeoutError. Only an interruption of the worker itself (interrupted() true: a
+    second Ctrl-C) propagates. described is (job id, type, attempt, max_attempts), for
+    the log, formatted only when the attempt fails.
     """
     try:
         if not timeout:   # no timer to set: the common case, kept cheap
-            return call(), ''
+            return call(), '', None
         with time_limit(timeout):
-            return call(), ''
+            return call(), '', None
     except JobTimedOut:
-        error = f'TimeoutError: job ran longer than its timeout of {timeout:g} s'
+        exc = TimeoutError(f'job ran longer than its timeout of {timeout:g} s')
+        error = f'TimeoutError: {exc}'
         log.error('job %s (%s) failed on attempt %d of %d: %s', *described, error)
-        return None, error
+        return None, error, exc
     except BaseException as exc:
         if interrupted is not None and interrupted():
             raise
         log.exception('job %s (%s) failed on attempt %d of %d', *described)
-        return None, f'{type(exc).__name__}: {exc}'
+        return None, f'{type(exc).__name__}: {exc}', exc
+
+
+def report_failure(on_failure, job, exc):
+    """Give a failed attempt to the user's on_failure(job dict, exception) hook (where
+    Sentry or an alert plugs in). The job is as the attempt left it: 'pending' when it
+    will be retried, 'failed' when not. The hook's own errors are logged, never raised:
+    they must not break the run."""
+    if on_failure is None:
+        return
+    try:
+        on_failure(job.to_dict(), exc)
+    except Exception:
+        log.exception('the on_failure hook raised for job %s (%s)', job.id, job.type)
 
 
 def backoff_seconds(base_seconds, attempts):

@@ -599,6 +599,46 @@ class _Output:
             self.write(('\n'.join(chunk) + '\n').encode(ENCODING, DECODE_ERRORS))
 
 
+class WordsFile:
+    """A small plain-text file of words, one per line (data/queue.paused), read without
+    the lock and replaced whole under it (temp file, fsync, rename): never half-written."""
+
+    def __init__(self, path, lock):
+        self.path = Path(path)
+        self.lock = lock     # its mode is the file's mode, as for the queue's tables
+        self._cached = (None, frozenset())   # (stat version, words): polls stat, not read
+
+    def words(self):
+        st = _stat_or_none(self.path)
+        if st is None:
+            return frozenset()
+        if self._cached[0] != _version(st):
+            with storage_errors(self.path, 'read'):
+                with open(self.path, encoding=ENCODING, errors=DECODE_ERRORS) as f:
+                    words = frozenset(line.strip() for line in f if line.strip())
+            self._cached = (_version(st), words)
+        return self._cached[1]
+
+    def update(self, add=(), remove=()):
+        """Add and remove words, atomically with respect to other updates; returns the
+        words now in the file."""
+        with self.lock, storage_errors(self.path, 'write'):
+            words = (self.words() | set(add)) - set(remove)
+            fd, temp = tempfile.mkstemp(prefix=f'.{self.path.name}.', dir=self.path.parent)
+            try:
+                set_mode(fd, self.lock.mode(), self.path)
+                with os.fdopen(fd, 'w', encoding=ENCODING, errors=DECODE_ERRORS) as f:
+                    f.write(''.join(f'{word}\n' for word in sorted(words)))
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(temp, self.path)
+            except BaseException:
+                _unlink_quietly(temp)
+                raise
+            _fsync_directory(self.path.parent)
+        return words
+
+
 def make_directory(directory, file_mode=None):
     """mkdir -p; with a file_mode, directories made here get it plus the matching x bits."""
     directory = Path(directory)

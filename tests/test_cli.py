@@ -104,7 +104,9 @@ def test_work_drains_due_jobs_with_one_log_line_per_job_and_exits_0(workdir):
     ids = [cli(workdir, 'enqueue', 'send_email', json.dumps({'to': f'{n}@example.com'}),
                check_code=0).stdout.strip() for n in range(3)]
     result = cli(workdir, 'work', 'handlers:HANDLERS', check_code=0)
-    lines = result.stderr.splitlines()
+    working, *lines = result.stderr.splitlines()
+    assert (f"INFO working {workdir / 'data' / 'queue.tsv'} with handlers:HANDLERS "
+            f"(broken, send_email, slow)") in working
     assert len(lines) == 3
     for job_id, line in zip(ids, lines):
         assert f'INFO {job_id} send_email completed' in line and 'attempt 1/3' in line

@@ -1,16 +1,22 @@
-"""The real clients, unchanged from PyPI: dbbasic-cli, dbbasic-email, dbbasic-admin;
-and every example, run as a user would run it."""
+"""The real clients, unchanged from PyPI: dbbasic-cli, dbbasic-email, dbbasic-admin,
+dbbasic-web; and every example, run as a user would run it."""
 
+import json
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
 from dbbasic_queue import Queue
-from tests.conftest import REPO, SUBPROCESS_TIMEOUT_SECONDS, python_env
+from tests.conftest import REPO, SUBPROCESS_TIMEOUT_SECONDS, python_env, spawn, wait_all
+
+needs_dbbasic_web = pytest.mark.skipif(sys.version_info < (3, 10),
+                                       reason='dbbasic-web and dbbasic-admin need Python 3.10+')
 
 
 def test_dbbasic_cli_discovers_the_queue_commands(tmp_path):
@@ -84,6 +90,7 @@ def test_read_tsv_shim_gives_every_job_as_nine_columns(tmp_path, monkeypatch):
     assert sorted((row[0], row[3]) for row in rows) == sorted([(done, 'completed'), (waiting, 'pending')])
 
 
+@needs_dbbasic_web
 def test_dbbasic_admin_lists_the_queue_files_with_their_rows(tmp_path, monkeypatch):
     from dbbasic_admin.discover import discover_tsv_tables, read_tsv_data
     monkeypatch.chdir(tmp_path)
@@ -121,3 +128,57 @@ def test_the_cron_worker_example_drains_the_default_queue(tmp_path):
     assert result.returncode == 0, result.stderr
     assert f'{job_id} send_email completed' in result.stderr
     assert queue.get_job(job_id)['result']['to'] == 'a@example.com'
+
+
+@needs_dbbasic_web
+def test_dbbasic_web_enqueues_and_its_worker_command_runs_the_job(tmp_path):
+    project = tmp_path / 'site'
+    (project / 'api').mkdir(parents=True)      # dbbasic-web's sign of a project directory
+    data = tmp_path / '_data'                  # its DATA_DIR: beside the project
+    run = lambda *args: subprocess.run(args, cwd=project, capture_output=True, text=True,
+                                       env=python_env(), timeout=SUBPROCESS_TIMEOUT_SECONDS)
+    enqueued = run(sys.executable, '-c', 'from dbbasic_web.jobs import enqueue; '
+                   'print(enqueue("write_flatfile", relpath="notes.txt", content="hi"))')
+    assert enqueued.returncode == 0, enqueued.stderr
+    job_id = enqueued.stdout.strip()
+    worker = subprocess.Popen([shutil.which('dbbasic-web'), 'worker'], cwd=project,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env=python_env())
+    try:
+        deadline = time.monotonic() + SUBPROCESS_TIMEOUT_SECONDS
+        while not (data / 'notes.txt').exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        worker.send_signal(signal.SIGINT)
+        out, err = worker.communicate(timeout=SUBPROCESS_TIMEOUT_SECONDS)
+    assert 'Starting job worker' in out and 'Could not import' not in out, out + err
+    assert (data / 'notes.txt').read_text() == 'hi'
+    listed = run(shutil.which('dbbasic-queue'), 'list', '--json', '--queue', str(data / 'jobs.tsv'))
+    assert listed.returncode == 0, listed.stderr
+    [job] = json.loads(listed.stdout)
+    assert job['id'] == job_id and job['status'] == 'completed'
+    assert job['payload'] == {'task': 'write_flatfile',
+                              'args': {'relpath': 'notes.txt', 'content': 'hi'}}
+
+
+def test_push_pop_hands_each_payload_to_exactly_one_of_several_processes(tmp_path):
+    from dbbasic.queue import Queue as PushPopQueue
+    path = tmp_path / 'jobs.tsv'
+    pushed = PushPopQueue(path)
+    for n in range(200):
+        pushed.push({'n': n})
+    Queue(path).enqueue('send_email', {'to': 'a@example.com'})   # not a pushed job: left alone
+    popper = """
+        import json, sys
+        from dbbasic.queue import Queue
+        queue, popped = Queue(sys.argv[1]), []
+        while (payload := queue.pop()) is not None:
+            popped.append(payload['n'])
+        print(json.dumps(popped))
+    """
+    results = wait_all([spawn(popper, path) for _ in range(4)])
+    assert all(code == 0 for code, _, _ in results), [err for _, _, err in results]
+    popped = [n for _, out, _ in results for n in json.loads(out)]
+    assert sorted(popped) == list(range(200))
+    assert pushed.pop() is None and len(pushed) == 0
+    assert Queue(path).stats()['by_type']['send_email']['pending'] == 1

@@ -8,7 +8,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / 'dbbasic_queue'
 
 # Each module may import only modules of earlier layers.
 LAYERS = [
-    {'errors', 'liveness'},
+    {'errors', 'liveness', 'version'},
     {'job', 'signals', 'storage'},
     {'validate', 'rules', 'scan', 'editing', 'backend'},
     {'claims'},
