@@ -32,7 +32,8 @@ def main():
     controller = Controller(Collect(), hostname='127.0.0.1', port=port)
     controller.start()
     os.environ.update(SMTP_HOST='127.0.0.1', SMTP_PORT=str(port))
-    os.chdir(tempfile.mkdtemp(prefix='dbbasic-queue-email-'))
+    home, directory = os.getcwd(), tempfile.TemporaryDirectory(prefix='dbbasic-queue-email-')
+    os.chdir(directory.name)
     try:
         import dbbasic_email  # reads SMTP_HOST/SMTP_PORT when imported
         from dbbasic_email.cli import queue_command
@@ -46,6 +47,8 @@ def main():
         queue_command([])
     finally:
         controller.stop()
+        os.chdir(home)
+        directory.cleanup()
 
 
 if __name__ == '__main__':

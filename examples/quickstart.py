@@ -1,6 +1,6 @@
 """Quickstart: queue a few jobs, work them, show their status and the file itself.
 
-Runs in a fresh temporary directory, so it leaves nothing behind in yours:
+Runs in a temporary directory that it removes at the end, so it leaves nothing behind:
     python examples/quickstart.py
 """
 
@@ -23,11 +23,30 @@ def build_report(payload):
     return {'rows': 42}
 
 
+class WithoutTraceback(logging.Formatter):
+    """One line per record: the failure below is on purpose, its traceback only noise."""
+
+    def formatException(self, exc_info):
+        return ''
+
+
 def main():
     # The library logs to 'dbbasic_queue' and configures nothing; the app chooses.
-    logging.basicConfig(level=logging.WARNING, format='%(levelname)s %(name)s: %(message)s')
-    os.chdir(tempfile.mkdtemp(prefix='dbbasic-queue-quickstart-'))
-    print(f'working in {os.getcwd()}\n')
+    handler = logging.StreamHandler()
+    handler.setFormatter(WithoutTraceback('log: %(levelname)s %(message)s'))
+    logging.basicConfig(level=logging.WARNING, handlers=[handler])
+    home = os.getcwd()
+    with tempfile.TemporaryDirectory(prefix='dbbasic-queue-quickstart-') as directory:
+        os.chdir(directory)
+        try:
+            demo()
+        finally:
+            os.chdir(home)
+
+
+def demo():
+    print(f'working in {os.getcwd()} (removed at the end)')
+    print('one report asks for month 13: it fails on purpose, to show a retry\n')
 
     welcome = enqueue('send_email', {'to': 'user@example.com', 'subject': 'Welcome',
                                      'body': 'Thanks for signing up!'})

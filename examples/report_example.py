@@ -22,9 +22,16 @@ class Clock:
 
 
 def main():
-    logging.basicConfig(level=logging.WARNING, format='%(levelname)s %(message)s')
+    # One line per failure: the export fails once on purpose, its traceback is noise here.
+    logging.basicConfig(level=logging.WARNING, format='log: %(levelname)s %(message)s')
+    logging.getLogger().handlers[0].formatter.formatException = lambda exc_info: ''
+    with tempfile.TemporaryDirectory(prefix='dbbasic-queue-report-') as directory:
+        demo(Path(directory))
+
+
+def demo(directory):
     clock = Clock(1_800_000_000.0)
-    queue = Queue(Path(tempfile.mkdtemp()) / 'reports.tsv', clock=clock, backoff_base_seconds=1)
+    queue = Queue(directory / 'reports.tsv', clock=clock, backoff_base_seconds=1)
     calls = {'flaky': 0}
 
     def nightly_report(payload):

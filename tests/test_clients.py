@@ -111,12 +111,16 @@ def test_dbbasic_admin_lists_the_queue_files_with_their_rows(tmp_path, monkeypat
     ('email_example.py', 'status: completed | the SMTP sink received 1 message(s)'),
 ])
 def test_each_example_runs(example, expected, tmp_path):
+    temp = tmp_path / 'tmp'
+    temp.mkdir()
     result = subprocess.run([sys.executable, str(REPO / 'examples' / example)], cwd=tmp_path,
-                            capture_output=True, text=True, env=python_env(),
+                            capture_output=True, text=True, env=python_env({'TMPDIR': str(temp)}),
                             timeout=SUBPROCESS_TIMEOUT_SECONDS)
     assert result.returncode == 0, result.stderr
     assert expected in result.stdout
-    assert not (tmp_path / 'data').exists()  # examples work in their own temp directory
+    assert 'Traceback' not in result.stderr    # a deliberate failure must not read as a crash
+    assert not (tmp_path / 'data').exists()  # examples work in their own temp directory ...
+    assert list(temp.iterdir()) == []         # ... and remove it
 
 
 def test_the_cron_worker_example_drains_the_default_queue(tmp_path):
