@@ -4,6 +4,7 @@ runs it: real subprocesses of the command line, dbbasic-cli, cron's empty enviro
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -13,7 +14,7 @@ import pytest
 import dbbasic_queue
 from dbbasic_queue import Queue
 from dbbasic_queue.cli import HOW_TO_CONFIGURE, build_parser
-from tests.conftest import SUBPROCESS_TIMEOUT_SECONDS, python_env
+from tests.conftest import REPO, SUBPROCESS_TIMEOUT_SECONDS, python_env
 from tests.test_cli import HANDLERS, cli
 
 
@@ -288,3 +289,33 @@ def test_on_failure_gets_a_timeout_as_a_timeout_error(queue):
                        on_failure=lambda job, exc: seen.append((job['status'], exc)))
     [(status, exc)] = seen
     assert status == 'failed' and isinstance(exc, TimeoutError)
+
+
+# -- 13: the README's examples run as written ---------------------------------------------------
+README = (REPO / 'README.md').read_text()
+
+
+def readme_block(first_line):
+    """The README's fenced code block that begins with first_line."""
+    for block in re.findall(r'```\w*\n(.*?)```', README, re.S):
+        if block.startswith(first_line):
+            return block
+    raise AssertionError(f'no block starting {first_line!r} in the README')
+
+
+def test_the_quick_start_worker_is_the_example_that_the_tests_run_and_names_its_handlers():
+    block = readme_block('# workers/queue_worker.py')
+    assert block in (REPO / 'examples' / 'workers' / 'queue_worker.py').read_text()
+    assert 'HANDLERS = ' in block and 'logging.basicConfig(level=logging.INFO' in block
+    assert 'workers.queue_worker:HANDLERS' in readme_block('$ cd /app && dbbasic-queue crontab')
+
+
+def test_the_transcripts_handlers_module_gives_the_transcripts_outcomes(workdir):
+    (workdir / 'handlers.py').write_text(readme_block('# handlers.py'))
+    mail = cli(workdir, 'enqueue', 'send_email', '{"to": "user@example.com"}').stdout.strip()
+    report = cli(workdir, 'enqueue', 'build_report', '-', '--max-attempts', '1',
+                 stdin='{"month": "2026-11"}').stdout.strip()
+    cli(workdir, 'work', 'handlers:HANDLERS', check_code=0)
+    assert queue_in(workdir).get_job(mail)['status'] == 'completed'
+    failed = json.loads(cli(workdir, 'list', '--status', 'failed', '--json').stdout)
+    assert [(j['id'], j['error']) for j in failed] == [(report, 'RuntimeError: warehouse is down')]
