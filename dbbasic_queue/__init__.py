@@ -5,7 +5,7 @@ See dbbasic_queue.queue for the manual.
 
 from .errors import (EditConflict, InvalidArgumentError, InvalidJobError, JobNotFound,
                      JobTimedOut, QueueError, StorageError)
-from .job import COLUMNS, Job, Status
+from .job import COLUMNS, Job, JobDetails, JobDict, Status
 from .queue import (ENV_VAR, Queue, cancel_job, default_queue, enqueue, get_job,
                     process_jobs)
 from .version import __version__
@@ -14,7 +14,7 @@ from .version import __version__
 __all__ = ['enqueue', 'process_jobs', 'get_job', 'cancel_job', 'Queue', 'Job', 'Status',
            'COLUMNS', 'ENV_VAR', 'QueueError', 'InvalidJobError', 'StorageError', 'JobTimedOut',
            'EditConflict', 'InvalidArgumentError', 'JobNotFound',
-           'default_queue']
+           'default_queue', 'JobDict', 'JobDetails', '__version__']
 
 
 def _read_tsv():

@@ -30,7 +30,7 @@ from .version import __version__
 try:
     import tomllib
 except ImportError:     # Python < 3.11: the one setting we read is found by a pattern
-    tomllib = None
+    tomllib = None  # type: ignore[assignment]
 
 log = logging.getLogger('dbbasic_queue')
 

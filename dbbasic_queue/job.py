@@ -14,6 +14,7 @@ import math
 import operator
 import os
 from dataclasses import dataclass, fields
+from typing import Any, Optional, TypedDict, Union
 
 from .errors import StorageError
 
@@ -65,6 +66,33 @@ class UnparsableLine(ValueError):
     """A line that is not a job (a hand edit); it is kept verbatim, never dropped."""
 
 
+Number = Union[int, float]
+
+
+class JobDict(TypedDict):
+    """A job as get_job returns it: payload and result decoded, times in Unix seconds."""
+    id: str
+    type: str
+    payload: Any
+    status: str                 # pending processing completed failed cancelled migrated
+    created_at: int
+    run_at: Number
+    attempts: int
+    error: Optional[str]
+    result: Any
+
+
+class JobDetails(JobDict):
+    """A job as list_jobs returns it: every column (None where unset)."""
+    worker: Optional[str]
+    claimed_at: Optional[Number]
+    finished_at: Optional[Number]
+    unique_key: Optional[str]
+    timeout: Optional[Number]
+    max_attempts: Optional[int]
+    priority: int
+
+
 @dataclass
 class Job:
     """One job. payload_json and result_json hold the stored JSON text."""
@@ -93,12 +121,12 @@ class Job:
     def result(self):
         return json.loads(self.result_json) if self.result_json else None
 
-    def to_dict(self, full=False):
+    def to_dict(self, full: bool = False) -> JobDict:
         """The public view returned by get_job (payload and result decoded).
 
-        full=True adds worker, claimed_at and finished_at (None when unset).
+        full=True adds the other columns (JobDetails), None when unset.
         """
-        view = {
+        view: Any = {
             'id': self.id, 'type': self.type, 'payload': self.payload,
             'status': self.status.value, 'created_at': self.created_at,
             'run_at': number(self.run_at), 'attempts': self.attempts,

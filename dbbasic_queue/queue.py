@@ -21,14 +21,19 @@ data/queue.done.tsv for finished ones), rq_backend.py for a redis:// location. W
 attempt does, on both, is rules.py. The README's "What is guaranteed" says what holds.
 """
 
+from __future__ import annotations
+
 import os
 import time
+from collections.abc import Callable, Iterable, Mapping
+from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any, Union
 
 from . import rules
 from .errors import InvalidArgumentError, JobNotFound, QueueError
 from .file_backend import FileBackend
-from .job import FINAL_STATUSES, Status, format_line, number, split_line
+from .job import FINAL_STATUSES, Job, JobDetails, JobDict, Status, format_line, number, split_line
 from .validate import (check_file_mode, check_handlers, check_job_type, check_limit,
                        check_timeout, job_options, payload_json, run_at_from)
 
@@ -40,24 +45,29 @@ LEASE_SECONDS = 3600            # a file claim from another host is trusted this
 STATUS_WORDS = tuple(status.value for status in Status)
 FINAL_WORDS = tuple(sorted(status.value for status in FINAL_STATUSES))
 
+Handlers = Mapping[str, Callable[[Any], Any]]             # job type -> fn(payload) -> result
+OnFailure = Callable[[JobDict, BaseException], object]    # fn(job, exception), after a failure
+Location = Union[str, 'os.PathLike[str]']                 # a .tsv path or a redis:// URL
 
-def is_redis_url(location):
+
+def is_redis_url(location: Location) -> bool:
     return str(location).startswith(('redis://', 'rediss://', 'unix://'))
 
 
 class Queue:
     """A job queue: in one TSV file (plus its archive), or on RQ for a redis:// URL."""
 
-    def __init__(self, location=DEFAULT_PATH, *, clock=time.time,
-                 backoff_base_seconds=rules.BACKOFF_BASE_SECONDS, lease_seconds=None,
-                 file_mode=None):
+    def __init__(self, location: Location = DEFAULT_PATH, *,
+                 clock: Callable[[], float] = time.time,
+                 backoff_base_seconds: float = rules.BACKOFF_BASE_SECONDS,
+                 lease_seconds: float | None = None, file_mode: int | str | None = None):
         """lease_seconds: file: how long a claim from another host is trusted (default
         3600: above your longest job); RQ: how long after a worker's last heartbeat its
         job is recovered (default 60). file_mode: the permission bits of the files this
         queue creates, e.g. 0o660 to share it with a group (default $DBBASIC_QUEUE_MODE,
         else 0666 less the umask). Existing files keep their mode."""
         self._clock = clock
-        self._valid_types = set()
+        self._valid_types: set[str] = set()
         if is_redis_url(location):
             self.backend = _redis_backend(str(location), clock, backoff_base_seconds,
                                           lease_seconds)
@@ -72,17 +82,19 @@ class Queue:
         self.path = self.backend.path
         self.lease_seconds = self.backend.lease_seconds
 
-    def backoff_seconds(self, attempts):
+    def backoff_seconds(self, attempts: int) -> float:
         """The delay before retry number `attempts` (rules.backoff_seconds)."""
         return rules.backoff_seconds(self.backend.backoff_base_seconds, attempts)
 
     @property
-    def archive_path(self):
+    def archive_path(self) -> Path:
         return self._file_backend('the archive').archive.path
 
     # -- the four calls --------------------------------------------------------------
-    def enqueue(self, job_type, payload, run_at=None, *, delay=None, priority=0,
-                unique_key=None, timeout=None, max_attempts=None):
+    def enqueue(self, job_type: str, payload: Any, run_at: float | datetime | None = None, *,
+                delay: float | timedelta | None = None, priority: int = 0,
+                unique_key: str | None = None, timeout: float | None = None,
+                max_attempts: int | None = None) -> str:
         """Add a job and return its id; raises InvalidJobError (writing nothing) on bad input.
 
         run_at: Unix seconds or a datetime; or delay: seconds or a timedelta from now.
@@ -103,8 +115,10 @@ class Queue:
             options = job_options(priority, unique_key, timeout, max_attempts)
         return self.backend.add(job_type, payload, payload_text, now, due, options)
 
-    def process_jobs(self, handlers, max_attempts=MAX_ATTEMPTS, *, timeout=None,
-                     max_jobs=None, max_seconds=None, on_failure=None):
+    def process_jobs(self, handlers: Handlers, max_attempts: int = MAX_ATTEMPTS, *,
+                     timeout: float | None = None, max_jobs: int | None = None,
+                     max_seconds: float | None = None,
+                     on_failure: OnFailure | None = None) -> dict[str, int]:
         """Run every due job whose type has a handler, then return counts by outcome.
 
         Returns {'completed': n, 'retried': n, 'failed': n, 'recovered': n}. A handler
@@ -127,8 +141,10 @@ class Queue:
         return rules.outcome_counts(self.backend.work(self._unpaused(handlers), max_attempts,
                                                       timeout, max_jobs, max_seconds, on_failure))
 
-    def run_worker(self, handlers, max_attempts=MAX_ATTEMPTS, *, timeout=None,
-                   max_jobs=None, max_seconds=None, on_failure=None):
+    def run_worker(self, handlers: Handlers, max_attempts: int = MAX_ATTEMPTS, *,
+                   timeout: float | None = None, max_jobs: int | None = None,
+                   max_seconds: float | None = None,
+                   on_failure: OnFailure | None = None) -> dict[str, int]:
         """A long-running worker that blocks on new jobs itself (RQ only; the file's is
         `dbbasic-queue work --loop`); counts by outcome. Types paused when it starts are
         left alone until it is restarted."""
@@ -152,29 +168,29 @@ class Queue:
         return {t: h for t, h in handlers.items() if t not in paused} if paused else handlers
 
     # -- pause, resume, cancel all -------------------------------------------------------
-    def pause(self, job_type):
+    def pause(self, job_type: str) -> None:
         """Workers leave this type's jobs pending (from their next process_jobs) until
         resume(job_type). Kept beside the queue (data/queue.paused: one type a line; on
         RQ a Redis set), so it survives restarts."""
         check_job_type(job_type)
         self.backend.set_paused(job_type, True)
 
-    def resume(self, job_type):
+    def resume(self, job_type: str) -> None:
         """Undo pause(job_type); resuming a type that is not paused does nothing."""
         check_job_type(job_type)
         self.backend.set_paused(job_type, False)
 
-    def paused_types(self):
+    def paused_types(self) -> list[str]:
         """The paused job types, sorted."""
         return sorted(self.backend.paused_types())
 
-    def cancel_jobs(self, job_type=None):
+    def cancel_jobs(self, job_type: str | None = None) -> list[str]:
         """Cancel every pending job (of job_type, if given) at once; returns their ids."""
         if job_type is not None:
             check_job_type(job_type)
         return self.backend.cancel_pending(job_type)
 
-    def get_job(self, job_id):
+    def get_job(self, job_id: str) -> JobDict | None:
         """The job as a dict (payload and result decoded), or None if there is no such id.
 
         Reads the storage each time, so it sees what any other process wrote.
@@ -182,37 +198,38 @@ class Queue:
         job = self.find_job(job_id)
         return job.to_dict() if job else None
 
-    def find_job(self, job_id):
+    def find_job(self, job_id: str) -> Job | None:
         """The Job (every column) with this id, or None."""
         if not _plausible_id(job_id):
             return None
         return self.backend.find(job_id)
 
-    def cancel_job(self, job_id):
+    def cancel_job(self, job_id: str) -> bool:
         """True if the job was pending and is now cancelled (it will never run), else False."""
         return _plausible_id(job_id) and self.backend.cancel(job_id)
 
     # -- inspection --------------------------------------------------------------------
-    def jobs(self):
+    def jobs(self) -> list[Job]:
         """Every job (pending to finished) as Jobs, each once."""
         return self.backend.jobs()
 
-    def list_jobs(self, status=None, job_type=None, limit=None):
+    def list_jobs(self, status: str | None = None, job_type: str | None = None,
+                  limit: int | None = None) -> list[JobDetails]:
         """Jobs as get_job dicts with the extra columns, filtered, in storage order."""
         if status is not None and status not in STATUS_WORDS:
             raise InvalidArgumentError(f'status must be one of {", ".join(STATUS_WORDS)}, '
                                        f'got {status!r}')
-        chosen = [job.to_dict(full=True) for job in self.jobs()
+        chosen: list[Any] = [job.to_dict(full=True) for job in self.jobs()
                   if (status is None or job.status.value == status)
                   and (job_type is None or job.type == job_type)]
         return chosen if limit is None else chosen[:limit]
 
-    def stats(self):
+    def stats(self) -> dict[str, Any]:
         """Counts by status and by type, oldest pending age, next due time, live workers,
         paused types."""
         now = self._clock()
         by_status = dict.fromkeys(STATUS_WORDS, 0)
-        by_type = {}
+        by_type: dict[str, dict[str, int]] = {}
         oldest_created, next_due = None, None
         for job in self.jobs():
             by_status[job.status.value] += 1
@@ -229,12 +246,13 @@ class Queue:
             'paused': self.paused_types(),
         }
 
-    def read_rows(self):
+    def read_rows(self) -> list[list[str]]:
         """Every job as a list of str in COLUMNS order (what _read_tsv returns)."""
         return [split_line(format_line(job)) for job in self.jobs()]
 
     # -- maintenance -------------------------------------------------------------------
-    def retry(self, job_id=None, *, failed=False, job_type=None):
+    def retry(self, job_id: str | None = None, *, failed: bool = False,
+              job_type: str | None = None) -> list[str]:
         """Make failed or cancelled jobs pending again, with fresh attempts; returns their ids.
 
         Either one job_id, or failed=True for every failed job (of job_type, if given).
@@ -253,7 +271,8 @@ class Queue:
         raise InvalidArgumentError(f'job {job_id} is {refused.status.value}: only failed and '
                                    f'cancelled jobs can be retried')
 
-    def purge(self, statuses, older_than_seconds=None, dry_run=False, *, keep=None):
+    def purge(self, statuses: Iterable[str], older_than_seconds: float | None = None,
+              dry_run: bool = False, *, keep: int | None = None) -> list[str]:
         """Delete finished jobs of these statuses; returns their ids.
 
         A job goes if it finished more than older_than_seconds ago, or if it is not among
@@ -273,24 +292,24 @@ class Queue:
         return self.backend.purge(
             lambda jobs: rules.chosen_for_purge(jobs, statuses, cutoff, keep), dry_run)
 
-    def check(self):
+    def check(self) -> list[str]:
         """Problems found in the storage, as one-line descriptions (empty: all is well)."""
         return self.backend.check(self._clock())
 
-    def mark_migrated(self, job_ids):
+    def mark_migrated(self, job_ids: Iterable[str]) -> None:
         """Mark these pending and failed jobs 'migrated' (migrate calls it once RQ has them)."""
         self._file_backend('migrate').mark_migrated(job_ids)
 
     # -- hand edits (the file only): dbbasic-queue edit ------------------------------------
-    def read_for_edit(self):
+    def read_for_edit(self) -> str:
         """The hot file's text, one consistent version, read under the lock."""
         return self._file_backend('edit').read_for_edit()
 
-    def check_edit(self, text):
+    def check_edit(self, text: str) -> list[str]:
         """Problems in an edited text, one per line with its line number (empty: fine)."""
         return self._file_backend('edit').check_edit(text)
 
-    def save_edit(self, original, edited):
+    def save_edit(self, original: str, edited: str) -> int:
         """Commit an edited text, merged by job id with the file as it is now; returns how
         many lines the edit changed. A job changed both in the edit and by a worker (or
         finished meanwhile) raises EditConflict and nothing is saved."""
@@ -320,7 +339,7 @@ def _redis_backend(url, clock, backoff_base_seconds, lease_seconds):
 _default = None
 
 
-def default_queue():
+def default_queue() -> Queue:
     """The Queue at $DBBASIC_QUEUE, else data/queue.tsv under the current directory."""
     global _default
     location = os.environ.get(ENV_VAR) or DEFAULT_PATH
@@ -330,22 +349,24 @@ def default_queue():
     return _default[1]
 
 
-def enqueue(job_type, payload, run_at=None, **options):
+def enqueue(job_type: str, payload: Any, run_at: float | datetime | None = None,
+            **options: Any) -> str:
     """Add a job to the default queue; returns its id (16 hex chars). See Queue.enqueue."""
     return default_queue().enqueue(job_type, payload, run_at, **options)
 
 
-def process_jobs(handlers, max_attempts=MAX_ATTEMPTS, **options):
+def process_jobs(handlers: Handlers, max_attempts: int = MAX_ATTEMPTS,
+                 **options: Any) -> dict[str, int]:
     """Run the due jobs of the default queue; returns counts by outcome. See
     Queue.process_jobs for the options (timeout, max_jobs, max_seconds, on_failure)."""
     return default_queue().process_jobs(handlers, max_attempts, **options)
 
 
-def get_job(job_id):
+def get_job(job_id: str) -> JobDict | None:
     """The job from the default queue as a dict, or None."""
     return default_queue().get_job(job_id)
 
 
-def cancel_job(job_id):
+def cancel_job(job_id: str) -> bool:
     """Cancel a pending job of the default queue; True if it was pending."""
     return default_queue().cancel_job(job_id)

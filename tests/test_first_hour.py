@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import sys
+import textwrap
 
 import pytest
 
@@ -319,3 +320,25 @@ def test_the_transcripts_handlers_module_gives_the_transcripts_outcomes(workdir)
     assert queue_in(workdir).get_job(mail)['status'] == 'completed'
     failed = json.loads(cli(workdir, 'list', '--status', 'failed', '--json').stdout)
     assert [(j['id'], j['error']) for j in failed] == [(report, 'RuntimeError: warehouse is down')]
+
+
+# -- 3: type hints a checker sees ------------------------------------------------------------
+def test_the_public_api_is_typed_for_a_type_checker(tmp_path):
+    snippet = tmp_path / 'app.py'
+    snippet.write_text(textwrap.dedent('''
+        from dbbasic_queue import JobDict, Queue, enqueue, get_job
+        job_id: str = enqueue('send_email', {'to': 'a@example.com'})
+        job = get_job(job_id)
+        if job is not None:
+            status: str = job['status']
+        wrong: int = Queue('data/queue.tsv').get_job(job_id)
+        enqueue(42, {})
+    '''))
+    result = subprocess.run([sys.executable, '-m', 'mypy', '--no-incremental', str(snippet)],
+                            cwd=REPO, capture_output=True, text=True,
+                            timeout=SUBPROCESS_TIMEOUT_SECONDS * 3)
+    errors = [line for line in result.stdout.splitlines() if ': error:' in line]
+    assert len(errors) == 2, result.stdout
+    assert 'JobDict' in errors[0] and 'variable has type "int"' in errors[0]
+    assert 'Argument 1 to "enqueue" has incompatible type "int"' in errors[1]
+    assert (REPO / 'dbbasic_queue' / 'py.typed').exists()
