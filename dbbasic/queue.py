@@ -14,7 +14,7 @@ dbbasic-tsv ships the `dbbasic` package; this one module of dbbasic-queue's whee
 beside it there (no __init__.py of ours).
 """
 
-from dbbasic_queue import Queue as _FileOrRedisQueue
+from dbbasic_queue import Queue as _FileOrRedisQueue, Status
 from dbbasic_queue.queue import DEFAULT_PATH
 
 PUSH_TYPE = 'push'
@@ -43,4 +43,4 @@ class Queue:
     def __len__(self):
         """How many pushed jobs are pending."""
         return sum(1 for job in self.queue.jobs()
-                   if job.type == PUSH_TYPE and job.status.value == 'pending')
+                   if job.type == PUSH_TYPE and job.status is Status.PENDING)

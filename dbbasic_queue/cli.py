@@ -19,11 +19,10 @@ import sys
 import tempfile
 import time
 from datetime import datetime
-
 from pathlib import Path
 
 from .errors import QueueError
-from .queue import DEFAULT_PATH, ENV_VAR, Queue, is_redis_url
+from .queue import DEFAULT_PATH, ENV_VAR, MAX_ATTEMPTS, Queue, is_redis_url
 from .validate import check_handlers, check_limit
 from .version import __version__
 
@@ -517,9 +516,10 @@ def cmd_crontab(queue, args):
     spec, directory = resolve_handlers(args.handlers)
     load_handlers(spec, directory)
     schedule, interval_seconds = cron_schedule(args.every)
-    location = where(queue) if queue.backend.kind == 'file' else str(queue.path)
-    log_path = args.log or (str(Path(location).with_suffix('.log'))
-                            if queue.backend.kind == 'file' else os.path.join(directory, 'queue.log'))
+    on_file = queue.backend.kind == 'file'
+    location = os.path.abspath(queue.path) if on_file else str(queue.path)
+    log_path = args.log or (Path(location).with_suffix('.log') if on_file
+                            else os.path.join(directory, 'queue.log'))
     command = this_program() + ['--queue', location, 'work', spec,
                                 '--max-seconds', f'{interval_seconds - CRON_MARGIN_SECONDS:g}']
     line = (f'cd {shlex.quote(directory)} && {shlex.join(command)} '
@@ -625,7 +625,7 @@ def build_parser():
     work.add_argument('--max-jobs', type=int, metavar='N', help='stop after N jobs')
     work.add_argument('--max-seconds', type=float, metavar='S',
                       help='stop starting jobs after S seconds')
-    work.add_argument('--max-attempts', type=int, default=3, metavar='N',
+    work.add_argument('--max-attempts', type=int, default=MAX_ATTEMPTS, metavar='N',
                       help='for jobs enqueued without their own')
     work.add_argument('--timeout', metavar='DURATION',
                       help='for jobs enqueued without their own: interrupt handlers after this')

@@ -112,8 +112,7 @@ class FileBackend(Backend):
                 return None
             if job.status is not Status.PENDING:
                 return None
-            return format_line(job.evolve(status=Status.CANCELLED, error='Cancelled by user',
-                                          finished_at=self.clock()))
+            return format_line(rules.cancelled(job, self.clock()))
 
         with self.state_lock:
             try:
@@ -130,8 +129,7 @@ class FileBackend(Backend):
                 if entry is not None and entry.status == Status.PENDING.value:
                     job = view.job(i)
                     if job and (job_type is None or job.type == job_type):
-                        plan.changes[i] = job.evolve(status=Status.CANCELLED,
-                                                     error='Cancelled by user', finished_at=now)
+                        plan.changes[i] = rules.cancelled(job, now)
             return plan if plan.changes else None
 
         plan = self.rewrite_hot(cancelled)
@@ -141,7 +139,7 @@ class FileBackend(Backend):
         return self.paused.words()
 
     def set_paused(self, job_type, paused):
-        self.paused.update(add=[job_type] if paused else [], remove=[] if paused else [job_type])
+        self.paused.set(job_type, paused)
 
     # -- work -------------------------------------------------------------------------
     def work(self, handlers, max_attempts, timeout, max_jobs, max_seconds, on_failure=None):

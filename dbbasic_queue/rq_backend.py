@@ -74,10 +74,6 @@ class AttemptFailed(Exception):
     """Raised by dispatch after a failed attempt, so that RQ records it: retried or failed."""
 
 
-def is_redis_url(location):
-    return str(location).startswith(('redis://', 'rediss://', 'unix://'))
-
-
 def dispatch(job_type, payload):
     """The function every RQ job of ours runs: the handler process_jobs gave for job_type,
     by the rules of rules.py (the same as the file's)."""

@@ -78,6 +78,11 @@ def after_failure(job, attempts, error, max_attempts, now, backoff_base_seconds,
                       worker='', claimed_at=0.0)
 
 
+def cancelled(job, now):
+    """The job as a user's cancel leaves it (one job, or all pending ones at once)."""
+    return job.evolve(status=Status.CANCELLED, error='Cancelled by user', finished_at=now)
+
+
 def crash_error(worker):
     return f'{WORKER_LOST}: worker {worker or "of dbbasic-queue 1.0.0"} died running this job'
 

@@ -612,18 +612,19 @@ class WordsFile:
         st = _stat_or_none(self.path)
         if st is None:
             return frozenset()
-        if self._cached[0] != _version(st):
+        # The inode too: each update is a new file, even within one timestamp tick.
+        version = (st.st_ino, *_version(st))
+        if self._cached[0] != version:
             with storage_errors(self.path, 'read'):
                 with open(self.path, encoding=ENCODING, errors=DECODE_ERRORS) as f:
                     words = frozenset(line.strip() for line in f if line.strip())
-            self._cached = (_version(st), words)
+            self._cached = (version, words)
         return self._cached[1]
 
-    def update(self, add=(), remove=()):
-        """Add and remove words, atomically with respect to other updates; returns the
-        words now in the file."""
+    def set(self, word, present):
+        """Add (present) or remove one word, atomically with respect to other updates."""
         with self.lock, storage_errors(self.path, 'write'):
-            words = (self.words() | set(add)) - set(remove)
+            words = self.words() | {word} if present else self.words() - {word}
             fd, temp = tempfile.mkstemp(prefix=f'.{self.path.name}.', dir=self.path.parent)
             try:
                 set_mode(fd, self.lock.mode(), self.path)
@@ -636,7 +637,6 @@ class WordsFile:
                 _unlink_quietly(temp)
                 raise
             _fsync_directory(self.path.parent)
-        return words
 
 
 def make_directory(directory, file_mode=None):
