@@ -47,8 +47,9 @@ class Backend:
     def work(self, handlers, max_attempts, timeout, max_jobs, max_seconds, on_failure=None):
         """Run due jobs of these types until none is due or a limit is reached, by the
         rules of rules.py; return a Counter of outcomes (rules.OUTCOMES). Each job is
-        claimed before its handler runs, so no two workers run one job at once.
-        on_failure goes to rules.report_failure after each failed attempt."""
+        claimed before its handler runs, so no two workers run one job at once. Types
+        paused now are left alone (rules.unpaused). on_failure goes to
+        rules.report_failure after each failed attempt."""
         raise NotImplementedError
 
     def jobs(self):

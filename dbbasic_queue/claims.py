@@ -77,8 +77,13 @@ class ClaimCycle:
 
     def work(self, run):
         """Run due jobs until none is due or a limit is reached (see Backend.work)."""
-        if self.scan.nothing_due(frozenset(run.handlers), run.worker, self.backend.clock):
-            return   # the idle poll: no signal handlers to swap, no journal
+        types = frozenset(run.handlers)
+        if self.scan.nothing_due(types, run.worker, self.backend.clock):
+            return   # the idle poll: no signal handlers to swap, no journal, no pause read
+        run.handlers = rules.unpaused(run.handlers, self.backend.paused_types())
+        if len(run.handlers) < len(types) and self.scan.nothing_due(
+                frozenset(run.handlers), run.worker, self.backend.clock):
+            return   # only paused types are due
         with deferred_signals(run):
             batch = Batch(WorkerJournal(self.backend.path, run.worker, self.backend.file_mode))
             try:

@@ -138,8 +138,8 @@ class Queue:
         SIGINT interrupts the running job at once).
         """
         self._check_work(handlers, max_attempts, timeout, max_jobs, max_seconds, on_failure)
-        return rules.outcome_counts(self.backend.work(self._unpaused(handlers), max_attempts,
-                                                      timeout, max_jobs, max_seconds, on_failure))
+        return rules.outcome_counts(self.backend.work(handlers, max_attempts, timeout,
+                                                      max_jobs, max_seconds, on_failure))
 
     def run_worker(self, handlers: Handlers, max_attempts: int = MAX_ATTEMPTS, *,
                    timeout: float | None = None, max_jobs: int | None = None,
@@ -152,7 +152,7 @@ class Queue:
         if not self.backend.long_running_worker:
             raise QueueError('run_worker needs RQ; a file queue polls process_jobs')
         return rules.outcome_counts(self.backend.work_forever(
-            self._unpaused(handlers), max_attempts, timeout, max_jobs, max_seconds, on_failure))
+            handlers, max_attempts, timeout, max_jobs, max_seconds, on_failure))
 
     @staticmethod
     def _check_work(handlers, max_attempts, timeout, max_jobs, max_seconds, on_failure):
@@ -162,10 +162,6 @@ class Queue:
         check_limit('max_seconds', max_seconds)
         if on_failure is not None and not callable(on_failure):
             raise InvalidArgumentError(f'on_failure must be callable or None, got {on_failure!r}')
-
-    def _unpaused(self, handlers):
-        paused = self.backend.paused_types()
-        return {t: h for t, h in handlers.items() if t not in paused} if paused else handlers
 
     # -- pause, resume, cancel all -------------------------------------------------------
     def pause(self, job_type: str) -> None:

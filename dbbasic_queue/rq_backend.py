@@ -229,6 +229,7 @@ class RedisBackend(Backend):
 
     def _work(self, handlers, max_attempts, timeout, max_jobs, max_seconds, on_failure, burst):
         summary = Counter()
+        handlers = rules.unpaused(handlers, self.paused_types())
         if not handlers or max_jobs == 0:
             return summary   # an RQ worker with no queues would listen to the default one
         _current.run = {'handlers': dict(handlers), 'max_attempts': max_attempts,

@@ -78,6 +78,11 @@ def after_failure(job, attempts, error, max_attempts, now, backoff_base_seconds,
                       worker='', claimed_at=0.0)
 
 
+def unpaused(handlers, paused):
+    """The handlers a run uses: all but those of paused job types, whose jobs stay pending."""
+    return {t: h for t, h in handlers.items() if t not in paused} if paused else handlers
+
+
 def cancelled(job, now):
     """The job as a user's cancel leaves it (one job, or all pending ones at once)."""
     return job.evolve(status=Status.CANCELLED, error='Cancelled by user', finished_at=now)
