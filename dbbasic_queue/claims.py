@@ -23,6 +23,7 @@ MIN_BATCH_SECONDS = 0.05        # a batch holds at least this much measured work
 REWRITE_SHARE = 0.1             # ... or enough that rewrites are <= 10 % of the time
 BATCH_GROWTH = 64
 MAX_BATCH_JOBS = 2_000          # bounds a worker's memory: each claim holds a Job
+CLAIM_WAIT_SECONDS = 0.05      # a due job waits at most this long for a busy worker
 ARCHIVE_FLUSH_SECONDS = 0.05    # finished jobs reach the archive at least this often
 
 
@@ -78,14 +79,17 @@ class ClaimCycle:
     def work(self, run):
         """Run due jobs until none is due or a limit is reached (see Backend.work)."""
         types = frozenset(run.handlers)
-        if self.scan.nothing_due(types, run.worker, self.backend.clock):
+        learned = self.backend.batch_sizes.get(types, 1)
+        first_size = learned if run.jobs_left is None else min(learned, run.jobs_left)
+        if self._nothing_due(types, run, first_size):
             return   # the idle poll: no signal handlers to swap, no journal, no pause read
         run.handlers = rules.unpaused(run.handlers, self.backend.paused_types())
-        if len(run.handlers) < len(types) and self.scan.nothing_due(
-                frozenset(run.handlers), run.worker, self.backend.clock):
+        if len(run.handlers) < len(types) and self._nothing_due(
+                frozenset(run.handlers), run, first_size):
             return   # only paused types are due
         with deferred_signals(run):
-            batch = Batch(WorkerJournal(self.backend.path, run.worker, self.backend.file_mode))
+            batch = Batch(WorkerJournal(self.backend.path, run.worker, self.backend.file_mode),
+                          learned)
             try:
                 while not run.stop_requested and run.jobs_left != 0:
                     if run.jobs_left is not None:
@@ -93,6 +97,8 @@ class ClaimCycle:
                     if not self._claim_next(run, batch):
                         break
                     self._run_batch(run, batch)
+                    # A looping worker's next call starts at the size learned, not at 1.
+                    self.backend.batch_sizes[types] = batch.size
             finally:
                 if batch.outcomes or batch.unstarted or batch.archive_buffer:
                     self._write_back(run, batch)
@@ -101,9 +107,15 @@ class ClaimCycle:
     def _claim_next(self, run, batch):
         """Record the last batch and claim the next one; returns how many were claimed."""
         if (not batch.outcomes and not batch.unstarted
-                and self.scan.nothing_due(frozenset(run.handlers), run.worker, self.backend.clock)):
+                and self._nothing_due(frozenset(run.handlers), run, batch.size)):
             return 0
         return self._rewrite(run, batch, claim=True)
+
+    def _nothing_due(self, types, run, batch_size):
+        """Nothing to claim now by the rule of _claim_due for a worker joining others,
+        seen from the last snapshot; called only when there is nothing to record."""
+        return self.scan.nothing_due(types, run.worker, self.backend.clock, batch_size,
+                                     CLAIM_WAIT_SECONDS)
 
     def _write_back(self, run, batch):
         """Record the last batch and give back its claims not started, claiming nothing."""
@@ -153,12 +165,21 @@ class ClaimCycle:
             candidates.extend(self._recover(run, worker, indexes, plan, view, now))
         plan.gone_workers = list(dead) + self.backend.idle_dead_journals(alive)
         if claim:
-            self._claim_due(run, batch, view, candidates, plan, now)
+            # A rewrite made only to claim (this worker has nothing to record) while
+            # another worker works is one the other's next rewrite may make unneeded.
+            joining = not batch.outcomes and not batch.unstarted and any(
+                alive[worker] for worker in alive if worker != run.worker)
+            self._claim_due(run, batch, view, candidates, plan, now, joining)
         return plan if plan.changes or plan.archive else None
 
-    def _claim_due(self, run, batch, view, candidates, plan, now):
+    def _claim_due(self, run, batch, view, candidates, plan, now, joining):
         """Claim up to batch.size due jobs: highest priority first, then earliest run_at,
-        then file (enqueue) order."""
+        then file (enqueue) order.
+
+        When joining another worker, a claim smaller than batch.size waits until a due
+        job has waited CLAIM_WAIT_SECONDS: the other worker's next rewrite, which it
+        makes anyway to record its batch, takes them, and each rewrite costs the whole
+        file. Once this worker works, it claims what is due in each of its rewrites."""
         entries = view.entries
 
         def run_at(i):
@@ -167,6 +188,9 @@ class ClaimCycle:
         def order(i):
             return (-entries[i].priority, run_at(i), i)
         due = [i for i in candidates if run_at(i) <= now and entries[i].type in run.handlers]
+        if (joining and len(due) < batch.size
+                and min(map(run_at, due), default=now) > now - CLAIM_WAIT_SECONDS):
+            return
         claimed_ids = set()
         for i in heapq.nsmallest(batch.size, due, key=order):
             job = plan.changes.get(i) or view.job(i)

@@ -32,12 +32,16 @@ class FileBackend(Backend):
         self.lease_seconds = lease_seconds
         self.file_mode = file_mode
         lock = FileLock(self.path.with_suffix('.lock'), file_mode)
-        self.table = TableFile(self.path, COLUMNS, lock)
-        self.archive = TableFile(self.path.with_name(self.path.stem + '.done.tsv'), COLUMNS, lock)
+        # One rewrite lock for both tables: rewrites are rare beside appends.
+        rewrite_lock = FileLock(self.path.with_suffix('.rewrite.lock'), file_mode)
+        self.table = TableFile(self.path, COLUMNS, lock, rewrite_lock)
+        self.archive = TableFile(self.path.with_name(self.path.stem + '.done.tsv'), COLUMNS,
+                                 lock, rewrite_lock)
         self.scan = Scan(self.table, lease_seconds)
         self.paused = WordsFile(self.path.with_suffix('.paused'), lock)
         self.state_lock = threading.RLock()   # one rewrite at a time in this process
         self._header_current = False
+        self.batch_sizes = {}                 # frozenset of job types -> jobs a claim takes
 
     # -- add, find, cancel --------------------------------------------------------------
     def add(self, job_type, payload, payload_text, now, run_at, options):
@@ -50,7 +54,8 @@ class FileBackend(Backend):
             line = format_new_line(job_id, job_type, payload_text, int(now), run_at_text)
         else:
             line = format_line(Job(job_id, job_type, payload_text, Status.PENDING, int(now),
-                                   now if run_at is None else run_at, **options))
+                                   due_now_millis(now) / 1000 if run_at is None else run_at,
+                                   **options))
         try:
             data = (line + '\n').encode('utf-8')
         except UnicodeEncodeError:

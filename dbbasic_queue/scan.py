@@ -57,7 +57,9 @@ def entry_of_line(line, has_priority=True):
     job_type = fields[1] if not fields[1].startswith('"') else split_line(line)[1]
     claim = None
     if status == PROCESSING:
-        every = split_line(line)
+        every = line.split('\t')
+        if len(every) != len(COLUMNS) or every[9].startswith('"'):
+            every = split_line(line)   # a tab inside a quoted field, or older columns
         try:
             claimed_at = float(every[10]) if len(every) > 10 and every[10] else 0.0
         except ValueError:
@@ -96,20 +98,34 @@ class Scan:
         self._idle_cache = None
         self._polled = False
         self._reported_lines = set()
+        self._last = None   # (snapshot, its lines, their entries) last parsed
 
     def view(self, snap):
         return View(snap, self.entries(snap), self)
 
     def entries(self, snap):
-        """Entries for every line of snap (None = not a job); parses only new lines."""
+        """Entries for every line of snap (None = not a job); parses only new lines.
+
+        A version written by another worker is mostly lines this process has parsed:
+        their entries are reused, so W workers do not each parse every rewrite anew.
+        """
         check_header(self.table.path, snap.header)
         entries = snap.jobs
         has_priority = snap.header is None or tuple(snap.header) == COLUMNS
-        for line in snap.lines[len(entries):]:
-            entry = entry_of_line(line, has_priority)
+        new_lines = snap.lines[len(entries):]
+        known = {}
+        if not entries and self._last is not None and self._last[0] is not snap:
+            _, lines, parsed = self._last
+            if tuple(snap.header or ()) == tuple(self._last[0].header or ()):
+                known = dict(zip(lines, parsed))
+        for line in new_lines:
+            entry = known.get(line)
             if entry is None:
-                self.report_unparsable(line)
+                entry = entry_of_line(line, has_priority)
+                if entry is None:
+                    self.report_unparsable(line)
             entries.append(entry)
+        self._last = (snap, snap.lines, entries)
         return entries
 
     def job_at(self, snap, i):
@@ -127,8 +143,12 @@ class Scan:
             log.warning('%s: kept a line that is not a job, as it is: %.200r',
                         self.table.path, line)
 
-    def nothing_due(self, types, worker, now_of):
+    def nothing_due(self, types, worker, now_of, enough=1, patience_seconds=0.0):
         """True when nothing is due for these job types: the idle poll of a worker loop.
+
+        Also True when fewer than `enough` are due, none for patience_seconds yet, and
+        another live worker holds claims: it will take them with its next rewrite (see
+        claims.ClaimCycle._claim_due).
 
         The first call (a cron run polls once) decides from one regex pass over the file
         when every line is a pending job. Later calls keep parsed entries and scan again
@@ -142,31 +162,54 @@ class Scan:
             if next_due is not None and now < next_due:
                 return True
         snap = self.table.snapshot()
-        key = (snap.generation, len(snap.lines), types)
-        if self._idle_cache is None or self._idle_cache[0] != key:
-            self._idle_cache = (key, *self._due_and_claims(snap, types))
-        _, next_due, claims, finished = self._idle_cache
         now = now_of()
-        if finished or now >= next_due:
+        next_due, due_count, claims, finished = self._idle_summary(snap, types, now)
+        if finished:
             return False
-        return all(other == worker or liveness.claim_is_alive(
-            other, claimed_at, now, self.lease_seconds) for other, claimed_at in claims.items())
+        others = [other for other, claimed_at in claims.items() if other != worker
+                  and liveness.claim_is_alive(other, claimed_at, now, self.lease_seconds)]
+        if len(others) < len(claims) - (worker in claims):
+            return False   # a dead worker's claims to recover
+        if now < next_due:
+            return True
+        return bool(others) and due_count < enough and now - next_due < patience_seconds
 
-    def _due_and_claims(self, snap, types):
-        """(earliest run_at of these types, {worker: latest claim}, any finished row)."""
-        next_due, claims, finished = math.inf, {}, False
-        for entry in self.entries(snap):
+    def _idle_summary(self, snap, types, now):
+        """_due_and_claims of snap, kept between polls; when the file only grew, only
+        the new lines are read (a count of due jobs may then miss older jobs that came
+        due since: it only ever errs low)."""
+        cache = self._idle_cache
+        parsed = 0
+        if cache is not None and cache[0] == (snap.generation, types):
+            parsed, summary = cache[1], cache[2]
+            if parsed == len(snap.lines):
+                return summary
+        else:
+            summary = (math.inf, 0, {}, False)
+        summary = self._due_and_claims(self.entries(snap)[parsed:], types, now, *summary)
+        self._idle_cache = ((snap.generation, types), len(snap.lines), summary)
+        return summary
+
+    @staticmethod
+    def _due_and_claims(entries, types, now, next_due, due_count, claims, finished):
+        """(earliest run_at of these types, how many are due at now, {worker: latest
+        claim}, any finished row), from a summary of the lines before these entries."""
+        claims = dict(claims)
+        for entry in entries:
             if entry is None:
                 continue
             status, job_type, run_at, claim, _ = entry   # unpacked: the fastest read
             if status == PENDING:
-                if job_type in types and run_at < next_due:
-                    next_due = run_at
+                if job_type in types:
+                    if run_at < next_due:
+                        next_due = run_at
+                    if run_at <= now:
+                        due_count += 1
             elif status == PROCESSING:
                 claims[claim.worker] = max(claims.get(claim.worker, 0.0), claim.claimed_at)
             else:
                 finished = True
-        return next_due, claims, finished
+        return next_due, due_count, claims, finished
 
 
 # One line of a pending job, from the newline before it: tab-free first six columns,

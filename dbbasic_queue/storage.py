@@ -250,13 +250,15 @@ class Snapshot:
 
 
 class TableFile:
-    """One TSV table: data/<name>.tsv, locked through a shared FileLock."""
+    """One TSV table: data/<name>.tsv, locked through a shared FileLock; its rewrites
+    take turns on a second one, which appends never wait for."""
 
-    def __init__(self, path, columns, lock):
+    def __init__(self, path, columns, lock, rewrite_lock):
         self.path = Path(path)
         self._path_text = str(self.path)  # os.open on a str skips Path.__fspath__: hot path
         self.columns = tuple(columns)
         self.lock = lock
+        self.rewrite_lock = rewrite_lock
         self.header_line = '\t'.join(self.columns)
         self._snapshot = None
         self._appended_end = None   # the file's size after this process's last append
@@ -440,15 +442,21 @@ class TableFile:
         return self._optimistically(try_once)
 
     def _optimistically(self, try_once):
-        """The one optimistic loop of every rewrite: try_once() without the lock (reading
-        and planning while others append), again while it returns _RETRY (the file was
-        replaced or edited meanwhile), holding the lock after CONFLICTS_BEFORE_LOCKING lost
-        races so it always finishes."""
-        for attempt in itertools.count():
-            with self.lock if attempt >= CONFLICTS_BEFORE_LOCKING else nullcontext():
-                outcome = try_once()
-                if outcome is not _RETRY:
-                    return outcome
+        """The one loop of every rewrite: try_once() holding the rewrite lock but not the
+        lock (reading and planning while others append), again while it returns _RETRY
+        (the file was edited by something else meanwhile), holding the lock too after
+        CONFLICTS_BEFORE_LOCKING lost races so it always finishes.
+
+        Rewriters take turns on the rewrite lock: each plans on the version the last one
+        wrote, so none plans and copies the whole file only to find it replaced (with
+        several workers, that was most rewrites).
+        """
+        with self.rewrite_lock:
+            for attempt in itertools.count():
+                with self.lock if attempt >= CONFLICTS_BEFORE_LOCKING else nullcontext():
+                    outcome = try_once()
+                    if outcome is not _RETRY:
+                        return outcome
 
     def rewrite_line(self, prefix, edit):
         """Replace the first line that starts with prefix by edit(header, line).

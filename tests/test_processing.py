@@ -245,3 +245,12 @@ def test_claimed_jobs_not_started_go_back_pending_without_an_attempt(queue, monk
     assert {job['attempts'] for job in waiting} == {0}
     if exit_by != 'max_seconds':
         assert jobs[10]['status'] == 'pending' and len(done) == 10
+
+
+def test_a_job_enqueued_with_options_is_due_at_once(tmp_path):
+    # The clock stands still at a time that is not a whole millisecond: a stored run_at
+    # rounded up would be in the future, and the job would wait for the next poll.
+    queue = Queue(tmp_path / 'q.tsv', clock=lambda: 1_800_000_000.0004)
+    job_id = queue.enqueue('t', {}, max_attempts=1, priority=1)
+    assert queue.process_jobs({'t': lambda payload: 'ran'})['completed'] == 1
+    assert queue.get_job(job_id)['result'] == 'ran'

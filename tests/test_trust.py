@@ -262,7 +262,8 @@ def test_the_next_rewrite_removes_temp_files_of_dead_rewrites(queue):
 
 
 # -- C. Local users and files ---------------------------------------------------------
-@pytest.mark.parametrize('name', ['queue.lock', 'queue.tsv', 'queue.done.tsv'])
+@pytest.mark.parametrize('name', ['queue.lock', 'queue.rewrite.lock', 'queue.tsv',
+                                  'queue.done.tsv'])
 def test_queue_files_are_never_opened_through_a_symlink(tmp_path, name):
     data = tmp_path / 'data'
     data.mkdir()
@@ -308,6 +309,7 @@ q.process_jobs({'t': lambda p: None}) if q.enqueue('t', {'token': 'secret'}) els
     assert run_python(code, tmp_path / 'data' / 'queue.tsv').returncode == 0
     modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / 'data').iterdir()}
     assert modes['queue.tsv'] == modes['queue.done.tsv'] == modes['queue.lock'] == 0o600
+    assert modes['queue.rewrite.lock'] == 0o600
 
 
 AS_USERS = '''
@@ -373,7 +375,7 @@ def test_file_mode_shares_a_queue_with_a_group_end_to_end(tmp_path):
     assert worked == '2'
     queue = Queue(path)
     assert [queue.get_job(i)['result'] for i in (first, second)] == [owner, member]
-    for name in ('queue.tsv', 'queue.done.tsv', 'queue.lock'):
+    for name in ('queue.tsv', 'queue.done.tsv', 'queue.lock', 'queue.rewrite.lock'):
         assert (shared / name).stat().st_mode & 0o777 == 0o660, name
 
 
