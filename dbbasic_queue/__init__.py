@@ -6,12 +6,12 @@ See dbbasic_queue.queue for the manual.
 from .errors import (EditConflict, InvalidArgumentError, InvalidJobError, JobNotFound,
                      JobTimedOut, QueueError, StorageError)
 from .job import COLUMNS, Job, JobDetails, JobDict, Status
-from .queue import (ENV_VAR, Queue, cancel_job, default_queue, enqueue, get_job,
-                    process_jobs)
+from .queue import (ENV_VAR, Queue, cancel_job, default_queue, enqueue, enqueue_many,
+                    get_job, process_jobs)
 from .version import __version__
 
 
-__all__ = ['enqueue', 'process_jobs', 'get_job', 'cancel_job', 'Queue', 'Job', 'Status',
+__all__ = ['enqueue', 'enqueue_many', 'process_jobs', 'get_job', 'cancel_job', 'Queue', 'Job', 'Status',
            'COLUMNS', 'ENV_VAR', 'QueueError', 'InvalidJobError', 'StorageError', 'JobTimedOut',
            'EditConflict', 'InvalidArgumentError', 'JobNotFound',
            'default_queue', 'JobDict', 'JobDetails', '__version__']

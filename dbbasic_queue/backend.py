@@ -24,6 +24,12 @@ class Backend:
         """
         raise NotImplementedError
 
+    def add_many(self, new_jobs, chunk_jobs):
+        """Store jobs, each given as add's arguments (all checked), and return their ids
+        in order: chunk_jobs at a time, each chunk atomically. A unique_key already
+        active, or given earlier in new_jobs, gives that job's id."""
+        raise NotImplementedError
+
     def find(self, job_id):
         """The Job with this id, wherever it is (pending to finished), or None."""
         raise NotImplementedError

@@ -16,6 +16,7 @@ import shlex
 import signal
 import subprocess
 import sys
+from contextlib import nullcontext
 import tempfile
 import time
 from datetime import datetime
@@ -284,23 +285,51 @@ class _Progress(logging.Handler):
 
 
 def cmd_enqueue(queue, args):
-    text = sys.stdin.read() if args.payload == '-' else args.payload
-    try:
-        payload = json.loads(text) if text is not None else {}
-    except json.JSONDecodeError as exc:
-        raise UsageError(f'payload is not valid JSON: {exc}') from None
     run_at = None
     if args.at is not None:
         run_at = parse_time(args.at)
     elif args.delay is not None:
         run_at = time.time() + parse_duration(args.delay)
-    job_id = queue.enqueue(args.type, payload, run_at=run_at, priority=args.priority,
-                           unique_key=args.unique_key, max_attempts=args.max_attempts,
-                           timeout=None if args.timeout is None else parse_duration(args.timeout))
+    options = {'run_at': run_at, 'priority': args.priority, 'unique_key': args.unique_key,
+               'max_attempts': args.max_attempts,
+               'timeout': None if args.timeout is None else parse_duration(args.timeout)}
+    if args.jsonl is not None:
+        return _enqueue_lines(queue, args, options)
+    text = sys.stdin.read() if args.payload == '-' else args.payload
+    try:
+        payload = json.loads(text) if text is not None else {}
+    except json.JSONDecodeError as exc:
+        raise UsageError(f'payload is not valid JSON: {exc}') from None
+    job_id = queue.enqueue(args.type, payload, **options)
     if args.json:
         print_json({'id': job_id})
     else:
         print(job_id)
+    return EXIT_OK
+
+
+def _enqueue_lines(queue, args, options):
+    """enqueue TYPE --jsonl FILE: one job per line of JSON, all or none."""
+    if args.payload is not None:
+        raise UsageError('give a JSON payload or --jsonl, not both')
+    if args.unique_key is not None:
+        raise UsageError('--unique-key names one job; it cannot go with --jsonl')
+    payloads = []
+    with (nullcontext(sys.stdin) if args.jsonl == '-'
+          else open(args.jsonl, encoding='utf-8')) as lines:
+        for number, line in enumerate(lines, start=1):
+            if line.strip():
+                try:
+                    payloads.append(json.loads(line))
+                except json.JSONDecodeError as exc:
+                    raise UsageError(f'line {number} is not valid JSON: {exc}; nothing was '
+                                     f'enqueued') from None
+    ids = queue.enqueue_many({'type': args.type, 'payload': payload, **options}
+                             for payload in payloads)
+    if args.json:
+        print_json({'ids': ids})
+    elif ids:
+        print('\n'.join(ids))
     return EXIT_OK
 
 
@@ -643,6 +672,9 @@ def build_parser():
                          help='while a job with this key is pending or running, print its id')
     enqueue.add_argument('--timeout', metavar='DURATION', help='interrupt the handler after this')
     enqueue.add_argument('--max-attempts', type=int, metavar='N', help="this job's attempt limit")
+    enqueue.add_argument('--jsonl', metavar='FILE',
+                         help="one job per line of FILE, each a JSON payload ('-': stdin); "
+                              'all are added or none')
 
     command('stats', 'counts per status and type, workers, paused types', cmd_stats)
 

@@ -14,7 +14,7 @@ from .backend import Backend
 from .claims import ClaimCycle, Plan, Run
 from .job import (ACTIVE_STATUSES, COLUMNS, FINAL_STATUSES, Job, Status, UnparsableLine, check_header,
                   format_line, format_millis, format_new_line, format_time, job_or_none,
-                  new_job_id, parse_line, quote_field)
+                  new_job_id, new_job_ids, parse_line, quote_field)
 from .scan import Scan, entry_of_job
 from .storage import (Change, FileLock, TableFile, WordsFile, WorkerJournal,
                       abandoned_temp_files, split_header)
@@ -48,6 +48,79 @@ class FileBackend(Backend):
         """One locked append, never reading the file; with a unique_key, one read of the
         hot file under the lock."""
         job_id = new_job_id()
+        data = (self._line(job_id, job_type, payload, payload_text, now, run_at, options)
+                + '\n').encode('utf-8')
+        if not self._header_current:
+            self._upgrade_header()
+        unique_key = options and options['unique_key']
+        if not unique_key:
+            self.table.append(data)
+            return job_id
+        with self.table.lock:
+            existing = self._active_job_with_key(unique_key, self.table.read_bytes())
+            if existing is not None:
+                return existing
+            self.table.append(data)
+        return job_id
+
+    def add_many(self, new_jobs, chunk_jobs):
+        """Every line is made before the first is written; then one locked append per
+        chunk (with unique_keys in it, after one read of the hot file under the lock)."""
+        chunks = [self._lines_of(new_jobs[start:start + chunk_jobs])
+                  for start in range(0, len(new_jobs), chunk_jobs)]
+        if not self._header_current:
+            self._upgrade_header()
+        ids, holders = [], {}   # unique_key -> the id of its job, seen in this call
+        for chunk_ids, keys, lines in chunks:
+            if not any(keys):
+                self.table.append(''.join(lines).encode('utf-8'))
+                ids.extend(chunk_ids)
+                continue
+            with self.table.lock:
+                hot, written = self.table.read_bytes(), []
+                for job_id, key, line in zip(chunk_ids, keys, lines):
+                    holder = key and (holders.get(key) or self._active_job_with_key(key, hot))
+                    if holder:
+                        ids.append(holder)
+                        continue
+                    if key:
+                        holders[key] = job_id
+                    written.append(line)
+                    ids.append(job_id)
+                if written:
+                    self.table.append(''.join(written).encode('utf-8'))
+        return ids
+
+    def _lines_of(self, new_jobs):
+        """(ids, unique_keys, lines ending in a newline) of new jobs: the common case
+        (no options, due now) without a call per job."""
+        ids = new_job_ids(len(new_jobs))
+        keys, lines = [], []
+        middles = {}   # (type, now) -> format_new_line's text between payload and job id
+        for job_id, (job_type, payload, payload_text, now, run_at, options) in zip(ids, new_jobs):
+            if options is None and run_at is None:
+                if '"' in payload_text:
+                    payload_text = '"' + payload_text.replace('"', '""') + '"'
+                ends = middles.get((job_type, now))
+                if ends is None:
+                    ends = middles[job_type, now] = format_new_line(
+                        '', job_type, '\n', int(now), format_millis(due_now_millis(now))
+                    ).split('\n')
+                line = job_id + ends[0] + payload_text + ends[1]
+                keys.append(None)
+            else:
+                line = self._line(job_id, job_type, payload, payload_text, now, run_at, options)
+                keys.append(options and options['unique_key'])
+            lines.append(line + '\n')
+        try:
+            ''.join(lines).encode('utf-8')
+        except UnicodeEncodeError:   # a payload with lone surrogates: _line escapes it
+            lines = [self._line(job_id, *new_job) + '\n'
+                     for job_id, new_job in zip(ids, new_jobs)]
+        return ids, keys, lines
+
+    def _line(self, job_id, job_type, payload, payload_text, now, run_at, options):
+        """The new job's line, as text that UTF-8 can encode."""
         if options is None:
             run_at_text = (format_millis(due_now_millis(now)) if run_at is None
                            else format_time(run_at))
@@ -57,28 +130,16 @@ class FileBackend(Backend):
                                    due_now_millis(now) / 1000 if run_at is None else run_at,
                                    **options))
         try:
-            data = (line + '\n').encode('utf-8')
+            line.encode('utf-8')
+            return line
         except UnicodeEncodeError:
             # Lone surrogates in a str: escape them so the file stays valid UTF-8.
             escaped = payload_json(payload, JSON_ASCII)
-            data = (line.replace(quote_field(payload_text), quote_field(escaped), 1)
-                    + '\n').encode('utf-8')
-        if not self._header_current:
-            self._upgrade_header()
-        unique_key = options and options['unique_key']
-        if not unique_key:
-            self.table.append(data)
-            return job_id
-        with self.table.lock:
-            existing = self._active_job_with_key(unique_key)
-            if existing is not None:
-                return existing
-            self.table.append(data)
-        return job_id
+            return line.replace(quote_field(payload_text), quote_field(escaped), 1)
 
-    def _active_job_with_key(self, unique_key):
-        """The id of the pending or processing job with this unique_key, or None."""
-        data = self.table.read_bytes()
+    def _active_job_with_key(self, unique_key, data):
+        """The id of the pending or processing job with this unique_key in data (the hot
+        file's bytes), or None."""
         needle = ('\t' + quote_field(unique_key) + '\t').encode('utf-8', 'surrogateescape')
         pos = data.find(needle)
         while pos >= 0:

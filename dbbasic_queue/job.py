@@ -238,6 +238,12 @@ def new_job_id():
         return next(_ids)
 
 
+def new_job_ids(count):
+    """count ids as new_job_id makes them, from one read of os.urandom."""
+    pool = os.urandom(8 * count).hex()
+    return [pool[i:i + 16] for i in range(0, len(pool), 16)]
+
+
 def _forget_ids():
     global _ids
     _ids = iter(())

@@ -31,10 +31,10 @@ from pathlib import Path
 from typing import Any, Union
 
 from . import rules
-from .errors import InvalidArgumentError, JobNotFound, QueueError
+from .errors import InvalidArgumentError, InvalidJobError, JobNotFound, QueueError
 from .file_backend import FileBackend
 from .job import FINAL_STATUSES, Job, JobDetails, JobDict, Status, format_line, number, split_line
-from .validate import (check_file_mode, check_handlers, check_job_type, check_limit,
+from .validate import (JSON, check_file_mode, check_handlers, check_job_type, check_limit,
                        check_timeout, job_options, payload_json, run_at_from)
 
 ENV_VAR = 'DBBASIC_QUEUE'
@@ -42,12 +42,30 @@ MODE_ENV_VAR = 'DBBASIC_QUEUE_MODE'   # e.g. 660: the queue's files are shared w
 DEFAULT_PATH = 'data/queue.tsv'
 MAX_ATTEMPTS = rules.MAX_ATTEMPTS
 LEASE_SECONDS = 3600            # a file claim from another host is trusted this long
+ENQUEUE_MANY_CHUNK_JOBS = 10_000   # enqueue_many writes this many jobs per locked append
 STATUS_WORDS = tuple(status.value for status in Status)
 FINAL_WORDS = tuple(sorted(status.value for status in FINAL_STATUSES))
 
 Handlers = Mapping[str, Callable[[Any], Any]]             # job type -> fn(payload) -> result
 OnFailure = Callable[[JobDict, BaseException], object]    # fn(job, exception), after a failure
 Location = Union[str, 'os.PathLike[str]']                 # a .tsv path or a redis:// URL
+
+
+ENQUEUE_OPTIONS = ('run_at', 'delay', 'priority', 'unique_key', 'timeout', 'max_attempts')
+
+
+def _enqueue_arguments(item):
+    """enqueue's positional arguments, in order, for one item of enqueue_many."""
+    if isinstance(item, Mapping):
+        unknown = set(item) - {'type', 'payload', *ENQUEUE_OPTIONS}
+        if unknown or 'type' not in item or 'payload' not in item:
+            raise InvalidJobError(f'a dict needs "type" and "payload" and may have '
+                                  f'{", ".join(ENQUEUE_OPTIONS)}; got {sorted(map(str, item))}')
+        return (item['type'], item['payload'],
+                *(item.get(name, 0 if name == 'priority' else None) for name in ENQUEUE_OPTIONS))
+    if isinstance(item, tuple) and len(item) == 2:
+        return item
+    raise InvalidJobError(f'each job must be a (type, payload) tuple or a dict, got {item!r:.80}')
 
 
 def is_redis_url(location: Location) -> bool:
@@ -104,16 +122,50 @@ class Queue:
         On the file: one locked append, never reading the file (with a unique_key, one
         read of the hot file under the lock).
         """
+        now = self._clock()
+        return self.backend.add(*self._new_job(now, job_type, payload, run_at, delay, priority,
+                                               unique_key, timeout, max_attempts))
+
+    def enqueue_many(self, jobs: Iterable[tuple[str, Any] | Mapping[str, Any]]) -> list[str]:
+        """Add many jobs and return their ids, in order; each item is (job_type, payload)
+        or a dict with 'type', 'payload' and any of enqueue's options.
+
+        All or nothing: every item is checked before anything is written, and a bad one
+        raises InvalidJobError naming its index. On the file, then one locked append per
+        ENQUEUE_MANY_CHUNK_JOBS jobs (a process killed between two leaves the first
+        chunks, each job whole); on RQ, one MULTI/EXEC per chunk. Items with a
+        unique_key are checked against the active jobs and against each other.
+        """
+        now = self._clock()
+        new_jobs = []
+        valid_types = self._valid_types
+        for index, item in enumerate(jobs):
+            try:
+                if type(item) is tuple and len(item) == 2 and item[0] in valid_types:
+                    # The common case, with no call but the encoder's: (known type, payload).
+                    try:
+                        text = JSON(item[1])
+                    except Exception:
+                        text = payload_json(item[1])   # raises the InvalidJobError
+                    new_jobs.append((item[0], item[1], text, now, None, None))
+                else:
+                    new_jobs.append(self._new_job(now, *_enqueue_arguments(item)))
+            except InvalidArgumentError as exc:
+                raise InvalidJobError(f'item {index}: {exc}') from None
+        return self.backend.add_many(new_jobs, ENQUEUE_MANY_CHUNK_JOBS)
+
+    def _new_job(self, now, job_type, payload, run_at=None, delay=None, priority=0,
+                 unique_key=None, timeout=None, max_attempts=None):
+        """backend.add's arguments for one checked job (InvalidJobError otherwise)."""
         if job_type not in self._valid_types:
             check_job_type(job_type)
             self._valid_types.add(job_type)
-        now = self._clock()
         payload_text = payload_json(payload)
         due = None if run_at is None and delay is None else run_at_from(now, run_at, delay)
         options = None
         if priority != 0 or unique_key is not None or timeout is not None or max_attempts is not None:
             options = job_options(priority, unique_key, timeout, max_attempts)
-        return self.backend.add(job_type, payload, payload_text, now, due, options)
+        return job_type, payload, payload_text, now, due, options
 
     def process_jobs(self, handlers: Handlers, max_attempts: int = MAX_ATTEMPTS, *,
                      timeout: float | None = None, max_jobs: int | None = None,
@@ -349,6 +401,12 @@ def enqueue(job_type: str, payload: Any, run_at: float | datetime | None = None,
             **options: Any) -> str:
     """Add a job to the default queue; returns its id (16 hex chars). See Queue.enqueue."""
     return default_queue().enqueue(job_type, payload, run_at, **options)
+
+
+def enqueue_many(jobs: Iterable[tuple[str, Any] | Mapping[str, Any]]) -> list[str]:
+    """Add many jobs to the default queue at once; returns their ids. See
+    Queue.enqueue_many."""
+    return default_queue().enqueue_many(jobs)
 
 
 def process_jobs(handlers: Handlers, max_attempts: int = MAX_ATTEMPTS,

@@ -135,6 +135,42 @@ class RedisBackend(Backend):
     def add(self, job_type, payload, payload_text, now, run_at, options, *, job_id=None,
             attempts=0, error=''):
         """job_id, attempts and error are for migrate: a job keeps its id and history."""
+        job_id, stage = self._staged(job_type, payload, now, run_at, options, job_id, attempts,
+                                     error)
+
+        def save():
+            # One MULTI/EXEC: the job exists in Redis only together with its place in line.
+            with self.redis.pipeline() as pipe:
+                stage(pipe)
+                pipe.execute()
+
+        if not (options and options['unique_key']):
+            save()
+            return job_id
+        return self._enqueue_unique(options['unique_key'], job_id, save)
+
+    def add_many(self, new_jobs, chunk_jobs):
+        """One MULTI/EXEC per chunk; a job with a unique_key is added alone, by add."""
+        ids = []
+        for start in range(0, len(new_jobs), chunk_jobs):
+            with self.redis.pipeline() as pipe:
+                for job_type, payload, payload_text, now, run_at, options in \
+                        new_jobs[start:start + chunk_jobs]:
+                    if options and options['unique_key']:
+                        ids.append(None)   # after the chunk, in order
+                        continue
+                    job_id, stage = self._staged(job_type, payload, now, run_at, options)
+                    stage(pipe)
+                    ids.append(job_id)
+                pipe.execute()
+            for i in range(start, min(start + chunk_jobs, len(new_jobs))):
+                if ids[i] is None:
+                    ids[i] = self.add(*new_jobs[i])
+        return ids
+
+    def _staged(self, job_type, payload, now, run_at, options, job_id=None, attempts=0,
+                error=''):
+        """(the new job's id, stage(pipeline): queue the commands that store it)."""
         options = options or {'priority': 0, 'unique_key': '', 'timeout': 0.0, 'max_attempts': 0}
         run_at = now if run_at is None else run_at
         job_id = job_id or new_job_id()
@@ -149,21 +185,14 @@ class RedisBackend(Backend):
             meta={'attempts': attempts, 'created_at': int(now), 'run_at': run_at,
                   'error': error, **options})
 
-        def save():
-            # One MULTI/EXEC: the job exists in Redis only together with its place in line.
-            with self.redis.pipeline() as pipe:
-                if run_at > now:
-                    when = datetime.fromtimestamp(math.ceil(run_at), timezone.utc)
-                    rq_queue.schedule_job(job, when, pipeline=pipe)
-                else:
-                    rq_queue.enqueue_job(job, pipeline=pipe, at_front=options['priority'] > 0)
-                pipe.sadd(TYPES_KEY, job_type)
-                pipe.execute()
-
-        if not options['unique_key']:
-            save()
-            return job_id
-        return self._enqueue_unique(options['unique_key'], job_id, save)
+        def stage(pipe):
+            if run_at > now:
+                when = datetime.fromtimestamp(math.ceil(run_at), timezone.utc)
+                rq_queue.schedule_job(job, when, pipeline=pipe)
+            else:
+                rq_queue.enqueue_job(job, pipeline=pipe, at_front=options['priority'] > 0)
+            pipe.sadd(TYPES_KEY, job_type)
+        return job_id, stage
 
     def _enqueue_unique(self, unique_key, job_id, save):
         key = UNIQUE_KEY_PREFIX + unique_key

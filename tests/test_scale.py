@@ -7,10 +7,15 @@ mechanisms the speed comes from, so that losing one fails a test.
 import fcntl
 import time
 
-from dbbasic_queue import Queue
+import pytest
+
+from dbbasic_queue import InvalidJobError, Queue
+from dbbasic_queue import queue as queue_module
 from dbbasic_queue import scan as scan_module
+from dbbasic_queue.storage import TableFile
 
 from .conftest import SUBPROCESS_TIMEOUT_SECONDS, spawn, wait_all
+from .test_cli import cli
 
 ONE_JOB_WORKER = '''
 import sys
@@ -93,3 +98,82 @@ Queue(sys.argv[1]).process_jobs({'slow': slow})
     finally:
         release.touch()
         wait_all([busy])
+
+
+# -- bulk enqueue ----------------------------------------------------------------------
+def test_enqueue_many_adds_every_job_in_order_with_its_options(backend):
+    queue = Queue(backend)
+    held = queue.enqueue('t', {'n': 'held'}, unique_key='k1')
+    ids = queue.enqueue_many([
+        ('t', {'n': 0}),
+        {'type': 't', 'payload': {'n': 1}, 'priority': 5, 'max_attempts': 2},
+        {'type': 't', 'payload': {'n': 2}, 'delay': 3600},
+        {'type': 't', 'payload': {'n': 3}, 'unique_key': 'k1'},   # active: its id
+        {'type': 't', 'payload': {'n': 4}, 'unique_key': 'k2'},
+        {'type': 't', 'payload': {'n': 5}, 'unique_key': 'k2'},   # earlier in the call
+        ('u', 'a "quoted" str'),
+    ])
+    assert len(ids) == 7 and ids[3] == held and ids[5] == ids[4]
+    assert len(set(ids)) == 6
+    assert (queue.find_job(ids[1]).priority, queue.find_job(ids[1]).max_attempts) == (5, 2)
+    assert queue.get_job(ids[6])['payload'] == 'a "quoted" str'
+    ran = []
+    queue.process_jobs({'t': lambda p: ran.append(p['n']), 'u': lambda p: None})
+    assert ran == [1, 'held', 0, 4]   # priority first, then enqueue order; n=2 is not due
+    assert queue.get_job(ids[2])['status'] == 'pending'
+
+
+def test_enqueue_many_checks_every_item_first_and_names_the_bad_one(backend):
+    queue = Queue(backend)
+    good = [('t', {'n': n}) for n in range(5)]
+    for bad, words in [(('t', {1, 2}), 'JSON-serializable'), (('', {}), 'job_type'),
+                       ({'type': 't', 'payload': {}, 'colour': 'red'}, 'colour'),
+                       ({'type': 't', 'payload': {}, 'priority': 'high'}, 'priority'),
+                       (('t',), 'tuple'), ('t', 'tuple')]:
+        with pytest.raises(InvalidJobError, match=f'item 5: .*{words}'):
+            queue.enqueue_many(good + [bad] + good)
+    assert queue.stats()['total'] == 0
+
+
+def test_enqueue_many_writes_each_chunk_with_one_append(tmp_path, monkeypatch):
+    appends = []
+    append = TableFile.append
+
+    def counted(self, data, fsync=False):
+        appends.append(data.count(b'\n'))
+        return append(self, data, fsync)
+    monkeypatch.setattr(TableFile, 'append', counted)
+    monkeypatch.setattr(queue_module, 'ENQUEUE_MANY_CHUNK_JOBS', 10)
+    queue = Queue(tmp_path / 'queue.tsv')
+    ids = queue.enqueue_many(('t', {'n': n}) for n in range(25))
+    assert appends == [10, 10, 5]
+    assert [queue.get_job(i)['payload']['n'] for i in ids] == list(range(25))
+
+
+def test_enqueue_many_writes_the_lines_enqueue_writes(tmp_path):
+    queue = Queue(tmp_path / 'queue.tsv', clock=lambda: 1_800_000_000.1234)
+    payloads = [{'to': 'a@example.com', 'quote': 'say "hi"'}, 'x\ud800y', [1, 2.5], None]
+    for payload in payloads:
+        queue.enqueue('t', payload)
+    queue.enqueue_many(('t', payload) for payload in payloads)
+    lines = (tmp_path / 'queue.tsv').read_text(encoding='utf-8').splitlines()[1:]
+    assert [line[16:] for line in lines[:4]] == [line[16:] for line in lines[4:]]
+    assert [queue.get_job(line[:16])['payload'] for line in lines[4:]] == [
+        payloads[0], 'x\ud800y', [1, 2.5], None]
+
+
+def test_enqueue_jsonl_from_stdin_adds_all_or_nothing(tmp_path):
+    lines = '{"n": 1}\n\n"two"\n[3]\n'
+    result = cli(tmp_path, 'enqueue', 't', '--jsonl', '-', '--priority', '2', stdin=lines,
+                 check_code=0)
+    ids = result.stdout.split()
+    queue = Queue(tmp_path / 'data' / 'queue.tsv')
+    assert [queue.get_job(i)['payload'] for i in ids] == [{'n': 1}, 'two', [3]]
+    assert {queue.find_job(i).priority for i in ids} == {2}
+    result = cli(tmp_path, 'enqueue', 't', '--jsonl', '-', stdin='{"n": 4}\n{oops\n',
+                 check_code=2)
+    assert 'line 2 is not valid JSON' in result.stderr and len(result.stderr.splitlines()) == 1
+    assert queue.stats()['total'] == 3
+    result = cli(tmp_path, 'enqueue', 't', '--jsonl', '-', '--unique-key', 'k', stdin='{}\n',
+                 check_code=2)
+    assert '--unique-key' in result.stderr
