@@ -25,12 +25,14 @@ class FileBackend(Backend):
 
     kind = 'file'
 
-    def __init__(self, path, *, clock, backoff_base_seconds, lease_seconds, file_mode):
+    def __init__(self, path, *, clock, backoff_base_seconds, lease_seconds, file_mode,
+                 durable=False):
         self.path = Path(path)
         self.clock = clock
         self.backoff_base_seconds = backoff_base_seconds
         self.lease_seconds = lease_seconds
         self.file_mode = file_mode
+        self.durable = durable     # fsync each enqueue (each enqueue_many) before returning
         lock = FileLock(self.path.with_suffix('.lock'), file_mode)
         # One rewrite lock for both tables: rewrites are rare beside appends.
         rewrite_lock = FileLock(self.path.with_suffix('.rewrite.lock'), file_mode)
@@ -54,13 +56,13 @@ class FileBackend(Backend):
             self._upgrade_header()
         unique_key = options and options['unique_key']
         if not unique_key:
-            self.table.append(data)
+            self.table.append(data, fsync=self.durable)
             return job_id
         with self.table.lock:
             existing = self._active_job_with_key(unique_key, self.table.read_bytes())
             if existing is not None:
                 return existing
-            self.table.append(data)
+            self.table.append(data, fsync=self.durable)
         return job_id
 
     def add_many(self, new_jobs, chunk_jobs):
@@ -89,6 +91,8 @@ class FileBackend(Backend):
                     ids.append(job_id)
                 if written:
                     self.table.append(''.join(written).encode('utf-8'))
+        if self.durable:
+            self.table.append(b'', fsync=True)   # one fsync for every chunk of the call
         return ids
 
     def _lines_of(self, new_jobs):

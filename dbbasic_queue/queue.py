@@ -34,11 +34,12 @@ from . import rules
 from .errors import InvalidArgumentError, InvalidJobError, JobNotFound, QueueError
 from .file_backend import FileBackend
 from .job import FINAL_STATUSES, Job, JobDetails, JobDict, Status, format_line, number, split_line
-from .validate import (JSON, check_file_mode, check_handlers, check_job_type, check_limit,
+from .validate import (JSON, check_durable, check_file_mode, check_handlers, check_job_type, check_limit,
                        check_timeout, job_options, payload_json, run_at_from)
 
 ENV_VAR = 'DBBASIC_QUEUE'
 MODE_ENV_VAR = 'DBBASIC_QUEUE_MODE'   # e.g. 660: the queue's files are shared with a group
+DURABLE_ENV_VAR = 'DBBASIC_QUEUE_DURABLE'   # 1: every enqueue waits for the disk
 DEFAULT_PATH = 'data/queue.tsv'
 MAX_ATTEMPTS = rules.MAX_ATTEMPTS
 LEASE_SECONDS = 3600            # a file claim from another host is trusted this long
@@ -78,17 +79,23 @@ class Queue:
     def __init__(self, location: Location = DEFAULT_PATH, *,
                  clock: Callable[[], float] = time.time,
                  backoff_base_seconds: float = rules.BACKOFF_BASE_SECONDS,
-                 lease_seconds: float | None = None, file_mode: int | str | None = None):
+                 lease_seconds: float | None = None, file_mode: int | str | None = None,
+                 durable: bool | None = None):
         """lease_seconds: file: how long a claim from another host is trusted (default
         3600: above your longest job); RQ: how long after a worker's last heartbeat its
         job is recovered (default 60). file_mode: the permission bits of the files this
         queue creates, e.g. 0o660 to share it with a group (default $DBBASIC_QUEUE_MODE,
-        else 0666 less the umask). Existing files keep their mode."""
+        else 0666 less the umask). Existing files keep their mode. durable: enqueue
+        returns only once the job is on disk (an fsync per enqueue, one per enqueue_many;
+        on RQ, WAITAOF: the server needs appendonly yes), so a power cut cannot lose a
+        job whose id was returned (default $DBBASIC_QUEUE_DURABLE, else off)."""
         self._clock = clock
         self._valid_types: set[str] = set()
+        durable = check_durable(durable if durable is not None
+                                else os.environ.get(DURABLE_ENV_VAR) or False)
         if is_redis_url(location):
             self.backend = _redis_backend(str(location), clock, backoff_base_seconds,
-                                          lease_seconds)
+                                          lease_seconds, durable)
         else:
             if Path(location).suffix != '.tsv':
                 raise InvalidArgumentError(f'queue path must end in .tsv, got {str(location)!r}')
@@ -96,7 +103,8 @@ class Queue:
                 location, clock=clock, backoff_base_seconds=backoff_base_seconds,
                 lease_seconds=LEASE_SECONDS if lease_seconds is None else lease_seconds,
                 file_mode=check_file_mode(file_mode if file_mode is not None
-                                          else os.environ.get(MODE_ENV_VAR) or None))
+                                          else os.environ.get(MODE_ENV_VAR) or None),
+                durable=durable)
         self.path = self.backend.path
         self.lease_seconds = self.backend.lease_seconds
 
@@ -373,14 +381,14 @@ def _plausible_id(job_id):
     return isinstance(job_id, str) and bool(job_id) and '\t' not in job_id and '\n' not in job_id
 
 
-def _redis_backend(url, clock, backoff_base_seconds, lease_seconds):
+def _redis_backend(url, clock, backoff_base_seconds, lease_seconds, durable):
     try:
         from .rq_backend import RedisBackend
     except ImportError as exc:
         raise QueueError(f'{url} needs the rq extra: pip install "dbbasic-queue[rq]" '
                          f'({exc})') from None
     return RedisBackend(url, clock=clock, backoff_base_seconds=backoff_base_seconds,
-                        lease_seconds=lease_seconds)
+                        lease_seconds=lease_seconds, durable=durable)
 
 
 # -- the default queue and the module functions ------------------------------------------

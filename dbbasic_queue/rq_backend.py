@@ -33,7 +33,7 @@ from collections import Counter
 from datetime import datetime, timezone
 
 from redis import Redis
-from redis.exceptions import WatchError
+from redis.exceptions import ResponseError, WatchError
 from rq import Queue as RQQueue
 from rq import Retry, SimpleWorker, get_current_job
 from rq.exceptions import NoSuchJobError
@@ -44,7 +44,7 @@ from rq.serializers import JSONSerializer
 
 from . import rules
 from .backend import Backend
-from .errors import QueueError
+from .errors import QueueError, StorageError
 from .job import ACTIVE_STATUSES, Job, Status, new_job_id, one_line
 from .validate import result_json
 
@@ -115,14 +115,16 @@ class RedisBackend(Backend):
     kind = 'rq'
     long_running_worker = True
 
-    def __init__(self, url, *, clock, backoff_base_seconds, lease_seconds=None):
+    def __init__(self, url, *, clock, backoff_base_seconds, lease_seconds=None, durable=False):
         """lease_seconds: how long after a worker's last heartbeat its job is recovered
-        (default LEASE_SECONDS)."""
+        (default LEASE_SECONDS). durable: each add waits until the server's append-only
+        file holds it (WAITAOF)."""
         self.url = self.path = url
         self.redis = Redis.from_url(url)
         self.clock = clock
         self.backoff_base_seconds = backoff_base_seconds
         self.lease_seconds = LEASE_SECONDS if lease_seconds is None else lease_seconds
+        self.durable = durable
         self._valid_types = set()
 
     def _rq(self, job_type):
@@ -143,6 +145,7 @@ class RedisBackend(Backend):
             with self.redis.pipeline() as pipe:
                 stage(pipe)
                 pipe.execute()
+            self._wait_for_disk()
 
         if not (options and options['unique_key']):
             save()
@@ -166,7 +169,20 @@ class RedisBackend(Backend):
             for i in range(start, min(start + chunk_jobs, len(new_jobs))):
                 if ids[i] is None:
                     ids[i] = self.add(*new_jobs[i])
+        self._wait_for_disk()
         return ids
+
+    def _wait_for_disk(self):
+        """In durable mode, return once the server's append-only file has fsynced every
+        write of this connection (Redis >= 7.2, Valkey)."""
+        if not self.durable:
+            return
+        try:
+            self.redis.execute_command('WAITAOF', 1, 0, 0)
+        except ResponseError as exc:
+            raise StorageError(f'durable enqueue needs a server with appendonly yes and '
+                               f'WAITAOF (Redis >= 7.2, Valkey): the server at {self.url} '
+                               f'said: {exc}') from exc
 
     def _staged(self, job_type, payload, now, run_at, options, job_id=None, attempts=0,
                 error=''):

