@@ -10,6 +10,7 @@ dbbasic-tsv does it), because the machines are shared and noisy; a stricter floo
 
 import argparse
 import fcntl
+import json
 import os
 import platform
 import statistics
@@ -108,6 +109,47 @@ def enqueue_us(queue):
     started = time.perf_counter()
     fill(queue, ENQUEUES_PER_RUN)
     return (time.perf_counter() - started) / ENQUEUES_PER_RUN * 1e6
+
+
+def enqueue_many_us(queue, count):
+    """(ours, JSON encoding alone), us per job."""
+    jobs = [('send_email', dict(EMAIL, n=n)) for n in range(count)]
+    started = time.perf_counter()
+    for _, payload in jobs:
+        json.dumps(payload)
+    json_only = time.perf_counter() - started
+    started = time.perf_counter()
+    ids = queue.enqueue_many(jobs)
+    elapsed = time.perf_counter() - started
+    assert len(set(ids)) == count
+    return elapsed / count * 1e6, json_only / count * 1e6
+
+
+DURABLE_ENQUEUES = 300
+
+
+def durable_enqueue_us(queue):
+    """(floor, ours): the floor is floor_append_us's locked append, plus an fsync."""
+    line = floor_line(queue)
+    path, lock_path = queue.path.with_name('floor.tsv'), queue.path.with_name('floor.lock')
+    started = time.perf_counter()
+    for _ in range(DURABLE_ENQUEUES):
+        lock_fd = os.open(lock_path, os.O_CREAT | os.O_RDWR)
+        try:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX)
+            with open(path, 'a', newline='', encoding='utf-8') as f:
+                f.write(line)
+                f.flush()
+                os.fsync(f.fileno())
+        finally:
+            fcntl.flock(lock_fd, fcntl.LOCK_UN)
+            os.close(lock_fd)
+    floor = (time.perf_counter() - started) / DURABLE_ENQUEUES * 1e6
+    durable = Queue(queue.path, durable=True)
+    started = time.perf_counter()
+    for _ in range(DURABLE_ENQUEUES):
+        durable.enqueue('send_email', EMAIL)
+    return floor, (time.perf_counter() - started) / DURABLE_ENQUEUES * 1e6
 
 
 def drain_overhead_us(queue, count):
@@ -252,33 +294,147 @@ def lookup_ms(queue, count):
 
 # VmHWM, not ru_maxrss: ru_maxrss of an exec'd child starts at its parent's size at fork.
 RSS = '''
-import sys
+import sys, time
 from dbbasic_queue import Queue
-Queue(sys.argv[1]).process_jobs({'send_email': lambda p: None})
-with open('/proc/self/status') as f:
-    print(next(int(line.split()[1]) for line in f if line.startswith('VmHWM:')) / 1024)
+
+
+def status(field):
+    with open('/proc/self/status') as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ':')) / 1024
+queue = Queue(sys.argv[1])
+after_import = status('VmRSS')
+max_jobs = int(sys.argv[2]) or None
+started = time.perf_counter()
+done = queue.process_jobs({'send_email': lambda p: None}, max_jobs=max_jobs)['completed']
+elapsed = time.perf_counter() - started
+print(status('VmHWM'), after_import, elapsed / done * 1e6)
 '''
+
+
+def drain_in_process(queue, max_jobs=0):
+    """(peak RSS MB, RSS after import MB, us per job) of a fresh worker process."""
+    return tuple(map(float, python(RSS, queue.path, max_jobs).split()))
 
 
 def peak_rss_mb(queue, count):
     fill(queue, count)
-    return float(python(RSS, queue.path))
+    return drain_in_process(queue)[:2]
 
 
-def worker_speedup(workdir, jobs):
+def worker_speedup(workdir, jobs, workers=2, job_seconds=0.01):
     seconds = []
-    for workers in (1, 2):
+    for count in (1, workers):
         queue = new_queue(workdir)
         for n in range(jobs):
             queue.enqueue('send_email', {'n': n})
         log_path = queue.path.with_name('executions.log')
         log_path.write_text('')
         started = time.perf_counter()
-        procs = [spawn(WORKER, queue.path, log_path, jobs, 0.01) for _ in range(workers)]
+        procs = [spawn(WORKER, queue.path, log_path, jobs, job_seconds) for _ in range(count)]
         for proc in procs:
             proc.communicate(timeout=600)
         seconds.append(time.perf_counter() - started)
     return seconds[0] / seconds[1]
+
+
+LOOPING_WORKER = '''
+import os, sys, time
+from pathlib import Path
+from dbbasic_queue import Queue
+queue, log_path, stop = Queue(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
+log = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+
+def work(payload):
+    os.write(log, (payload['n'] + '\\n').encode())
+queue.process_jobs({'send_email': work})
+Path(sys.argv[3] + '.ready.' + str(os.getpid())).touch()
+while not stop.exists():
+    if not queue.process_jobs({'send_email': work})['completed']:
+        time.sleep(0.01)   # as `work --loop --sleep 0.01` does
+'''
+
+
+def workers_draining_jobs_per_second(workdir, workers, jobs, producers=2):
+    """Jobs/s from the producers' start to the last execution, W looping workers
+    (started and polling first) draining what P producers enqueue; each job exactly once."""
+    queue = new_queue(workdir)
+    log_path, stop = queue.path.with_name('executions.log'), queue.path.with_name('stop')
+    log_path.write_text('')
+    procs = [spawn(LOOPING_WORKER, queue.path, log_path, stop) for _ in range(workers)]
+    try:
+        deadline = time.monotonic() + 60
+        while len(list(queue.path.parent.glob('stop.ready.*'))) < workers:
+            if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
+                raise RuntimeError('workers did not start')
+            time.sleep(0.01)
+        started = time.perf_counter()
+        procs += [spawn(PRODUCER, queue.path, jobs // producers, f'p{i}-')
+                  for i in range(producers)]
+        while log_path.read_bytes().count(b'\n') < jobs:
+            if time.perf_counter() - started > 600:
+                raise RuntimeError('the workers did not finish')
+            time.sleep(0.005)
+        elapsed = time.perf_counter() - started
+    finally:
+        stop.touch()
+        for proc in procs:
+            proc.communicate(timeout=600)
+    executed = log_path.read_text().split()
+    if len(executed) != jobs or len(set(executed)) != jobs:
+        raise RuntimeError(f'{len(executed)} executions, {len(set(executed))} distinct, of {jobs}')
+    return jobs / elapsed
+
+
+MILLION = 1_000_000
+MILLION_DRAINED = 20_000   # a drain of the first 20,000 shows the per-job cost at 1M
+
+
+def million_rows(workdir, runs, row):
+    """The rows for a backlog of a million jobs (filled with enqueue_many)."""
+    future = new_queue(workdir)
+    later = time.time() + 86_400
+    future.enqueue_many({'type': 'send_email', 'payload': EMAIL, 'run_at': later}
+                        for _ in range(MILLION))
+    floors, ours = [], []
+    for _ in range(runs):
+        floors.append(floor_append_us(future))
+        ours.append(enqueue_us(future))
+    floor, mine = statistics.median(floors), statistics.median(ours)
+    row('enqueue, 1,000,000 queued', mine, 'us', f'<= 1.5x floor ({floor:.1f} us)',
+        mine <= 1.5 * floor, f'ratio {mine / floor:.2f}')
+    ids = [line.split(b'\t', 1)[0].decode() for line in
+           future.path.read_bytes().split(b'\n')[1:-1:MILLION // 10]]
+
+    def get_ms():
+        fresh = Queue(future.path)
+        started = time.perf_counter()
+        for job_id in ids:
+            assert fresh.get_job(job_id)['status'] == 'pending'
+        return (time.perf_counter() - started) / len(ids) * 1000
+    value = median_of(runs, get_ms)
+    row('get_job, 1,000,000 jobs (fresh Queue)', value, 'ms', '<= 100 ms', value <= 100)
+    value = statistics.median(fresh_poll_ms(future)[0] for _ in range(runs))
+    row('first idle poll, 1,000,000 future', value, 'ms', '<= 50 ms', value <= 50,
+        'a fresh process')
+
+    def stats_seconds():
+        started = time.perf_counter()
+        assert Queue(future.path).stats()['total'] >= MILLION
+        return time.perf_counter() - started
+    value = median_of(runs, stats_seconds)
+    row('stats, 1,000,000 jobs', value, 's', '<= 1 s', value <= 1)
+    future.path.unlink()
+
+    due = new_queue(workdir)
+    due.enqueue_many(('send_email', EMAIL) for _ in range(MILLION))
+    drains = [drain_in_process(due, MILLION_DRAINED) for _ in range(runs)]
+    value = statistics.median(us for _, _, us in drains)
+    row(f'drain/job, first {MILLION_DRAINED:,} of 1,000,000', value, 'us', '<= 60 us',
+        value <= 60, 'a fresh worker process, with its first parse')
+    value = statistics.median(peak - imported for peak, imported, _ in drains)
+    row('peak RSS growth, 1,000,000 backlog', value, 'MiB', '<= 20 MiB', value <= 20,
+        'over the worker\'s RSS after import')
+    due.path.unlink()
 
 
 # -- the RQ backend ------------------------------------------------------------------
@@ -363,6 +519,17 @@ def main(argv=None):
                 mine <= 1.5 * floor, f'ratio {mine / floor:.2f}; {mine / strict:.2f}x strict floor '
                 f'({strict:.1f} us)')
 
+        count = 10_000 if args.quick else 100_000
+        ours, json_only = zip(*(enqueue_many_us(new_queue(workdir), count) for _ in range(runs)))
+        value = statistics.median(ours)
+        row(f'enqueue_many, {count:,} jobs', value, 'us/job', '<= 2 us', value <= 2,
+            f'one locked append per 10,000; json.dumps alone {statistics.median(json_only):.1f} us')
+
+        floors, ours = zip(*(durable_enqueue_us(new_queue(workdir)) for _ in range(runs)))
+        floor, mine = statistics.median(floors), statistics.median(ours)
+        row('durable enqueue (fsync each)', mine, 'us', f'<= 1.2x floor ({floor:.0f} us)',
+            mine <= 1.2 * floor, f'ratio {mine / floor:.2f}; floor: the append above + fsync')
+
         for count in ([1_000, 10_000] if args.quick else [1_000, 10_000, 100_000]):
             def drain():
                 queue = new_queue(workdir)
@@ -410,14 +577,39 @@ def main(argv=None):
         value = statistics.median(cancels)
         row(f'cancel_job, {big:,} jobs (fresh Queue)', value, 'ms', '<= 50 ms', value <= 50)
 
-        for count, limit in ([(10_000, 30)] if args.quick else [(10_000, 30), (100_000, 150)]):
-            value = median_of(runs, lambda: peak_rss_mb(new_queue(workdir), count))
+        for count, limit, growth_limit in ([(10_000, 30, 5)] if args.quick
+                                           else [(10_000, 30, 5), (100_000, 150, 10)]):
+            peaks, imports = zip(*(peak_rss_mb(new_queue(workdir), count) for _ in range(runs)))
+            value = statistics.median(peaks)
             row(f'peak RSS draining {count:,}', value, 'MB', f'<= {limit} MB', value <= limit,
                 'VmHWM of the worker process')
+            growth = statistics.median(p - i for p, i in zip(peaks, imports))
+            row(f'peak RSS growth draining {count:,}', growth, 'MiB', f'<= {growth_limit} MiB',
+                growth <= growth_limit, f'over its RSS after import '
+                f'({statistics.median(imports):.1f} MiB)')
 
         jobs = 100 if args.quick else 400
         value = median_of(runs, lambda: worker_speedup(workdir, jobs))
         row(f'2 workers vs 1, {jobs} jobs of 10 ms', value, 'x', '>= 1.8x', value >= 1.8)
+        for workers in range(2, (os.cpu_count() or 1) + 1):
+            value = median_of(runs, lambda: worker_speedup(workdir, jobs, workers, 0.005))
+            row(f'{workers} workers vs 1, {jobs} jobs of 5 ms', value, 'x',
+                f'>= {0.85 * workers:.2f}x', value >= 0.85 * workers, 'up to the core count')
+
+        jobs = 4_000 if args.quick else 20_000
+        rates = {}
+        for workers in ((1, 2) if args.quick else (1, 2, 4, 8, 16)):
+            if workers > 8 and (os.cpu_count() or 1) < 16:
+                continue   # the issue: 16 where the machine has the cores
+            rates[workers] = median_of(runs, lambda: workers_draining_jobs_per_second(
+                workdir, workers, jobs))
+            ratio = rates[workers] / rates[1]
+            row(f'{workers} workers draining {jobs:,} no-op jobs while 2 producers enqueue',
+                rates[workers], 'jobs/s', '>= 0.9x 1 worker', ratio >= 0.9,
+                f'{ratio:.2f}x 1 worker; each job exactly once (checked)')
+
+        if not args.quick:
+            million_rows(workdir, runs, row)
 
         server, url = start_redis(workdir)
         if server is None:
