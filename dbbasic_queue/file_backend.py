@@ -165,9 +165,11 @@ class FileBackend(Backend):
 
     def find(self, job_id):
         """Reads the files each time, so it sees what any other process wrote."""
-        job = find_line(self.table.read_bytes(), job_id)
+        with self.table.mapped() as data:
+            job = find_line(data, job_id)
         if job is None or job.status is not Status.PENDING:
-            job = find_line(self.archive.read_bytes(), job_id) or job
+            with self.archive.mapped() as data:
+                job = find_line(data, job_id) or job
         return job
 
     def cancel(self, job_id):

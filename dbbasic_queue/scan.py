@@ -158,7 +158,8 @@ class Scan:
         if not self._polled:
             self._polled = True
             now = now_of()
-            next_due = next_due_if_all_pending(self.table.read_bytes(), now)
+            with self.table.mapped() as data:
+                next_due = next_due_if_all_pending(data, now)
             if next_due is not None and now < next_due:
                 return True
         snap = self.table.snapshot()
@@ -221,7 +222,7 @@ _PENDING_LINE = re.compile(rb'\n[^\t]*\t[^\t]*\t[^\t]*\tpending\t\d*\t(\d{10}(?:
 
 
 def next_due_if_all_pending(data, now=-math.inf, chunk_bytes=SCAN_CHUNK_BYTES):
-    """The earliest run_at of the jobs in data (the hot file's bytes) when every line is
+    """The earliest run_at of the jobs in data (the hot file's bytes or mmap) when every line is
     a pending job, else None. Exact, and in C: a regex over the file instead of parsing
     each line in Python (about 5 ms for 10K jobs instead of 15). It reads chunk_bytes at
     a time and stops at the first chunk holding a job due at `now`, returning its run_at.
@@ -238,8 +239,9 @@ def next_due_if_all_pending(data, now=-math.inf, chunk_bytes=SCAN_CHUNK_BYTES):
         stop = data.rfind(b'\n', start + 1, start + chunk_bytes)
         if stop < 0:   # a line longer than a chunk
             stop = data.find(b'\n', start + 1)
-        run_ats = _PENDING_LINE.findall(data, start, stop)
-        if len(run_ats) != data.count(b'\n', start, stop):
+        chunk = data[start:stop]   # bytes, from a mapped file too
+        run_ats = _PENDING_LINE.findall(chunk)
+        if len(run_ats) != chunk.count(b'\n'):
             return None
         if run_ats:
             next_due = min(next_due, float(min(run_ats)))

@@ -361,6 +361,28 @@ class TableFile:
             finally:
                 os.close(fd)
 
+    @contextmanager
+    def mapped(self):
+        """The whole file, mapped read-only (b'' if missing or empty): a search of a big
+        file without copying it into this process's memory. It is the version open
+        now; appends made meanwhile may be seen, never half a rename."""
+        with storage_errors(self.path, 'read'):
+            try:
+                fd = os.open(self._path_text, READ_FLAGS)
+            except FileNotFoundError:
+                yield b''
+                return
+            try:
+                size = os.fstat(fd).st_size
+                data = mmap.mmap(fd, size, prot=mmap.PROT_READ) if size else b''
+            finally:
+                os.close(fd)
+        try:
+            yield data
+        finally:
+            if size:
+                data.close()
+
     # -- snapshots and rewrites ------------------------------------------------
     def snapshot(self):
         """The current lines, reusing the previous snapshot if the file only grew.
