@@ -1,11 +1,13 @@
 """Compare this checkout with another one, figure by figure, measuring them alternately.
 
     git worktree add /tmp/before <commit>
-    python benchmarks/compare.py /tmp/before [enqueue idle drain1000 drain10000 drain100000 cancel fresh]
+    python benchmarks/compare.py /tmp/before [enqueue idle drain1000 drain10000 drain100000 cancel fresh workers8]
 
 Separate full runs of bench.py drift on a shared machine; here each figure is measured
 in a fresh process for one checkout, then the other, RUNS times, and the medians are
-compared (ratio = this checkout / the other). It uses bench.py's own measurements.
+compared (ratio = this checkout / the other). It uses bench.py's own measurements: for
+an older checkout whose bench.py lacks one (workersN: jobs/s of N workers draining 20,000
+while 2 producers enqueue), copy this bench.py into it.
 """
 
 import json
@@ -35,6 +37,8 @@ elif figure == 'enqueue':
     value = bench.enqueue_us(queue)
 elif figure == 'cancel':
     value = bench.lookup_ms(queue, 100_000)[1]
+elif figure.startswith('workers'):
+    value = bench.workers_draining_jobs_per_second(workdir, int(figure[7:]), 20_000)
 print(json.dumps(value))
 '''
 

@@ -62,6 +62,12 @@ class Backend:
         """Every job, as Jobs, each once (a job found twice after a crash: its later state)."""
         raise NotImplementedError
 
+    def job_fields(self):
+        """(status word, type, created_at, run_at) of every job, each once, as jobs()
+        has them: what stats() counts, without whole Jobs."""
+        for job in self.jobs():
+            yield job.status.value, job.type, job.created_at, job.run_at
+
     def workers(self):
         """The workers now holding jobs, as their names."""
         raise NotImplementedError

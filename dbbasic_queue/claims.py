@@ -103,6 +103,9 @@ class ClaimCycle:
                 if batch.outcomes or batch.unstarted or batch.archive_buffer:
                     self._write_back(run, batch)
                 batch.journal.close()
+            # The version this run wrote last: the next reader (a cron run, another
+            # worker) starts from its summary, not from every line.
+            self.scan.save_summary(self.table.snapshot())
 
     def _claim_next(self, run, batch):
         """Record the last batch and claim the next one; returns how many were claimed."""

@@ -8,6 +8,7 @@ snapshot, and the whole Job of any line) and nothing_due().
 
 import logging
 import math
+import operator
 import re
 import sys
 from typing import NamedTuple
@@ -15,11 +16,12 @@ from typing import NamedTuple
 from . import liveness
 from .job import (COLUMNS, Status, UnparsableLine, check_header, is_queue_header, parse_line,
                   split_line)
-from .storage import split_header
+from .storage import TAIL_BYTES, TableSummary, decode_lines, split_header
 
 log = logging.getLogger('dbbasic_queue')
 
 SCAN_CHUNK_BYTES = 1 << 20      # a first poll's regex pass stops at the first due chunk
+SUMMARY_MIN_BYTES = 4 << 20     # a poll that read this much beyond a summary leaves a new one
 _STATUS_WORDS = {status.value: status.value for status in Status}
 PENDING, PROCESSING = Status.PENDING.value, Status.PROCESSING.value
 
@@ -99,6 +101,8 @@ class Scan:
         self._polled = False
         self._reported_lines = set()
         self._last = None   # (snapshot, its lines, their entries) last parsed
+        self.summary_file = TableSummary(table)
+        self._file_summary = None   # the summary file's data, brought up to date
 
     def view(self, snap):
         return View(snap, self.entries(snap), self)
@@ -150,21 +154,48 @@ class Scan:
         another live worker holds claims: it will take them with its next rewrite (see
         claims.ClaimCycle._claim_due).
 
-        The first call (a cron run polls once) decides from one regex pass over the file
-        when every line is a pending job. Later calls keep parsed entries and scan again
-        only when the file changed; otherwise they cost one stat() plus a liveness check
-        of each worker holding claims. now_of() is the clock.
+        A process that holds no snapshot of the file as it is now (a cron run's first
+        poll, or a worker after another one rewrote the file) first reads the summary
+        file the last reader left and the lines appended after it. Failing that, the
+        first call decides from one regex pass over the file when every line is a
+        pending job. Later calls keep parsed entries and scan again only when the file
+        changed; otherwise they cost one stat() plus a liveness check of each worker
+        holding claims. now_of() is the clock.
         """
-        if not self._polled:
-            self._polled = True
-            now = now_of()
-            with self.table.mapped() as data:
-                next_due = next_due_if_all_pending(data, now)
-            if next_due is not None and now < next_due:
+        st = self.table.stat()
+        snap = self.table.kept_snapshot(st)
+        if snap is None:
+            summary = self._from_summary_file()
+            if summary is not None and self._nothing_due_in(
+                    _for_types(summary, types), worker, now_of(), enough, patience_seconds):
                 return True
-        snap = self.table.snapshot()
+            if self._first_poll_finds_nothing_due(now_of):
+                return True
+            snap = self.table.snapshot(st)
         now = now_of()
-        next_due, due_count, claims, finished = self._idle_summary(snap, types, now)
+        return self._nothing_due_in(self._idle_summary(snap, types, now), worker, now, enough,
+                                    patience_seconds)
+
+    def _first_poll_finds_nothing_due(self, now_of):
+        """True if this process's first poll finds, in one regex pass, a file of pending
+        jobs none of which is due (then it leaves a summary of it)."""
+        if self._polled:
+            return False
+        self._polled = True
+        now = now_of()
+        by_type = {}
+        with self.table.mapped() as (data, ino):
+            next_due = next_due_if_all_pending(data, now, by_type=by_type)
+            if next_due is None or now >= next_due:
+                return False
+            if by_type:
+                self._save_pending_summary(data, ino, by_type)
+        return True
+
+    def _nothing_due_in(self, summary, worker, now, enough, patience_seconds):
+        """nothing_due's answer from (next due run_at, how many are due at most, claims,
+        any finished row) of the job types asked about."""
+        next_due, due_count, claims, finished = summary
         if finished:
             return False
         others = [other for other, claimed_at in claims.items() if other != worker
@@ -174,6 +205,59 @@ class Scan:
         if now < next_due:
             return True
         return bool(others) and due_count < enough and now - next_due < patience_seconds
+
+    # -- the summary file: a fresh process's first poll reads only what came after it --
+    def save_summary(self, snap):
+        """Leave the summary of snap (a version just written or read whole) for the next
+        reader; see storage.TableSummary."""
+        if snap.fd is None or tuple(snap.header or ()) != COLUMNS:
+            return
+        summary = {'types': {}, 'claims': {}, 'finished': False}
+        _add_entries(summary, self.entries(snap))
+        self.summary_file.write(summary, snap.ino, snap.offset, snap.tail)
+
+    def _save_pending_summary(self, data, ino, by_type):
+        """The summary of a file of pending jobs only (data, mapped; ino: its inode
+        number), from the first poll's regex pass over all of it."""
+        header_end = data.find(b'\n')
+        if (self._file_summary is not None or len(data) < SUMMARY_MIN_BYTES
+                or tuple(split_header(data[:header_end].decode('utf-8', 'replace'))) != COLUMNS):
+            return
+        whole = data.rfind(b'\n') + 1
+        summary = {'types': by_type, 'claims': {}, 'finished': False}
+        self.summary_file.write(summary, ino, whole, data[max(0, whole - TAIL_BYTES):whole])
+
+    def _from_summary_file(self):
+        """The summary (all types) of the file as it is now, from the summary file and
+        the lines appended after it, kept between polls; None without a usable one."""
+        cache = self._file_summary
+        if cache is not None:
+            found = self.table.bytes_after(cache['ino'], cache['offset'],
+                                           bytes.fromhex(cache['tail']), cache)
+        else:
+            found = self.summary_file.read()
+        if found is None:
+            self._file_summary = None
+            return None
+        summary, appended, end, tail = found
+        matches = _PENDING_LINE.findall(b'\n' + appended)   # appends are pending jobs ...
+        if len(matches) == appended.count(b'\n'):
+            _count_by_type(matches, summary['types'])
+        else:                                              # ... unless a hand added others
+            _add_entries(summary, self._entries_of(appended))
+        summary.update(offset=end, tail=tail.hex())
+        self._file_summary = summary
+        if len(appended) >= SUMMARY_MIN_BYTES:
+            self.summary_file.write({key: summary[key] for key in ('types', 'claims', 'finished')},
+                                    summary['ino'], end, tail)
+        return summary
+
+    def _entries_of(self, appended):
+        for line in decode_lines(appended[:-1]):
+            entry = entry_of_line(line) if line else None
+            if entry is None and line:
+                self.report_unparsable(line)
+            yield entry
 
     def _idle_summary(self, snap, types, now):
         """_due_and_claims of snap, kept between polls; when the file only grew, only
@@ -187,6 +271,8 @@ class Scan:
                 return summary
         else:
             summary = (math.inf, 0, {}, False)
+            if snap.offset >= SUMMARY_MIN_BYTES and self._file_summary is None:
+                self.save_summary(snap)   # read whole: the next reader need not
         summary = self._due_and_claims(self.entries(snap)[parsed:], types, now, *summary)
         self._idle_cache = ((snap.generation, types), len(snap.lines), summary)
         return summary
@@ -213,15 +299,43 @@ class Scan:
         return next_due, due_count, claims, finished
 
 
+def _add_entries(summary, entries):
+    """Add entries to a summary: {'types': {type: [earliest run_at, pending]}, 'claims':
+    {worker: latest claimed_at}, 'finished': any finished row}."""
+    by_type, claims = summary['types'], summary['claims']
+    for entry in entries:
+        if entry is None:
+            continue
+        status, job_type, run_at, claim, _ = entry
+        if status == PENDING:
+            earliest_and_count = by_type.get(job_type)
+            if earliest_and_count is None:
+                by_type[job_type] = [run_at, 1]
+            else:
+                earliest_and_count[0] = min(earliest_and_count[0], run_at)
+                earliest_and_count[1] += 1
+        elif status == PROCESSING:
+            claims[claim.worker] = max(claims.get(claim.worker, 0.0), claim.claimed_at)
+        else:
+            summary['finished'] = True
+
+
+def _for_types(summary, types):
+    """(next due run_at, how many are pending, claims, finished) of these types."""
+    found = [summary['types'][t] for t in types if t in summary['types']]
+    return (min((earliest for earliest, _ in found), default=math.inf),
+            sum(count for _, count in found), summary['claims'], summary['finished'])
+
+
 # One line of a pending job, from the newline before it: tab-free first six columns,
 # status pending, and a run_at of 10 integer digits (2001-2286), so that the smallest
 # run_at as bytes is the earliest. Each match starts at a line's own newline, so as many
 # matches as lines means every line matched (a match running into the next line would
 # leave that line without one).
-_PENDING_LINE = re.compile(rb'\n[^\t]*\t[^\t]*\t[^\t]*\tpending\t\d*\t(\d{10}(?:\.\d{1,3})?)\t')
+_PENDING_LINE = re.compile(rb'\n[^\t]*\t([^\t"]*)\t[^\t]*\tpending\t\d*\t(\d{10}(?:\.\d{1,3})?)\t')
 
 
-def next_due_if_all_pending(data, now=-math.inf, chunk_bytes=SCAN_CHUNK_BYTES):
+def next_due_if_all_pending(data, now=-math.inf, chunk_bytes=SCAN_CHUNK_BYTES, by_type=None):
     """The earliest run_at of the jobs in data (the hot file's bytes or mmap) when every line is
     a pending job, else None. Exact, and in C: a regex over the file instead of parsing
     each line in Python (about 5 ms for 10K jobs instead of 15). It reads chunk_bytes at
@@ -240,12 +354,30 @@ def next_due_if_all_pending(data, now=-math.inf, chunk_bytes=SCAN_CHUNK_BYTES):
         if stop < 0:   # a line longer than a chunk
             stop = data.find(b'\n', start + 1)
         chunk = data[start:stop]   # bytes, from a mapped file too
-        run_ats = _PENDING_LINE.findall(chunk)
-        if len(run_ats) != chunk.count(b'\n'):
+        matches = _PENDING_LINE.findall(chunk)
+        if len(matches) != chunk.count(b'\n'):
             return None
-        if run_ats:
-            next_due = min(next_due, float(min(run_ats)))
+        if matches:
+            next_due = min(next_due, float(min(matches, key=_RUN_AT)[1]))
+            if by_type is not None:
+                _count_by_type(matches, by_type)
         if next_due <= now:
             return next_due
         start = stop
     return next_due
+
+
+_RUN_AT = operator.itemgetter(1)
+
+
+def _count_by_type(matches, by_type):
+    """Add (type, run_at) matches to {type: [earliest run_at, pending]}."""
+    types = set(map(operator.itemgetter(0), matches))
+    for job_type in types:
+        mine = matches if len(types) == 1 else [m for m in matches if m[0] == job_type]
+        earliest = float(min(mine, key=_RUN_AT)[1])
+        name = job_type.decode('utf-8', 'surrogateescape')
+        if name in by_type:
+            by_type[name] = [min(by_type[name][0], earliest), by_type[name][1] + len(mine)]
+        else:
+            by_type[name] = [earliest, len(mine)]

@@ -14,12 +14,14 @@ dbbasic-tsv while holding that lock: it would flock the file again and deadlock.
 import errno
 import fcntl
 import itertools
+import json
 import logging
 import mmap
 import os
 import shutil
 import tempfile
 import threading
+import time
 import weakref
 import zlib
 from contextlib import contextmanager, nullcontext
@@ -44,6 +46,8 @@ TAIL_BYTES = 64                 # the bytes before a snapshot's end, checked bef
 _generations = itertools.count()
 READ_CHUNK_BYTES = 1 << 20
 CONFLICTS_BEFORE_LOCKING = 3    # after that many lost races, rewrite holding the lock
+SUMMARY_MAX_BYTES = 1 << 20     # a table summary larger than this is not one
+SUMMARY_TRUST_SECONDS = 300     # an older summary is not read: the file is scanned anew
 
 
 @contextmanager
@@ -349,6 +353,30 @@ class TableFile:
             return None, []
         return split_header(lines[0]), [line for line in lines[1:] if line]
 
+    def iter_lines(self):
+        """The lines of the file, header first, read a chunk at a time (memory stays
+        near one chunk); nothing if it does not exist."""
+        with storage_errors(self.path, 'read'):
+            try:
+                fd = os.open(self._path_text, READ_FLAGS)
+            except FileNotFoundError:
+                return
+            try:
+                offset, rest = 0, b''
+                while True:
+                    data = os.pread(fd, READ_CHUNK_BYTES, offset)
+                    if not data:
+                        break
+                    offset += len(data)
+                    data = rest + data
+                    whole = data.rfind(b'\n') + 1
+                    rest = data[whole:]
+                    yield from (line for line in decode_lines(data[:whole - 1]) if line)
+                if rest:
+                    yield from (line for line in decode_lines(rest) if line)
+            finally:
+                os.close(fd)
+
     def read_bytes(self, limit=None):
         """The whole file (or its first limit bytes) as bytes; b'' if it does not exist."""
         with storage_errors(self.path, 'read'):
@@ -363,40 +391,82 @@ class TableFile:
 
     @contextmanager
     def mapped(self):
-        """The whole file, mapped read-only (b'' if missing or empty): a search of a big
-        file without copying it into this process's memory. It is the version open
-        now; appends made meanwhile may be seen, never half a rename."""
+        """(the whole file mapped read-only, its inode number), or (b'', None) if it is
+        missing: a search of a big file without copying it into this process's memory.
+        It is the version open now; appends made meanwhile may be seen."""
         with storage_errors(self.path, 'read'):
             try:
                 fd = os.open(self._path_text, READ_FLAGS)
             except FileNotFoundError:
-                yield b''
+                yield b'', None
                 return
             try:
-                size = os.fstat(fd).st_size
-                data = mmap.mmap(fd, size, prot=mmap.PROT_READ) if size else b''
+                st = os.fstat(fd)
+                data = mmap.mmap(fd, st.st_size, prot=mmap.PROT_READ) if st.st_size else b''
             finally:
                 os.close(fd)
         try:
-            yield data
+            yield data, st.st_ino
         finally:
-            if size:
+            if st.st_size:
                 data.close()
 
+    def bytes_after(self, ino, offset, tail, value=None, at_most=None):
+        """(value, the bytes of the whole lines after byte offset, the offset they end
+        at, the last TAIL_BYTES before it) if the file now is inode ino and its bytes
+        before offset end with tail (and hold at most at_most bytes after it); else
+        None."""
+        with storage_errors(self.path, 'read'):
+            try:
+                fd = os.open(self._path_text, READ_FLAGS)
+            except FileNotFoundError:
+                return None
+            try:
+                st = os.fstat(fd)
+                if (st.st_ino != ino or st.st_size < offset
+                        or (at_most is not None and st.st_size - offset > at_most)
+                        or os.pread(fd, len(tail), offset - len(tail)) != tail):
+                    return None
+                data = _pread_all(fd, st.st_size - offset, offset)
+            finally:
+                os.close(fd)
+        whole = data.rfind(b'\n') + 1
+        return value, data[:whole], offset + whole, (tail + data[:whole])[-TAIL_BYTES:]
+
+    def stat(self):
+        """The file's stat, or None if it is missing."""
+        try:   # no context manager: this is a worker's idle poll
+            return _stat_or_none(self.path)
+        except OSError as exc:
+            raise storage_error(self.path, 'stat', exc) from exc
+
+    def kept_snapshot(self, st):
+        """The snapshot kept, brought up to date, if it is of the file whose stat is st
+        (which may have grown since); else None."""
+        snap = self._snapshot
+        if snap is None or not snap.only_grew(st):
+            return None
+        if st is not None and st.st_size > snap.offset:
+            try:   # no context manager: this is a worker's idle poll
+                snap.read_more(st)
+            except OSError as exc:
+                raise storage_error(self.path, 'read', exc) from exc
+        return snap
+
     # -- snapshots and rewrites ------------------------------------------------
-    def snapshot(self):
-        """The current lines, reusing the previous snapshot if the file only grew.
+    def snapshot(self, st=False):
+        """The current lines, reusing the previous snapshot if the file only grew; st:
+        the file's stat if the caller just took it.
 
         "Only grew" is not "the same inode": an editor or `cat > file` rewrites a file in
         place. See Snapshot.only_grew; a commit proves it with a CRC before it writes.
         """
-        try:   # no context manager: this is a worker's idle poll
-            st = _stat_or_none(self.path)
-            snap = self._snapshot
-            if snap is not None and snap.only_grew(st):
-                if st is not None and st.st_size > snap.offset:
-                    snap.read_more(st)
-                return snap
+        if st is False:
+            st = self.stat()
+        snap = self.kept_snapshot(st)
+        if snap is not None:
+            return snap
+        try:
             self._forget()
             self._snapshot = snap = self._open_snapshot()
             return snap
@@ -595,6 +665,59 @@ class TableFile:
             except PermissionError:
                 log.warning('%s will be owned by uid %d instead of %d: run workers as '
                             'the file\'s owner', self.path, os.geteuid(), st.st_uid)
+
+
+class TableSummary:
+    """.<table>.summary beside the table: what a reader found in one version of it, up to
+    a byte offset, so that the next reader (a cron run's first poll) reads only the lines
+    appended since. A cache: written whole by rename, never fsynced, ignored unless it
+    names the file open now (inode) and that file still holds, at the offset, the last
+    bytes it names (so an in-place edit, which rewrites them, makes it stale). An
+    in-place edit that keeps the size and the last bytes (`cat > file` changing an
+    early line) goes unseen until the summary is SUMMARY_TRUST_SECONDS old.
+    """
+
+    def __init__(self, table):
+        self.table = table
+        self.path = table.path.with_name(f'.{table.path.name}.summary')
+
+    def read(self):
+        """TableFile.bytes_after for the version it covers, with its data as the value;
+        None when it is missing or stale."""
+        try:
+            fd = os.open(self.path, READ_FLAGS)
+            try:
+                if time.time() - os.fstat(fd).st_mtime > SUMMARY_TRUST_SECONDS:
+                    return None
+                summary = json.loads(os.read(fd, SUMMARY_MAX_BYTES))
+            finally:
+                os.close(fd)
+            # Only if it covers at least half the file: else one regex pass is as quick.
+            return self.table.bytes_after(summary['ino'], summary['offset'],
+                                          bytes.fromhex(summary['tail']), summary,
+                                          at_most=summary['offset'])
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.info('ignoring %s: %s', self.path, exc)
+            return None
+
+    def write(self, summary, ino, offset, tail):
+        """summary: a dict of JSON values; ino, offset, tail: the version it covers."""
+        data = json.dumps({**summary, 'ino': ino, 'offset': offset, 'tail': tail.hex()})
+        temp = self.path.with_name(f'{self.table._temp_prefix()}{os.urandom(4).hex()}.tmp')
+        try:
+            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
+                         DEFAULT_FILE_MODE)
+            try:
+                set_mode(fd, self.table.lock.mode(), self.path)
+                _write_all(fd, data.encode())
+            finally:
+                os.close(fd)
+            os.replace(temp, self.path)
+        except OSError as exc:
+            log.warning('could not write %s (only a cache): %s', self.path, exc)
+            _unlink_quietly(temp)
 
 
 class Change(NamedTuple):

@@ -13,6 +13,7 @@ import pytest
 from dbbasic_queue import InvalidArgumentError, InvalidJobError, Queue, StorageError
 from dbbasic_queue import queue as queue_module
 from dbbasic_queue import scan as scan_module
+from dbbasic_queue import storage as storage_module
 from dbbasic_queue.storage import TableFile
 
 from .conftest import SUBPROCESS_TIMEOUT_SECONDS, spawn, wait_all
@@ -232,3 +233,82 @@ def test_durable_enqueue_on_rq_waits_for_the_append_only_file(redis_url):
         assert [queue.get_job(i)['status'] for i in ids] == ['pending'] * 2
     finally:
         server.config_set('appendonly', 'no')
+
+
+# -- the summary file: a cron run's first poll reads only what came after it -----------
+def queue_with_summary(path, future_jobs=2000):
+    """A queue of future jobs whose last worker run left a summary of the file."""
+    queue = Queue(path)
+    later = time.time() + 3600
+    queue.enqueue_many({'type': 't', 'payload': {'n': n}, 'run_at': later}
+                       for n in range(future_jobs))
+    queue.enqueue('t', {'n': 'now'})
+    assert queue.process_jobs({'t': lambda p: None})['completed'] == 1
+    assert path.with_name('.queue.tsv.summary').exists()
+    return queue
+
+
+def test_a_first_poll_reads_the_summary_and_only_the_lines_after_it(tmp_path, monkeypatch):
+    path = tmp_path / 'queue.tsv'
+    queue = queue_with_summary(path)
+    queue.enqueue('t', {'n': 'later'}, run_at=time.time() + 3600)
+
+    def not_called(*args, **kwargs):
+        raise AssertionError('the whole file was read')
+    monkeypatch.setattr(scan_module, 'next_due_if_all_pending', not_called)
+    monkeypatch.setattr(scan_module, 'entry_of_line', not_called)
+    assert Queue(path).process_jobs({'t': lambda p: None})['completed'] == 0
+    due = queue.enqueue('t', {'n': 'due'})        # appended after the summary, due now
+    monkeypatch.undo()
+    assert Queue(path).process_jobs({'t': lambda p: None})['completed'] == 1
+    assert queue.get_job(due)['status'] == 'completed'
+
+
+def test_a_summary_of_another_version_or_too_old_is_not_trusted(tmp_path):
+    from .test_trust import rewrite_in_place
+    path = tmp_path / 'queue.tsv'
+    queue = queue_with_summary(path)
+    lines = path.read_text().splitlines()
+    first, second = lines[1].split('\t'), lines[2].split('\t')
+
+    def due(fields, run_at):
+        def edit(text):
+            return text.replace('\t'.join(fields), '\t'.join(fields[:5] + [run_at] + fields[6:]))
+        return edit
+    # In place (same inode), shorter: the summary's last bytes are no longer where it says.
+    rewrite_in_place(path, due(first, '1'))
+    assert queue.find_job(first[0]).run_at == 1
+    assert Queue(path).process_jobs({'t': lambda p: None})['completed'] == 1
+    # In place, same size, an early line: unseen until the summary is too old to trust.
+    rewrite_in_place(path, due(second, '1000000000' + second[5][10:]))
+    summary = path.with_name('.queue.tsv.summary')
+    old = time.time() - storage_module.SUMMARY_TRUST_SECONDS - 1
+    os.utime(summary, (old, old))
+    assert Queue(path).process_jobs({'t': lambda p: None})['completed'] == 1
+    # A new file (an editor's save), and a summary that is not JSON: both ignored.
+    queue_with_summary(tmp_path / 'b' / 'queue.tsv')
+    other = tmp_path / 'b' / 'queue.tsv'
+    text = other.read_text()
+    other.unlink()
+    other.write_text(text.replace('\tpending\t', '\tpending\t', 1))
+    Queue(other).enqueue('t', {'n': 'due'})
+    other.with_name('.queue.tsv.summary').write_text('{not json')
+    assert Queue(other).process_jobs({'t': lambda p: None})['completed'] == 1
+
+
+def test_stats_counts_a_job_found_in_both_files_once_as_the_archive_has_it(tmp_path):
+    # A crash between the archive's append and the hot file's rename leaves a finished
+    # job in both files; stats reads lines, not Jobs, and must still count it once.
+    path = tmp_path / 'queue.tsv'
+    queue = Queue(path)
+    done = queue.enqueue('t', {'n': 1})
+    queue.enqueue('u', 'a "quoted" payload\twith a tab')
+    queue.process_jobs({'t': lambda p: None})
+    archived = queue.archive_path.read_text().splitlines()[1]
+    with open(path, 'a') as f:
+        f.write(archived.replace('\tcompleted\t', '\tprocessing\t') + '\n')
+    stats = queue.stats()
+    assert stats['total'] == 2 == len(queue.jobs())
+    assert stats['by_status']['completed'] == 1 and stats['by_status']['pending'] == 1
+    assert stats['by_type']['u']['pending'] == 1
+    assert queue.get_job(done)['status'] == 'completed'
