@@ -196,7 +196,8 @@ def main(argv=None):
     over_charged = [i for i, key in promised.items()
                     if i in jobs and jobs[i]['attempts'] > len(runs.get(key, []))]
     problems = queue.check()
-    leftovers = list((workdir / 'data').glob('.*'))
+    # The summary is a cache each run leaves on purpose; anything else hidden is left over.
+    leftovers = [p for p in (workdir / 'data').glob('.*') if not p.name.endswith('.summary')]
     rows = [('seconds of kill -9', f'{args.seconds:g}', ''),
             ('processes killed', storm.kills, ''),
             ('jobs enqueued (id returned)', len(promised), ''),
