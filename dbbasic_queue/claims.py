@@ -273,6 +273,8 @@ class ClaimCycle:
                 run.jobs_left -= 1
             if time.perf_counter() - batch.archive_flushed_at >= ARCHIVE_FLUSH_SECONDS:
                 self._flush_archive(batch)
+        if not batch.unstarted:
+            batch.claimed = {}   # all ran: drop the Jobs before the next rewrite plans
         if ran:
             seconds_per_job = max((time.perf_counter() - started) / ran, 1e-6)
             batch_seconds = max(MIN_BATCH_SECONDS, batch.rewrite_seconds / REWRITE_SHARE)
