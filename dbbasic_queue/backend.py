@@ -7,6 +7,8 @@ behavioural tests (tests/test_backends.py), and both follow rules.py for what an
 does. Jobs cross the contract as job.Job.
 """
 
+from collections import Counter
+
 
 class Backend:
     """What a Queue needs from storage. Every method is called with checked arguments."""
@@ -62,11 +64,12 @@ class Backend:
         """Every job, as Jobs, each once (a job found twice after a crash: its later state)."""
         raise NotImplementedError
 
-    def job_fields(self):
-        """(status word, type, created_at, run_at) of every job, each once, as jobs()
-        has them: what stats() counts, without whole Jobs."""
-        for job in self.jobs():
-            yield job.status.value, job.type, job.created_at, job.run_at
+    def job_totals(self):
+        """What stats() counts, each job once as jobs() has it: ({(status word, type):
+        jobs}, the oldest pending job's created_at, the earliest pending run_at), the
+        last two None without pending jobs."""
+        return totals_of((job.status.value, job.type, job.created_at, job.run_at)
+                         for job in self.jobs())
 
     def workers(self):
         """The workers now holding jobs, as their names."""
@@ -107,3 +110,14 @@ class Backend:
     def save_edit(self, original, edited):
         """Save an edit, merged with what changed meanwhile (file backend only)."""
         raise NotImplementedError
+
+
+def totals_of(job_fields):
+    """job_totals from (status word, type, created_at, run_at) of each job."""
+    counts, oldest, earliest = Counter(), None, None
+    for status, job_type, created_at, run_at in job_fields:
+        counts[status, job_type] += 1
+        if status == 'pending':
+            oldest = created_at if oldest is None else min(oldest, created_at)
+            earliest = run_at if earliest is None else min(earliest, run_at)
+    return counts, oldest, earliest

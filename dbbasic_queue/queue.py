@@ -286,17 +286,10 @@ class Queue:
         now = self._clock()
         by_status = dict.fromkeys(STATUS_WORDS, 0)
         by_type: dict[str, dict[str, int]] = {}
-        oldest_created, next_due = None, None
-        pending = Status.PENDING.value
-        for status, job_type, created_at, run_at in self.backend.job_fields():
-            by_status[status] += 1
-            counts = by_type.get(job_type)
-            if counts is None:
-                counts = by_type[job_type] = dict.fromkeys(STATUS_WORDS, 0)
-            counts[status] += 1
-            if status == pending:
-                oldest_created = min(oldest_created or created_at, created_at)
-                next_due = min(next_due or run_at, run_at)
+        counts, oldest_created, next_due = self.backend.job_totals()
+        for (status, job_type), count in sorted(counts.items()):
+            by_status[status] += count
+            by_type.setdefault(job_type, dict.fromkeys(STATUS_WORDS, 0))[status] += count
         return {
             'total': sum(by_status.values()), 'by_status': by_status, 'by_type': by_type,
             'oldest_pending_seconds': None if oldest_created is None else max(0, now - oldest_created),

@@ -183,8 +183,9 @@ class Scan:
             return False
         self._polled = True
         now = now_of()
-        by_type = {}
         with self.table.mapped() as (data, ino):
+            # Counting by type costs a third more: only for a file worth a summary.
+            by_type = {} if len(data) >= SUMMARY_MIN_BYTES else None
             next_due = next_due_if_all_pending(data, now, by_type=by_type)
             if next_due is None or now >= next_due:
                 return False
@@ -333,6 +334,7 @@ def _for_types(summary, types):
 # matches as lines means every line matched (a match running into the next line would
 # leave that line without one).
 _PENDING_LINE = re.compile(rb'\n[^\t]*\t([^\t"]*)\t[^\t]*\tpending\t\d*\t(\d{10}(?:\.\d{1,3})?)\t')
+_PENDING_RUN_AT = re.compile(rb'\n[^\t]*\t[^\t"]*\t[^\t]*\tpending\t\d*\t(\d{10}(?:\.\d{1,3})?)\t')
 
 
 def next_due_if_all_pending(data, now=-math.inf, chunk_bytes=SCAN_CHUNK_BYTES, by_type=None):
@@ -354,12 +356,18 @@ def next_due_if_all_pending(data, now=-math.inf, chunk_bytes=SCAN_CHUNK_BYTES, b
         if stop < 0:   # a line longer than a chunk
             stop = data.find(b'\n', start + 1)
         chunk = data[start:stop]   # bytes, from a mapped file too
-        matches = _PENDING_LINE.findall(chunk)
-        if len(matches) != chunk.count(b'\n'):
-            return None
-        if matches:
-            next_due = min(next_due, float(min(matches, key=_RUN_AT)[1]))
-            if by_type is not None:
+        if by_type is None:
+            run_ats = _PENDING_RUN_AT.findall(chunk)
+            if len(run_ats) != chunk.count(b'\n'):
+                return None
+            if run_ats:
+                next_due = min(next_due, float(min(run_ats)))
+        else:
+            matches = _PENDING_LINE.findall(chunk)
+            if len(matches) != chunk.count(b'\n'):
+                return None
+            if matches:
+                next_due = min(next_due, float(min(matches, key=_RUN_AT)[1]))
                 _count_by_type(matches, by_type)
         if next_due <= now:
             return next_due

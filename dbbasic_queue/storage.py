@@ -46,6 +46,7 @@ TAIL_BYTES = 64                 # the bytes before a snapshot's end, checked bef
 _generations = itertools.count()
 READ_CHUNK_BYTES = 1 << 20
 CONFLICTS_BEFORE_LOCKING = 3    # after that many lost races, rewrite holding the lock
+MAP_MIN_BYTES = 4 << 20         # files this big are searched mapped, not copied
 SUMMARY_MAX_BYTES = 1 << 20     # a table summary larger than this is not one
 SUMMARY_TRUST_SECONDS = 300     # an older summary is not read: the file is scanned anew
 
@@ -353,9 +354,9 @@ class TableFile:
             return None, []
         return split_header(lines[0]), [line for line in lines[1:] if line]
 
-    def iter_lines(self):
-        """The lines of the file, header first, read a chunk at a time (memory stays
-        near one chunk); nothing if it does not exist."""
+    def iter_chunks(self):
+        """The file's bytes, a chunk of whole lines at a time (the last one may lack its
+        newline): memory stays near one chunk. Nothing if it does not exist."""
         with storage_errors(self.path, 'read'):
             try:
                 fd = os.open(self._path_text, READ_FLAGS)
@@ -371,11 +372,17 @@ class TableFile:
                     data = rest + data
                     whole = data.rfind(b'\n') + 1
                     rest = data[whole:]
-                    yield from (line for line in decode_lines(data[:whole - 1]) if line)
+                    if whole:
+                        yield data[:whole]
                 if rest:
-                    yield from (line for line in decode_lines(rest) if line)
+                    yield rest + b'\n'
             finally:
                 os.close(fd)
+
+    def iter_lines(self):
+        """The lines of the file, header first, a chunk at a time."""
+        for chunk in self.iter_chunks():
+            yield from (line for line in decode_lines(chunk[:-1]) if line)
 
     def read_bytes(self, limit=None):
         """The whole file (or its first limit bytes) as bytes; b'' if it does not exist."""
@@ -393,7 +400,8 @@ class TableFile:
     def mapped(self):
         """(the whole file mapped read-only, its inode number), or (b'', None) if it is
         missing: a search of a big file without copying it into this process's memory.
-        It is the version open now; appends made meanwhile may be seen."""
+        It is the version open now; appends made meanwhile may be seen. A file under
+        MAP_MIN_BYTES is read instead: its copy costs less than the mapping's page faults."""
         with storage_errors(self.path, 'read'):
             try:
                 fd = os.open(self._path_text, READ_FLAGS)
@@ -402,13 +410,15 @@ class TableFile:
                 return
             try:
                 st = os.fstat(fd)
-                data = mmap.mmap(fd, st.st_size, prot=mmap.PROT_READ) if st.st_size else b''
+                mapped = st.st_size >= MAP_MIN_BYTES
+                data = (mmap.mmap(fd, st.st_size, prot=mmap.PROT_READ) if mapped
+                        else _pread_all(fd, st.st_size, 0))
             finally:
                 os.close(fd)
         try:
             yield data, st.st_ino
         finally:
-            if st.st_size:
+            if mapped:
                 data.close()
 
     def bytes_after(self, ino, offset, tail, value=None, at_most=None):

@@ -312,3 +312,21 @@ def test_stats_counts_a_job_found_in_both_files_once_as_the_archive_has_it(tmp_p
     assert stats['by_status']['completed'] == 1 and stats['by_status']['pending'] == 1
     assert stats['by_type']['u']['pending'] == 1
     assert queue.get_job(done)['status'] == 'completed'
+
+
+def test_stats_reads_lines_a_regex_cannot_and_agrees_with_the_jobs(tmp_path):
+    path = tmp_path / 'queue.tsv'
+    queue = Queue(path)
+    for n in range(5):
+        queue.enqueue('t', {'n': n})
+    queue.enqueue('a "quoted" type', {})
+    queue.process_jobs({'t': lambda p: None}, max_jobs=2)
+    plain = queue.stats()
+    with open(path, 'a') as f:
+        f.write('\n' + 'a stray line\n')
+    text = path.read_text()
+    path.write_text(text.replace('\n', '\r\n', 2))   # CRLF on the header and a job
+    for stats in (plain, queue.stats()):
+        assert stats['total'] == 6 == len(queue.jobs())
+        assert stats['by_status']['completed'] == 2 and stats['by_status']['pending'] == 4
+        assert stats['by_type']['a "quoted" type']['pending'] == 1
