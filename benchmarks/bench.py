@@ -343,10 +343,36 @@ while not stop.exists():
 '''
 
 
-def workers_draining_jobs_per_second(workdir, workers, jobs, producers=2):
+IDLE_POLLER = '''
+import sys, time
+from pathlib import Path
+from dbbasic_queue import Queue
+queue, stop = Queue(sys.argv[1]), Path(sys.argv[2])
+while not stop.exists():
+    queue.process_jobs({'no_such_jobs': lambda p: None})
+    time.sleep(0.001)
+'''
+
+
+def with_idle_pollers_jobs_per_second(workdir, pollers, jobs=20_000):
+    """workers_draining_jobs_per_second for 1 worker while `pollers` other processes
+    poll the same queue for a type that has no jobs: what every extra worker costs
+    even when it claims nothing."""
+    queue = new_queue(workdir)
+    stop = queue.path.with_name('pollers.stop')
+    procs = [spawn(IDLE_POLLER, queue.path, stop) for _ in range(pollers)]
+    try:
+        return workers_draining_jobs_per_second(workdir, 1, jobs, queue=queue)
+    finally:
+        stop.touch()
+        for proc in procs:
+            proc.communicate(timeout=600)
+
+
+def workers_draining_jobs_per_second(workdir, workers, jobs, producers=2, queue=None):
     """Jobs/s from the producers' start to the last execution, W looping workers
     (started and polling first) draining what P producers enqueue; each job exactly once."""
-    queue = new_queue(workdir)
+    queue = queue or new_queue(workdir)
     log_path, stop = queue.path.with_name('executions.log'), queue.path.with_name('stop')
     log_path.write_text('')
     procs = [spawn(LOOPING_WORKER, queue.path, log_path, stop) for _ in range(workers)]

@@ -7,7 +7,8 @@ Separate full runs of bench.py drift on a shared machine; here each figure is me
 in a fresh process for one checkout, then the other, RUNS times, and the medians are
 compared (ratio = this checkout / the other). It uses bench.py's own measurements: for
 an older checkout whose bench.py lacks one (workersN: jobs/s of N workers draining 20,000
-while 2 producers enqueue), copy this bench.py into it.
+while 2 producers enqueue; pollersN: of 1 worker while N processes poll for a type with
+no jobs), copy this bench.py into it.
 """
 
 import json
@@ -37,6 +38,8 @@ elif figure == 'enqueue':
     value = bench.enqueue_us(queue)
 elif figure == 'cancel':
     value = bench.lookup_ms(queue, 100_000)[1]
+elif figure.startswith('pollers'):
+    value = bench.with_idle_pollers_jobs_per_second(workdir, int(figure[7:]))
 elif figure.startswith('workers'):
     value = bench.workers_draining_jobs_per_second(workdir, int(figure[7:]), 20_000)
 print(json.dumps(value))
