@@ -13,6 +13,7 @@ dbbasic-tsv while holding that lock: it would flock the file again and deadlock.
 
 import errno
 import fcntl
+import io
 import itertools
 import json
 import logging
@@ -112,7 +113,7 @@ class FileLock:
             make_directory(self.path.parent, self.file_mode)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | NO_FOLLOW,
                          DEFAULT_FILE_MODE if self.file_mode is None else self.file_mode)
-            weakref.finalize(self, os.close, fd)
+            self._owner = _FdOwner(fd)
             if self.file_mode is not None and os.fstat(fd).st_mode & 0o777 != self.file_mode:
                 set_mode(fd, self.file_mode, self.path)
         self._fd = fd
@@ -123,6 +124,16 @@ class FileLock:
         if self._fd is None:
             self._open()
         return os.fstat(self._fd).st_mode & 0o777
+
+
+def _FdOwner(fd):
+    """An object that closes fd when it is closed or garbage-collected, in C.
+
+    Not weakref.finalize: a finalizer runs Python code during garbage collection, and a
+    SIGINT whose handler runs there raises its KeyboardInterrupt where Python can only
+    print and drop it: a worker would ignore Ctrl-C. A FileIO closes its descriptor in C.
+    """
+    return io.FileIO(fd, 'r', closefd=True)
 
 
 class Snapshot:
@@ -148,13 +159,13 @@ class Snapshot:
         self.seen = None            # a _version() of the file known to start with them
         if fd is None:
             self.ino = self.dev = None
-            self._finalizer = None
+            self._owner = None
         else:
             st = os.fstat(fd)
             self.ino, self.dev = st.st_ino, st.st_dev
             if st.st_size == offset:
                 self.seen = _version(st)
-            self._finalizer = weakref.finalize(self, os.close, fd)
+            self._owner = _FdOwner(fd)
 
     def is_file(self, st):
         if st is None or self.fd is None:
@@ -210,8 +221,9 @@ class Snapshot:
         return self.crc
 
     def close(self):
-        if self._finalizer is not None:
-            self._finalizer()   # closes the fd, once
+        if self._owner is not None:
+            self._owner.close()   # closes the fd, once
+            self._owner = None
             self.fd = None
 
     def read_more(self, st, whole=False):
