@@ -1,4 +1,5 @@
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -12,6 +13,12 @@ from dbbasic_queue import Queue
 from tests.redis_server import executable as redis_server_executable
 
 REPO = Path(__file__).resolve().parent.parent
+
+# A shell starts a background job (`.ci/run &`) with SIGINT ignored, and an ignored signal
+# stays ignored across exec: the workers these tests start would ignore the Ctrl-C that
+# some tests send them. A handled signal is reset to the default at exec instead.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 SUBPROCESS_TIMEOUT_SECONDS = 60
 
 
