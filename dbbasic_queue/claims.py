@@ -23,7 +23,7 @@ MIN_BATCH_SECONDS = 0.05        # a batch holds at least this much measured work
 REWRITE_SHARE = 0.1             # ... or enough that rewrites are <= 10 % of the time
 BATCH_GROWTH = 64
 MAX_BATCH_JOBS = 2_000          # bounds a worker's memory: each claim holds a Job
-CLAIM_WAIT_SECONDS = 0.05      # a due job waits at most this long for a busy worker
+CLAIM_WAIT_SECONDS = 0.05       # a due job waits at most this long for a busy worker
 ARCHIVE_FLUSH_SECONDS = 0.05    # finished jobs reach the archive at least this often
 
 

@@ -53,8 +53,7 @@ class FileBackend(Backend):
         """One locked append, never reading the file; with a unique_key, one read of the
         hot file under the lock."""
         job_id = new_job_id()
-        data = (self._line(job_id, job_type, payload, payload_text, now, run_at, options)
-                + '\n').encode('utf-8')
+        data = self._line_bytes(job_id, job_type, payload, payload_text, now, run_at, options)
         if not self._header_current:
             self._upgrade_header()
         unique_key = options and options['unique_key']
@@ -76,9 +75,9 @@ class FileBackend(Backend):
         if not self._header_current:
             self._upgrade_header()
         ids, holders = [], {}   # unique_key -> the id of its job, seen in this call
-        for chunk_ids, keys, lines in chunks:
+        for chunk_ids, keys, lines, data in chunks:
             if not any(keys):
-                self.table.append(''.join(lines).encode('utf-8'))
+                self.table.append(data)
                 ids.extend(chunk_ids)
                 continue
             with self.table.lock:
@@ -99,8 +98,8 @@ class FileBackend(Backend):
         return ids
 
     def _lines_of(self, new_jobs):
-        """(ids, unique_keys, lines ending in a newline) of new jobs: the common case
-        (no options, due now) without a call per job."""
+        """(ids, unique_keys, lines ending in a newline, those lines encoded) of new
+        jobs: the common case (no options, due now) without a call per job."""
         ids = new_job_ids(len(new_jobs))
         keys, lines = [], []
         middles = {}   # (type, now) -> format_new_line's text between payload and job id
@@ -120,14 +119,25 @@ class FileBackend(Backend):
                 keys.append(options and options['unique_key'])
             lines.append(line + '\n')
         try:
-            ''.join(lines).encode('utf-8')
-        except UnicodeEncodeError:   # a payload with lone surrogates: _line escapes it
-            lines = [self._line(job_id, *new_job) + '\n'
+            data = ''.join(lines).encode('utf-8')
+        except UnicodeEncodeError:   # a payload with lone surrogates: _line_bytes escapes it
+            lines = [self._line_bytes(job_id, *new_job).decode('utf-8')
                      for job_id, new_job in zip(ids, new_jobs)]
-        return ids, keys, lines
+            data = ''.join(lines).encode('utf-8')
+        return ids, keys, lines, data
+
+    def _line_bytes(self, job_id, job_type, payload, payload_text, now, run_at, options):
+        """The new job's line and its newline, encoded once."""
+        line = self._line(job_id, job_type, payload, payload_text, now, run_at, options) + '\n'
+        try:
+            return line.encode('utf-8')
+        except UnicodeEncodeError:
+            # Lone surrogates in a str: escape them so the file stays valid UTF-8.
+            escaped = payload_json(payload, JSON_ASCII)
+            return line.replace(quote_field(payload_text), quote_field(escaped), 1).encode('utf-8')
 
     def _line(self, job_id, job_type, payload, payload_text, now, run_at, options):
-        """The new job's line, as text that UTF-8 can encode."""
+        """The new job's line (it may hold lone surrogates: see _line_bytes)."""
         if options is None:
             run_at_text = (format_millis(due_now_millis(now)) if run_at is None
                            else format_time(run_at))
@@ -136,13 +146,7 @@ class FileBackend(Backend):
             line = format_line(Job(job_id, job_type, payload_text, Status.PENDING, int(now),
                                    due_now_millis(now) / 1000 if run_at is None else run_at,
                                    **options))
-        try:
-            line.encode('utf-8')
-            return line
-        except UnicodeEncodeError:
-            # Lone surrogates in a str: escape them so the file stays valid UTF-8.
-            escaped = payload_json(payload, JSON_ASCII)
-            return line.replace(quote_field(payload_text), quote_field(escaped), 1)
+        return line
 
     def _active_job_with_key(self, unique_key, data):
         """The id of the pending or processing job with this unique_key in data (the hot

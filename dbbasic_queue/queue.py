@@ -34,8 +34,8 @@ from . import rules
 from .errors import InvalidArgumentError, InvalidJobError, JobNotFound, QueueError
 from .file_backend import FileBackend
 from .job import FINAL_STATUSES, Job, JobDetails, JobDict, Status, format_line, number, split_line
-from .validate import (JSON, check_durable, check_file_mode, check_handlers, check_job_type, check_limit,
-                       check_timeout, job_options, payload_json, run_at_from)
+from .validate import (JSON, check_durable, check_file_mode, check_handlers, check_job_type,
+                       check_limit, check_timeout, job_options, payload_json, run_at_from)
 
 ENV_VAR = 'DBBASIC_QUEUE'
 MODE_ENV_VAR = 'DBBASIC_QUEUE_MODE'   # e.g. 660: the queue's files are shared with a group

@@ -100,7 +100,7 @@ class Scan:
         self._idle_cache = None
         self._polled = False
         self._reported_lines = set()
-        self._last = None   # (snapshot, its lines, their entries) last parsed
+        self._last_parsed = None   # the snapshot whose lines were last parsed
         self.summary_file = TableSummary(table)
         self._file_summary = None   # the summary file's data, brought up to date
 
@@ -116,21 +116,23 @@ class Scan:
         check_header(self.table.path, snap.header)
         entries = snap.jobs
         has_priority = snap.header is None or tuple(snap.header) == COLUMNS
-        new_lines = snap.lines[len(entries):]
         known = {}
-        if not entries and self._last is not None and self._last[0] is not snap:
-            _, lines, parsed = self._last
-            if tuple(snap.header or ()) == tuple(self._last[0].header or ()):
-                known = dict(zip(lines, parsed))
-        for line in new_lines:
+        last = self._last_parsed
+        if (not entries and last is not None and last is not snap
+                and tuple(snap.header or ()) == tuple(last.header or ())):
+            known = dict(zip(last.lines, last.jobs))
+        for line in snap.lines[len(entries):]:
             entry = known.get(line)
-            if entry is None:
-                entry = entry_of_line(line, has_priority)
-                if entry is None:
-                    self.report_unparsable(line)
-            entries.append(entry)
-        self._last = (snap, snap.lines, entries)
+            entries.append(self._entry(line, has_priority) if entry is None else entry)
+        self._last_parsed = snap
         return entries
+
+    def _entry(self, line, has_priority=True):
+        """entry_of_line, reporting (once) a line that is not a job."""
+        entry = entry_of_line(line, has_priority)
+        if entry is None:
+            self.report_unparsable(line)
+        return entry
 
     def job_at(self, snap, i):
         """The whole Job on line i of snap, or None (reported once as not a job)."""
@@ -221,7 +223,7 @@ class Scan:
         """The summary of a file of pending jobs only (data, mapped; ino: its inode
         number), from the first poll's regex pass over all of it."""
         header_end = data.find(b'\n')
-        if (self._file_summary is not None or len(data) < SUMMARY_MIN_BYTES
+        if (self._file_summary is not None
                 or tuple(split_header(data[:header_end].decode('utf-8', 'replace'))) != COLUMNS):
             return
         whole = data.rfind(b'\n') + 1
@@ -241,10 +243,11 @@ class Scan:
             self._file_summary = None
             return None
         summary, appended, end, tail = found
-        matches = _PENDING_LINE.findall(b'\n' + appended)   # appends are pending jobs ...
-        if len(matches) == appended.count(b'\n'):
+        # Appended lines are pending jobs, counted in C, unless a hand wrote others.
+        matches = _pending_matches(b'\n' + appended[:-1]) if appended else []
+        if matches is not None:
             _count_by_type(matches, summary['types'])
-        else:                                              # ... unless a hand added others
+        else:
             _add_entries(summary, self._entries_of(appended))
         summary.update(offset=end, tail=tail.hex())
         self._file_summary = summary
@@ -254,11 +257,7 @@ class Scan:
         return summary
 
     def _entries_of(self, appended):
-        for line in decode_lines(appended[:-1]):
-            entry = entry_of_line(line) if line else None
-            if entry is None and line:
-                self.report_unparsable(line)
-            yield entry
+        return (self._entry(line) for line in decode_lines(appended[:-1]) if line)
 
     def _idle_summary(self, snap, types, now):
         """_due_and_claims of snap, kept between polls; when the file only grew, only
@@ -338,10 +337,12 @@ _PENDING_RUN_AT = re.compile(rb'\n[^\t]*\t[^\t"]*\t[^\t]*\tpending\t\d*\t(\d{10}
 
 
 def next_due_if_all_pending(data, now=-math.inf, chunk_bytes=SCAN_CHUNK_BYTES, by_type=None):
-    """The earliest run_at of the jobs in data (the hot file's bytes or mmap) when every line is
-    a pending job, else None. Exact, and in C: a regex over the file instead of parsing
-    each line in Python (about 5 ms for 10K jobs instead of 15). It reads chunk_bytes at
-    a time and stops at the first chunk holding a job due at `now`, returning its run_at.
+    """The earliest run_at of the jobs in data (the hot file's bytes, or its mmap) when
+    every line is a pending job, else None. Exact, and in C: a regex over the file instead
+    of parsing each line in Python (about 5 ms for 10K jobs instead of 15). It reads
+    chunk_bytes at a time and stops at the first chunk holding a job due at `now`,
+    returning its run_at. by_type, a dict, also gets the count and earliest run_at of
+    each type (_count_by_type), for a summary.
     """
     header_end = data.find(b'\n')
     if header_end < 0:
@@ -363,8 +364,8 @@ def next_due_if_all_pending(data, now=-math.inf, chunk_bytes=SCAN_CHUNK_BYTES, b
             if run_ats:
                 next_due = min(next_due, float(min(run_ats)))
         else:
-            matches = _PENDING_LINE.findall(chunk)
-            if len(matches) != chunk.count(b'\n'):
+            matches = _pending_matches(chunk)
+            if matches is None:
                 return None
             if matches:
                 next_due = min(next_due, float(min(matches, key=_RUN_AT)[1]))
@@ -376,6 +377,13 @@ def next_due_if_all_pending(data, now=-math.inf, chunk_bytes=SCAN_CHUNK_BYTES, b
 
 
 _RUN_AT = operator.itemgetter(1)
+
+
+def _pending_matches(chunk):
+    """The (type, run_at) of every line of chunk (each line after a newline, none after
+    the last), or None unless every line is a pending job _PENDING_LINE reads."""
+    matches = _PENDING_LINE.findall(chunk)
+    return matches if len(matches) == chunk.count(b'\n') else None
 
 
 def _count_by_type(matches, by_type):
