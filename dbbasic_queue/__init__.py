@@ -8,10 +8,11 @@ from .errors import (EditConflict, InvalidArgumentError, InvalidJobError, JobNot
 from .job import COLUMNS, Job, JobDetails, JobDict, Status
 from .queue import (ENV_VAR, Queue, cancel_job, default_queue, enqueue, enqueue_many,
                     get_job, process_jobs)
+from .schedule import cron, every
 from .version import __version__
 
 
-__all__ = ['enqueue', 'enqueue_many', 'process_jobs', 'get_job', 'cancel_job', 'Queue', 'Job', 'Status',
+__all__ = ['enqueue', 'enqueue_many', 'process_jobs', 'cron', 'every', 'get_job', 'cancel_job', 'Queue', 'Job', 'Status',
            'COLUMNS', 'ENV_VAR', 'QueueError', 'InvalidJobError', 'StorageError', 'JobTimedOut',
            'EditConflict', 'InvalidArgumentError', 'JobNotFound',
            'default_queue', 'JobDict', 'JobDetails', '__version__']

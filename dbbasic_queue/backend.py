@@ -52,6 +52,18 @@ class Backend:
         """Pause or resume one job type; kept in the storage, so it outlives processes."""
         raise NotImplementedError
 
+    def schedule_records(self):
+        """The recurring jobs' stored state: {entry name: schedule.Record}, read now."""
+        raise NotImplementedError
+
+    def commit_schedule(self, decide):
+        """Atomically: read the records, call decide(records) -> (changed records by
+        name, new jobs as (job_id, type, payload, payload_text), each due now), and store
+        the jobs and the changed records together, so that a process killed at any instant
+        leaves each recorded slot with exactly one job, and no job without its record (the
+        next commit settles what a killed one left in flight). Returns the new jobs' ids."""
+        raise NotImplementedError
+
     def work(self, handlers, max_attempts, timeout, max_jobs, max_seconds, on_failure=None):
         """Run due jobs of these types until none is due or a limit is reached, by the
         rules of rules.py; return a Counter of outcomes (rules.OUTCOMES). Each job is

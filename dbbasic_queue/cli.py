@@ -24,7 +24,7 @@ from pathlib import Path
 
 from .errors import QueueError
 from .queue import DEFAULT_PATH, ENV_VAR, MAX_ATTEMPTS, Queue, is_redis_url
-from .validate import check_handlers, check_limit
+from .validate import check_handlers, check_limit, parse_duration
 from .version import __version__
 
 try:
@@ -38,8 +38,6 @@ PROG = 'dbbasic-queue'
 EXIT_OK, EXIT_PROBLEM, EXIT_USAGE = 0, 1, 2
 PROGRESS_MIN_JOBS = 1000         # show a progress line instead of per-job lines above this
 PROGRESS_INTERVAL_SECONDS = 0.2
-DURATION_UNITS_SECONDS = {'s': 1, 'm': 60, 'h': 3600, 'd': 86400, 'w': 604800}
-DURATION_PATTERN = re.compile(r'(\d+(?:\.\d+)?)([smhdw]?)')
 STATUSES = ('pending', 'processing', 'completed', 'failed', 'cancelled', 'migrated')
 HANDLERS_ENV_VAR = 'DBBASIC_QUEUE_HANDLERS'   # MODULE:ATTR when `work` is given none
 CONFIG_TABLE = 'dbbasic-queue'               # [tool.dbbasic-queue] in pyproject.toml
@@ -65,15 +63,6 @@ class _Parser(argparse.ArgumentParser):
 
 
 # -- parsing helpers ---------------------------------------------------------------
-def parse_duration(text):
-    """'90', '90s', '15m', '2h', '7d', '1w', '1h30m' -> seconds."""
-    text = text.strip().lower()
-    parts = DURATION_PATTERN.findall(text)
-    if not text or ''.join(n + u for n, u in parts) != text:
-        raise UsageError(f'bad duration {text!r}: use e.g. 90s, 15m, 2h, 7d or 1h30m')
-    return sum(float(n) * DURATION_UNITS_SECONDS[u or 's'] for n, u in parts)
-
-
 def parse_time(text):
     """Unix seconds, or an ISO 8601 date/time (local time unless it has an offset)."""
     try:
@@ -453,21 +442,28 @@ def cmd_migrate(queue, args):
         raise UsageError('migrate moves a file queue into Redis: give --queue a .tsv file')
     if not is_redis_url(args.to):
         raise UsageError(f'--to must be a redis:// URL, got {args.to!r}')
-    from .rq_backend import migrate, raise_if_unavailable
+    from .rq_backend import migrate, migrate_schedule, raise_if_unavailable
     raise_if_unavailable(args.to)
     live = [w for w in queue.stats()['workers']]
     if live and not args.dry_run:
         raise UsageError(f'workers are still running on {queue.path} ({", ".join(live)}): '
                          f'stop them (and their cron lines) first')
-    moved = migrate(queue, Queue(args.to), dry_run=args.dry_run)
+    target = Queue(args.to)
+    moved = migrate(queue, target, dry_run=args.dry_run)
+    schedule_state = migrate_schedule(queue, target, dry_run=args.dry_run)
     if args.json:
         print_json({'dry_run': args.dry_run, 'jobs': [{'id': j.id, 'type': j.type,
-                                                        'status': j.status.value} for j in moved]})
+                                                        'status': j.status.value} for j in moved],
+                    'schedule': [record.name for record in schedule_state]})
         return EXIT_OK
     print_table([[j.id, j.type, j.status.value, j.attempts] for j in moved],
                 ['id', 'type', 'status', 'attempts'])
     verb = 'would move' if args.dry_run else 'moved'
     print(f'{verb} {len(moved)} job(s) to {args.to}')
+    if schedule_state:
+        print(f'{"would copy" if args.dry_run else "copied"} the state of '
+              f'{len(schedule_state)} recurring job(s): '
+              f'{", ".join(record.name for record in schedule_state)}')
     return EXIT_OK
 
 

@@ -5,6 +5,7 @@ Its operations are here; the claim cycle that works jobs is claims.py, the speed
 machinery scan.py, the files themselves storage.py, hand edits editing.py.
 """
 
+import logging
 import operator
 import re
 import threading
@@ -12,16 +13,19 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from . import editing, liveness, rules
+from . import editing, liveness, rules, schedule
 from .backend import Backend, totals_of
 from .claims import ClaimCycle, Plan, Run
 from .job import (ACTIVE_STATUSES, COLUMNS, FINAL_STATUSES, Job, Status, UnparsableLine, check_header,
                   format_line, format_millis, format_new_line, format_time, job_or_none,
                   new_job_id, new_job_ids, parse_line, quote_field)
 from .scan import Scan, entry_of_job
-from .storage import (Change, FileLock, TableFile, WordsFile, WorkerJournal,
+from .storage import (Change, FileLock, SmallFile, TableFile, WordsFile, WorkerJournal,
                       abandoned_temp_files, split_header)
 from .validate import JSON_ASCII, due_now_millis, payload_json
+
+log = logging.getLogger('dbbasic_queue')
+
 
 class FileBackend(Backend):
     """Jobs in two TSV files; see the module docstring and Backend for the contract."""
@@ -44,6 +48,9 @@ class FileBackend(Backend):
                                  lock, rewrite_lock)
         self.scan = Scan(self.table, lease_seconds)
         self.paused = WordsFile(self.path.with_suffix('.paused'), lock)
+        self.schedule_state = SmallFile(self.path.with_name(self.path.stem + '.schedule.tsv'),
+                                        lock)
+        self._reported_state_lines = set()
         self.state_lock = threading.RLock()   # one rewrite at a time in this process
         self._header_current = False
         self.batch_sizes = {}                 # frozenset of job types -> jobs a claim takes
@@ -214,6 +221,58 @@ class FileBackend(Backend):
 
     def set_paused(self, job_type, paused):
         self.paused.set(job_type, paused)
+
+    # -- recurring jobs ---------------------------------------------------------------
+    def schedule_records(self):
+        records, bad = self.schedule_state.read(schedule.parse_state)
+        for number, line, problem in bad:
+            if line not in self._reported_state_lines:
+                self._reported_state_lines.add(line)
+                log.warning('%s:%d: kept a line that is not an entry\'s state (%s): %.200r',
+                            self.schedule_state.path, number, problem, line)
+        return records
+
+    def commit_schedule(self, decide):
+        """Under the queue's lock, with a two-phase record, because a job and its record
+        are in two files: first each entry with new jobs is recorded with its new slot and
+        last job id, and its previous slot as rollback_slot; then the jobs are appended (one
+        append); then the records are written without rollback_slot. A commit that finds a
+        rollback_slot left by a killed process looks the job id up: in the queue, the slot
+        was enqueued; not there, it was not, and the entry's last slot is rollback_slot."""
+        with self.table.lock:
+            records, bad = self.schedule_state.read(schedule.parse_state)
+            resolved = self._settled(records)
+            records = {**records, **resolved}
+            changed, jobs = decide(records)
+            settled = {**records, **changed}
+            if jobs:
+                in_flight = {name: record._replace(rollback_slot=records[name].last_slot)
+                             for name, record in changed.items() if record.job_id}
+                self.schedule_state.replace(schedule.format_state({**settled, **in_flight},
+                                                                  [line for _, line, _ in bad]))
+                now = self.clock()
+                self.table.append(b''.join(
+                    self._line_bytes(job_id, job_type, payload, payload_text, now, None, None)
+                    for job_id, job_type, payload, payload_text in jobs), fsync=self.durable)
+            if changed or resolved:
+                self.schedule_state.replace(schedule.format_state(settled,
+                                                                  [line for _, line, _ in bad]))
+        return [job[0] for job in jobs]
+
+    def _settled(self, records):
+        """The records a killed commit left in flight, settled by looking their job up."""
+        settled = {}
+        for name, record in records.items():
+            if record.rollback_slot is None:
+                continue
+            if self.find(record.job_id) is not None:
+                settled[name] = record._replace(rollback_slot=None)
+            else:
+                log.warning('schedule entry %r: the job of its last slot was never written '
+                            '(a worker was killed); that slot is due again', name)
+                settled[name] = record._replace(last_slot=record.rollback_slot, job_id='',
+                                                rollback_slot=None)
+        return settled
 
     # -- work -------------------------------------------------------------------------
     def work(self, handlers, max_attempts, timeout, max_jobs, max_seconds, on_failure=None):
@@ -440,6 +499,9 @@ class FileBackend(Backend):
                     job.worker, job.claimed_at, now, self.lease_seconds):
                 problems.append(f'{where}: job {job.id} is processing by '
                                 f'{job.worker or "an unknown worker"}, which is gone')
+        _, bad = self.schedule_state.read(schedule.parse_state)
+        problems += [f'{self.schedule_state.path.name}:{number}: {problem}: {line!r:.80}'
+                     for number, line, problem in bad]
         for leftover in sorted(abandoned_temp_files(self.table.lock.path)):
             problems.append(f'{leftover.name}: temp file left by an interrupted rewrite')
         return problems

@@ -23,19 +23,23 @@ attempt does, on both, is rules.py. The README's "What is guaranteed" says what 
 
 from __future__ import annotations
 
+import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Union
 
-from . import rules
+from . import rules, schedule as schedules
 from .errors import InvalidArgumentError, InvalidJobError, JobNotFound, QueueError
 from .file_backend import FileBackend
 from .job import FINAL_STATUSES, Job, JobDetails, JobDict, Status, format_line, number, split_line
 from .validate import (JSON, check_durable, check_file_mode, check_handlers, check_job_type,
                        check_limit, check_timeout, job_options, payload_json, run_at_from)
+
+log = logging.getLogger('dbbasic_queue')
 
 ENV_VAR = 'DBBASIC_QUEUE'
 MODE_ENV_VAR = 'DBBASIC_QUEUE_MODE'   # e.g. 660: the queue's files are shared with a group
@@ -44,12 +48,14 @@ DEFAULT_PATH = 'data/queue.tsv'
 MAX_ATTEMPTS = rules.MAX_ATTEMPTS
 LEASE_SECONDS = 3600            # a file claim from another host is trusted this long
 ENQUEUE_MANY_CHUNK_JOBS = 10_000   # enqueue_many writes this many jobs per locked append
+SCHEDULE_POLL_SECONDS = 1.0     # run_worker (RQ) enqueues due scheduled slots this often
 STATUS_WORDS = tuple(status.value for status in Status)
 FINAL_WORDS = tuple(sorted(status.value for status in FINAL_STATUSES))
 
 Handlers = Mapping[str, Callable[[Any], Any]]             # job type -> fn(payload) -> result
 OnFailure = Callable[[JobDict, BaseException], object]    # fn(job, exception), after a failure
 Location = Union[str, 'os.PathLike[str]']                 # a .tsv path or a redis:// URL
+Schedule = Iterable[schedules.Entry]                      # cron() and every() entries
 
 
 ENQUEUE_OPTIONS = ('run_at', 'delay', 'priority', 'unique_key', 'timeout', 'max_attempts')
@@ -91,6 +97,8 @@ class Queue:
         job whose id was returned (default $DBBASIC_QUEUE_DURABLE, else off)."""
         self._clock = clock
         self._valid_types: set[str] = set()
+        self._next_slots: dict[tuple[str, str, float], float] = {}   # schedules.needs_commit's
+        self._reported_removed: set[str] = set()
         durable = check_durable(durable if durable is not None
                                 else os.environ.get(DURABLE_ENV_VAR) or False)
         if is_redis_url(location):
@@ -178,7 +186,8 @@ class Queue:
     def process_jobs(self, handlers: Handlers, max_attempts: int = MAX_ATTEMPTS, *,
                      timeout: float | None = None, max_jobs: int | None = None,
                      max_seconds: float | None = None,
-                     on_failure: OnFailure | None = None) -> dict[str, int]:
+                     on_failure: OnFailure | None = None,
+                     schedule: Schedule | None = None) -> dict[str, int]:
         """Run every due job whose type has a handler, then return counts by outcome.
 
         Returns {'completed': n, 'retried': n, 'failed': n, 'recovered': n}. A handler
@@ -193,26 +202,78 @@ class Queue:
         that attempt left it: 'pending' for a retry, else 'failed'): the place for Sentry
         or an alert. Its own exceptions are logged and never stop the run.
         Jobs of a paused type (pause()) are left pending.
+        schedule: a list of cron() and every() entries; their due slots are enqueued first
+        (enqueue_due), and an entry whose type has no handler here is an error at once.
         On SIGTERM or SIGINT the current job finishes, claimed jobs not yet started go
         back to pending, and the signal is then handled as it would have been (a second
         SIGINT interrupts the running job at once).
         """
         self._check_work(handlers, max_attempts, timeout, max_jobs, max_seconds, on_failure)
+        if schedule is not None:
+            self.enqueue_due(schedules.check_schedule(schedule, handlers))
         return rules.outcome_counts(self.backend.work(handlers, max_attempts, timeout,
                                                       max_jobs, max_seconds, on_failure))
+
+    def enqueue_due(self, schedule: Schedule) -> list[str]:
+        """Enqueue one job for each slot of schedule (cron() and every() entries) that
+        came due since the slot last enqueued for it; returns the new jobs' ids.
+
+        Exactly one job per (entry, slot), whatever runs at once: the record of a slot and
+        its job are stored together (Backend.commit_schedule). When nothing is due this
+        reads no more than the stored state (on the file: one stat). See schedule.py for
+        new and changed entries, catch_up after downtime, and time zones.
+        """
+        entries = schedules.check_schedule(schedule)
+        records = self.backend.schedule_records()
+        for record in schedules.removed(entries, records):
+            if record.name not in self._reported_removed:
+                self._reported_removed.add(record.name)
+                log.warning('schedule state of %r (%s) has no entry in this schedule: '
+                            'ignored', record.name, record.schedule)
+        if not schedules.needs_commit(entries, records, self._clock(), self._next_slots):
+            return []
+        return self.backend.commit_schedule(
+            lambda records: schedules.plan(entries, records, self._clock()))
+
+    def schedule_records(self) -> dict[str, schedules.Record]:
+        """The stored state of recurring jobs, by entry name (for `dbbasic-queue schedule`)."""
+        return dict(self.backend.schedule_records())
 
     def run_worker(self, handlers: Handlers, max_attempts: int = MAX_ATTEMPTS, *,
                    timeout: float | None = None, max_jobs: int | None = None,
                    max_seconds: float | None = None,
-                   on_failure: OnFailure | None = None) -> dict[str, int]:
+                   on_failure: OnFailure | None = None,
+                   schedule: Schedule | None = None) -> dict[str, int]:
         """A long-running worker that blocks on new jobs itself (RQ only; the file's is
         `dbbasic-queue work --loop`); counts by outcome. Types paused when it starts are
-        left alone until it is restarted."""
+        left alone until it is restarted. With a schedule, a thread enqueues its due
+        slots every SCHEDULE_POLL_SECONDS while the worker runs."""
         self._check_work(handlers, max_attempts, timeout, max_jobs, max_seconds, on_failure)
         if not self.backend.long_running_worker:
             raise QueueError('run_worker needs RQ; a file queue polls process_jobs')
-        return rules.outcome_counts(self.backend.work_forever(
-            handlers, max_attempts, timeout, max_jobs, max_seconds, on_failure))
+        if schedule is None:
+            return rules.outcome_counts(self.backend.work_forever(
+                handlers, max_attempts, timeout, max_jobs, max_seconds, on_failure))
+        entries = schedules.check_schedule(schedule, handlers)
+        self.enqueue_due(entries)
+        stop = threading.Event()
+        poller = threading.Thread(target=self._enqueue_due_until, args=(entries, stop),
+                                  name='dbbasic-queue schedule', daemon=True)
+        poller.start()
+        try:
+            return rules.outcome_counts(self.backend.work_forever(
+                handlers, max_attempts, timeout, max_jobs, max_seconds, on_failure))
+        finally:
+            stop.set()
+            poller.join()
+
+    def _enqueue_due_until(self, entries, stop):
+        while not stop.wait(SCHEDULE_POLL_SECONDS):
+            try:
+                self.enqueue_due(entries)
+            except Exception:
+                log.exception('schedule: enqueueing due slots failed; trying again in %g s',
+                              SCHEDULE_POLL_SECONDS)
 
     @staticmethod
     def _check_work(handlers, max_attempts, timeout, max_jobs, max_seconds, on_failure):
@@ -416,7 +477,8 @@ def enqueue_many(jobs: Iterable[tuple[str, Any] | Mapping[str, Any]]) -> list[st
 def process_jobs(handlers: Handlers, max_attempts: int = MAX_ATTEMPTS,
                  **options: Any) -> dict[str, int]:
     """Run the due jobs of the default queue; returns counts by outcome. See
-    Queue.process_jobs for the options (timeout, max_jobs, max_seconds, on_failure)."""
+    Queue.process_jobs for the options (timeout, max_jobs, max_seconds, on_failure,
+    schedule)."""
     return default_queue().process_jobs(handlers, max_attempts, **options)
 
 

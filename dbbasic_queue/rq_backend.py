@@ -42,7 +42,7 @@ from rq.job import JobStatus
 from rq.results import Result
 from rq.serializers import JSONSerializer
 
-from . import rules
+from . import rules, schedule
 from .backend import Backend
 from .errors import QueueError, StorageError
 from .job import ACTIVE_STATUSES, Job, Status, new_job_id, one_line
@@ -54,6 +54,7 @@ QUEUE_PREFIX = 'dbbasic:'                  # RQ queue of a job type: dbbasic:<ty
 TYPES_KEY = 'dbbasic_queue:types'          # every job type ever enqueued (for stats, list)
 UNIQUE_KEY_PREFIX = 'dbbasic_queue:unique:'
 PAUSED_KEY = 'dbbasic_queue:paused'        # the job types workers leave alone for now
+SCHEDULE_KEY = 'dbbasic_queue:schedule'    # recurring jobs' state: entry name -> its line
 UNIQUE_CLAIM_GRACE_SECONDS = 60            # a unique key set, its job not yet saved
 KEEP_FOREVER = -1                          # results and failures stay until purge
 LEASE_SECONDS = 60                         # a dead worker's job is recovered this long after
@@ -126,6 +127,7 @@ class RedisBackend(Backend):
         self.lease_seconds = LEASE_SECONDS if lease_seconds is None else lease_seconds
         self.durable = durable
         self._valid_types = set()
+        self._reported_problems = set()
 
     def _rq(self, job_type):
         return RQQueue(QUEUE_PREFIX + job_type, connection=self.redis, serializer=JSONSerializer)
@@ -261,6 +263,42 @@ class RedisBackend(Backend):
     def set_paused(self, job_type, paused):
         (self.redis.sadd if paused else self.redis.srem)(PAUSED_KEY, job_type)
 
+    # -- recurring jobs ---------------------------------------------------------------
+    def schedule_records(self):
+        return self._records(self.redis.hgetall(SCHEDULE_KEY))
+
+    def commit_schedule(self, decide):
+        """WATCH the state hash, decide, then the jobs and the records in one MULTI/EXEC:
+        another commit in between makes EXEC fail, and this one starts again."""
+        with self.redis.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(SCHEDULE_KEY)
+                    changed, jobs = decide(self._records(pipe.hgetall(SCHEDULE_KEY)))
+                    if not changed:
+                        pipe.reset()
+                        return []
+                    pipe.multi()
+                    now = self.clock()
+                    for job_id, job_type, payload, _ in jobs:
+                        self._staged(job_type, payload, now, None, None, job_id)[1](pipe)
+                    pipe.hset(SCHEDULE_KEY, mapping={
+                        name: schedule.format_record(record) for name, record in changed.items()})
+                    pipe.execute()
+                    break
+                except WatchError:
+                    continue
+        self._wait_for_disk()
+        return [job[0] for job in jobs]
+
+    def _records(self, stored):
+        records, bad = _parsed_records(stored)
+        for problem in bad:
+            if problem not in self._reported_problems:
+                self._reported_problems.add(problem)
+                log.warning('%s: ignored', problem)
+        return records
+
     def work(self, handlers, max_attempts, timeout, max_jobs, max_seconds, on_failure=None):
         """An RQ worker in burst mode: it drains what is due and returns (cron keeps working)."""
         return self._work(handlers, max_attempts, timeout, max_jobs, max_seconds, on_failure,
@@ -390,7 +428,21 @@ class RedisBackend(Backend):
             for job_id in registry.get_expired_job_ids():
                 problems.append(f'job {job_id} ({job_type}) is started by a worker that stopped '
                                 f'answering; RQ fails or retries it at its next maintenance')
-        return problems
+        return problems + _parsed_records(self.redis.hgetall(SCHEDULE_KEY))[1]
+
+
+def _parsed_records(stored):
+    """(records by name, problems) of the schedule state hash's fields."""
+    records, bad = {}, []
+    for name, line in stored.items():
+        try:
+            record = schedule.parse_record(line.decode())
+        except (ValueError, UnicodeDecodeError) as exc:
+            bad.append(f'{SCHEDULE_KEY} {name.decode(errors="replace")!r}: not an entry\'s '
+                       f'state: {exc}')
+            continue
+        records[record.name] = record
+    return records, bad
 
 
 class _Worker(SimpleWorker):
@@ -450,6 +502,18 @@ def migrate(source, target, dry_run=False, batch_size=500):
                 _copy(job, target.backend)
         source.mark_migrated({job.id for job in batch})
     return jobs
+
+
+def migrate_schedule(source, target, dry_run=False):
+    """Copy the file queue's recurring-job state into RQ `target`, where each entry goes
+    on from its last slot; returns the copied Records. A record a killed worker left in
+    flight is settled first (not in a dry run, which writes nothing)."""
+    if not dry_run:
+        source.backend.commit_schedule(lambda records: ({}, []))
+    records = source.schedule_records()
+    if records and not dry_run:
+        target.backend.commit_schedule(lambda current: (records, []))
+    return list(records.values())
 
 
 def _copy(job, target):

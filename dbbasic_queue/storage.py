@@ -774,37 +774,39 @@ class _Output:
             self.write(('\n'.join(chunk) + '\n').encode(ENCODING, DECODE_ERRORS))
 
 
-class WordsFile:
-    """A small plain-text file of words, one per line (data/queue.paused), read without
-    the lock and replaced whole under it (temp file, fsync, rename): never half-written."""
+class SmallFile:
+    """A small plain-text file beside the queue (data/queue.paused, the schedule state),
+    read without the lock and replaced whole under it (temp file, fsync, rename): never
+    half-written. Its mode is the lock's, as for the queue's tables."""
 
     def __init__(self, path, lock):
         self.path = Path(path)
-        self.lock = lock     # its mode is the file's mode, as for the queue's tables
-        self._cached = (None, frozenset())   # (stat version, words): polls stat, not read
+        self.lock = lock
+        self._cached = (None, None)   # (stat version, what parse made of the text)
 
-    def words(self):
+    def read(self, parse):
+        """parse(text) of the file ('' if there is none), parsed again only when the file
+        changed: a poll costs one stat. parse must be the same function on every call."""
         st = _stat_or_none(self.path)
-        if st is None:
-            return frozenset()
         # The inode too: each update is a new file, even within one timestamp tick.
-        version = (st.st_ino, *_version(st))
-        if self._cached[0] != version:
-            with storage_errors(self.path, 'read'):
-                with open(self.path, encoding=ENCODING, errors=DECODE_ERRORS) as f:
-                    words = frozenset(line.strip() for line in f if line.strip())
-            self._cached = (version, words)
+        version = None if st is None else (st.st_ino, *_version(st))
+        if self._cached[0] != version or self._cached[1] is None:
+            text = ''
+            if st is not None:
+                with storage_errors(self.path, 'read'):
+                    with open(self.path, encoding=ENCODING, errors=DECODE_ERRORS) as f:
+                        text = f.read()
+            self._cached = (version, parse(text))
         return self._cached[1]
 
-    def set(self, word, present):
-        """Add (present) or remove one word, atomically with respect to other updates."""
+    def replace(self, text):
+        """Write text as the whole file, atomically; the caller holds the lock."""
         with self.lock, storage_errors(self.path, 'write'):
-            words = self.words() | {word} if present else self.words() - {word}
             fd, temp = tempfile.mkstemp(prefix=f'.{self.path.name}.', dir=self.path.parent)
             try:
                 set_mode(fd, self.lock.mode(), self.path)
                 with os.fdopen(fd, 'w', encoding=ENCODING, errors=DECODE_ERRORS) as f:
-                    f.write(''.join(f'{word}\n' for word in sorted(words)))
+                    f.write(text)
                     f.flush()
                     os.fsync(f.fileno())
                 os.replace(temp, self.path)
@@ -812,6 +814,23 @@ class WordsFile:
                 _unlink_quietly(temp)
                 raise
             _fsync_directory(self.path.parent)
+
+
+def _words(text):
+    return frozenset(line.strip() for line in text.splitlines() if line.strip())
+
+
+class WordsFile(SmallFile):
+    """data/queue.paused: one word per line."""
+
+    def words(self):
+        return self.read(_words)
+
+    def set(self, word, present):
+        """Add (present) or remove one word, atomically with respect to other updates."""
+        with self.lock:
+            words = self.words() | {word} if present else self.words() - {word}
+            self.replace(''.join(f'{word}\n' for word in sorted(words)))
 
 
 def make_directory(directory, file_mode=None):

@@ -4,6 +4,7 @@ is written. Shared by both backends, so their errors are the same."""
 import json
 import logging
 import math
+import re
 from datetime import datetime, timedelta
 
 from .errors import InvalidArgumentError, InvalidJobError
@@ -14,6 +15,8 @@ log = logging.getLogger('dbbasic_queue')
 # Times a job may be scheduled at: those a datetime (and so `list` and `show`) can print.
 LATEST_TIME_SECONDS = 253_402_300_799     # 9999-12-31 23:59:59 UTC
 MAX_TIMEOUT_SECONDS = 10 * 366 * 86400    # ten years; setitimer refuses far more
+DURATION_UNITS_SECONDS = {'s': 1, 'm': 60, 'h': 3600, 'd': 86400, 'w': 604800}
+DURATION_PATTERN = re.compile(r'(\d+(?:\.\d+)?)([smhdw]?)')
 
 
 def json_encoder(ensure_ascii):
@@ -35,6 +38,15 @@ def json_encoder(ensure_ascii):
 
 JSON = json_encoder(ensure_ascii=False)
 JSON_ASCII = json_encoder(ensure_ascii=True)
+
+
+def parse_duration(text):
+    """'90', '90s', '15m', '2h', '7d', '1w', '1h30m' -> seconds (InvalidArgumentError if not)."""
+    text = text.strip().lower()
+    parts = DURATION_PATTERN.findall(text)
+    if not text or ''.join(n + u for n, u in parts) != text:
+        raise InvalidArgumentError(f'bad duration {text!r}: use e.g. 90s, 15m, 2h, 7d or 1h30m')
+    return sum(float(n) * DURATION_UNITS_SECONDS[u or 's'] for n, u in parts)
 
 
 def check_job_type(job_type):

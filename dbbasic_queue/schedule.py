@@ -1,0 +1,415 @@
+"""Recurring jobs: a schedule declared next to the handlers, enqueued by the workers.
+
+    from dbbasic_queue import cron, every
+    SCHEDULE = [
+        cron('0 3 * * *', 'build_report', {'kind': 'daily'}),    # 03:00 local time
+        every('15m', 'cleanup'),
+        cron('*/5 9-17 * * mon-fri', 'sync_crm', tz='Europe/Berlin'),
+    ]
+    process_jobs(HANDLERS, schedule=SCHEDULE)
+
+There is no scheduler daemon and no leader: every worker run (Queue.enqueue_due) enqueues
+one job for each slot that came due since the slot last enqueued. The record "entry E
+enqueued slot S" is stored with the job, atomically (the backends' commit_schedule), so
+overlapping runs, several hosts and kill -9 never give two jobs for one slot, nor lose
+one. The job's payload is the entry's, plus SLOT_FIELD: the slot's time, ISO 8601.
+
+This module holds the rules (which slots are due, what is recorded); the backends only
+store. A new entry, or one whose schedule text changed, starts from now: its first job is
+its next slot. After downtime, catch_up says what the missed slots get: 'latest' (one job,
+for the latest), 'all' (one job each) or 'none' (nothing for a slot found more than
+MISSED_SLOT_SECONDS late).
+
+Cron expressions are the five fields of crontab(5), parsed and stepped by cronsim (the
+[cron] extra), in the entry's zone (tz=, else local time) with Debian cron's rules on DST
+days: a time the clock skips runs at the jump, a time it repeats runs once.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from datetime import datetime, timedelta, timezone
+from functools import lru_cache
+from typing import Any, NamedTuple
+
+from .errors import InvalidArgumentError, QueueError
+from .job import new_job_id, one_line
+from .validate import check_job_type, parse_duration, payload_json
+
+log = logging.getLogger('dbbasic_queue')
+
+CATCH_UP = ('latest', 'all', 'none')
+MISSED_SLOT_SECONDS = 300        # catch_up='none': a slot found later than this is skipped
+SLOT_FIELD = 'scheduled_for'     # added to each scheduled job's payload: its slot, ISO 8601
+LATEST_WINDOW_SECONDS = 3600     # latest(): the first look back; then 4x wider each time
+STATE_COLUMNS = ('name', 'schedule', 'last_slot', 'job_id', 'rollback_slot')
+CRON_FIELDS = 5                  # minute hour day-of-month month day-of-week
+
+
+class Record(NamedTuple):
+    """What is stored per entry: its schedule text, the last slot enqueued (Unix seconds;
+    for a new or changed entry, when it started) and that slot's job id. rollback_slot is
+    set only while a file commit is in flight: if job_id is not in the queue, the slot
+    was not enqueued and last_slot is rollback_slot (see FileBackend.commit_schedule)."""
+    name: str
+    schedule: str
+    last_slot: float
+    job_id: str = ''
+    rollback_slot: float | None = None
+
+
+# -- entries ---------------------------------------------------------------------------
+class Entry:
+    """One recurring job: made by cron() or every(); its slots are Unix seconds."""
+
+    def __init__(self, name, job_type, payload, schedule, catch_up):
+        self.job_type = job_type
+        self.name = job_type if name is None else name
+        self.schedule = schedule        # the text stored beside the slot: a change restarts
+        self.catch_up = catch_up
+        self.payload = payload
+        self._check()
+
+    def __repr__(self):
+        return f'<{self.schedule} -> {self.job_type} ({self.name})>'
+
+    def next_after(self, t):
+        """The first slot after t."""
+        raise NotImplementedError
+
+    def slot_text(self, slot):
+        """A slot as the job's payload carries it: ISO 8601 with the entry's offset."""
+        raise NotImplementedError
+
+    def slots(self, after, until):
+        """Every slot s with after < s <= until, in order."""
+        slot = self.next_after(after)
+        while slot <= until:
+            yield slot
+            slot = self.next_after(slot)
+
+    def latest(self, after, until):
+        """The last slot s with after < s <= until, or None; looks back in widening
+        windows, so a long gap in a frequent schedule is not stepped through."""
+        window = LATEST_WINDOW_SECONDS
+        while True:
+            start = max(after, until - window)
+            found = None
+            for found in self.slots(start, until):
+                pass
+            if found is not None or start == after:
+                return found
+            window *= 4
+
+    def next_runs(self, after, count):
+        runs, slot = [], after
+        for _ in range(count):
+            slot = self.next_after(slot)
+            runs.append(slot)
+        return runs
+
+    def _check(self):
+        where = f'schedule entry {self.name!r}'
+        if not isinstance(self.name, str) or not self.name or one_line(self.name) != self.name:
+            raise InvalidArgumentError(f'{where}: name must be one line of text without tabs')
+        try:
+            check_job_type(self.job_type)
+        except InvalidArgumentError as exc:
+            raise InvalidArgumentError(f'{where}: {exc}') from None
+        if self.catch_up not in CATCH_UP:
+            raise InvalidArgumentError(f'{where}: catch_up must be one of {", ".join(CATCH_UP)}, '
+                                       f'got {self.catch_up!r}')
+        if self.payload is None:
+            self.payload = {}
+        if not isinstance(self.payload, dict) or SLOT_FIELD in self.payload:
+            raise InvalidArgumentError(f'{where}: payload must be a dict without a '
+                                       f'{SLOT_FIELD!r} key (each job gets its slot there)')
+        try:
+            payload_json(self.payload)
+        except InvalidArgumentError as exc:
+            raise InvalidArgumentError(f'{where}: {exc}') from None
+
+
+class CronEntry(Entry):
+    def __init__(self, expression, job_type, payload, tz, name, catch_up):
+        self.expression = ' '.join(str(expression).split()) if isinstance(expression, str) else expression
+        self.tz = tz
+        super().__init__(name, job_type, payload,
+                         f'cron {self.expression}' + (f' {tz}' if tz else ''), catch_up)
+        where = f'schedule entry {self.name!r}'
+        if not isinstance(expression, str):
+            raise InvalidArgumentError(f'{where}: a cron expression must be a str, got {expression!r}')
+        if tz is not None:
+            try:
+                _zone(tz)
+            except (ValueError, OSError, KeyError) as exc:
+                raise InvalidArgumentError(f'{where}: unknown time zone {tz!r} ({exc})') from None
+        if len(self.expression.split()) != CRON_FIELDS:
+            raise InvalidArgumentError(
+                f'{where}: bad cron expression {expression!r}: it needs 5 fields (minute '
+                f'hour day-of-month month day-of-week)')
+        CronSim, CronSimError = _cronsim()
+        try:
+            CronSim(self.expression, datetime.now(self.zone()))
+        except (CronSimError, ValueError) as exc:
+            raise InvalidArgumentError(f'{where}: bad cron expression {expression!r}: '
+                                       f'{exc}') from None
+
+    def zone(self):
+        return _zone(self.tz) if self.tz else local_zone()
+
+    def next_after(self, t):
+        CronSim, _ = _cronsim()
+        try:
+            return next(CronSim(self.expression, datetime.fromtimestamp(t, self.zone()))).timestamp()
+        except StopIteration:      # no match within cronsim's 50 years: never, for us
+            return math.inf
+
+    def slot_text(self, slot):
+        return datetime.fromtimestamp(slot, self.zone()).isoformat()
+
+
+class EveryEntry(Entry):
+    """Slots at whole multiples of the interval since the Unix epoch: the same on every host."""
+
+    def __init__(self, interval, job_type, payload, name, catch_up):
+        where = f'schedule entry {job_type if name is None else name!r}'
+        if isinstance(interval, timedelta):
+            seconds = interval.total_seconds()
+            text = _duration_text(seconds)
+        elif isinstance(interval, (int, float)) and not isinstance(interval, bool):
+            seconds, text = float(interval), _duration_text(float(interval))
+        elif isinstance(interval, str):
+            try:
+                seconds, text = parse_duration(interval), interval.strip().lower()
+            except InvalidArgumentError as exc:
+                raise InvalidArgumentError(f'{where}: {exc}') from None
+        else:
+            raise InvalidArgumentError(f'{where}: an interval is a str like "15m", seconds or '
+                                       f'a timedelta, got {interval!r}')
+        if not math.isfinite(seconds) or seconds < 1:
+            raise InvalidArgumentError(f'{where}: the interval must be at least 1 second, '
+                                       f'got {interval!r}')
+        self.interval_seconds = seconds
+        super().__init__(name, job_type, payload, f'every {text}', catch_up)
+
+    def next_after(self, t):
+        return (math.floor(t / self.interval_seconds) + 1) * self.interval_seconds
+
+    def latest(self, after, until):
+        slot = math.floor(until / self.interval_seconds) * self.interval_seconds
+        return slot if slot > after else None
+
+    def slot_text(self, slot):
+        return datetime.fromtimestamp(slot, timezone.utc).isoformat()
+
+
+def cron(expression: str, job_type: str, payload: dict[str, Any] | None = None, *,
+         tz: str | None = None, name: str | None = None, catch_up: str = 'latest') -> Entry:
+    """A job of job_type at each time matching a crontab(5) expression ('0 3 * * *'), in
+    the zone tz (an IANA name such as 'Europe/Berlin'; default: local time). name (default
+    job_type) identifies it in the stored state; give one when two entries share a type.
+    Raises InvalidArgumentError for a bad expression or zone; needs the [cron] extra."""
+    return CronEntry(expression, job_type, payload, tz, name, catch_up)
+
+
+def every(interval: str | float | timedelta, job_type: str,
+          payload: dict[str, Any] | None = None, *, name: str | None = None,
+          catch_up: str = 'latest') -> Entry:
+    """A job of job_type every interval ('90s', '15m', '2h', '1d', seconds or a
+    timedelta; at least 1 s), at whole multiples of it since 1970-01-01 UTC ('1d' is
+    midnight UTC: use cron for local days)."""
+    return EveryEntry(interval, job_type, payload, name, catch_up)
+
+
+def check_schedule(schedule, handlers=None):
+    """The entries of schedule, checked: a list of cron()/every() entries with distinct
+    names, each (when handlers are given) of a type this worker has a handler for."""
+    if isinstance(schedule, (str, bytes)) or not hasattr(schedule, '__iter__'):
+        raise InvalidArgumentError(f'schedule must be a list of cron() and every() entries, '
+                                   f'got {schedule!r:.80}')
+    entries, names = list(schedule), set()
+    for entry in entries:
+        if not isinstance(entry, Entry):
+            raise InvalidArgumentError(f'schedule entries are made by cron() or every(), got '
+                                       f'{entry!r:.80}')
+        if entry.name in names:
+            raise InvalidArgumentError(f'two schedule entries are named {entry.name!r}: give '
+                                       f'one of them name=...')
+        names.add(entry.name)
+        if handlers is not None and entry.job_type not in handlers:
+            raise InvalidArgumentError(f'schedule entry {entry.name!r} ({entry.schedule}) runs '
+                                       f'{entry.job_type!r}, which has no handler in this worker')
+    return entries
+
+
+# -- what is due -----------------------------------------------------------------------
+def needs_commit(entries, records, now, next_slots):
+    """True if a commit would change anything: an entry without a record (or with a
+    changed schedule), a record in flight, or a slot due. next_slots caches next_after by
+    (name, schedule, last slot), so an idle poll does no cron arithmetic."""
+    for entry in entries:
+        record = records.get(entry.name)
+        if record is None or record.schedule != entry.schedule or record.rollback_slot is not None:
+            return True
+        key = (entry.name, entry.schedule, record.last_slot)
+        slot = next_slots.get(key)
+        if slot is None:
+            if len(next_slots) > 4 * len(entries):
+                next_slots.clear()
+            slot = next_slots[key] = entry.next_after(record.last_slot)
+        if slot <= now:
+            return True
+    return False
+
+
+def plan(entries, records, now):
+    """(changed records by name, new jobs as (job_id, type, payload, payload_text)) for
+    the slots of entries due at now, given the stored records."""
+    changed, jobs = {}, []
+    for entry in entries:
+        record = records.get(entry.name)
+        if record is None or record.schedule != entry.schedule:
+            if record is not None:
+                log.info('schedule entry %r changed from %r to %r: it starts from now',
+                         entry.name, record.schedule, entry.schedule)
+            changed[entry.name] = Record(entry.name, entry.schedule, float(math.floor(now)))
+            continue
+        last, slots = _due(entry, record.last_slot, now)
+        if last is None:
+            continue
+        job_id = ''
+        for slot in slots:
+            payload = {**entry.payload, SLOT_FIELD: entry.slot_text(slot)}
+            job_id = new_job_id()
+            jobs.append((job_id, entry.job_type, payload, payload_json(payload)))
+            log.info('schedule entry %r: enqueued %s for %s', entry.name, job_id,
+                     payload[SLOT_FIELD])
+        if not slots:
+            log.info('schedule entry %r: skipped the slot of %s (found %.0f s late, '
+                     "catch_up='none')", entry.name, entry.slot_text(last), now - last)
+        changed[entry.name] = Record(entry.name, entry.schedule, last, job_id)
+    return changed, jobs
+
+
+def _due(entry, last, now):
+    """(the new last slot or None if none came due, the slots to enqueue)."""
+    if entry.catch_up == 'all':
+        slots = list(entry.slots(last, now))
+        return (slots[-1] if slots else None), slots
+    latest = entry.latest(last, now)
+    if latest is None:
+        return None, []
+    if entry.catch_up == 'none' and now - latest > MISSED_SLOT_SECONDS:
+        return latest, []
+    return latest, [latest]
+
+
+def removed(entries, records):
+    """The records whose name is not in entries: ignored, and reported by the caller."""
+    names = {entry.name for entry in entries}
+    return [record for name, record in sorted(records.items()) if name not in names]
+
+
+# -- the stored text: one line per entry -------------------------------------------------
+def format_record(record):
+    rollback = '' if record.rollback_slot is None else _utc_text(record.rollback_slot)
+    return '\t'.join((record.name, record.schedule, _utc_text(record.last_slot),
+                      record.job_id, rollback))
+
+
+def parse_record(line):
+    """The Record of one stored line; ValueError if it is not one."""
+    fields = line.rstrip('\r\n').split('\t')
+    if len(fields) != len(STATE_COLUMNS) or not fields[0] or not fields[1]:
+        raise ValueError(f'expected {len(STATE_COLUMNS)} tab-separated fields '
+                         f'({", ".join(STATE_COLUMNS)})')
+    name, schedule, last_slot, job_id, rollback = fields
+    return Record(name, schedule, _parse_utc(last_slot), job_id,
+                  _parse_utc(rollback) if rollback else None)
+
+
+def parse_state(text):
+    """(records by name, [(line number, line, problem)] for lines that are not records)
+    of a state file's text (its first line the header)."""
+    records, bad = {}, []
+    for number, line in enumerate(text.splitlines(), 1):
+        if number == 1 and line.split('\t')[0] == STATE_COLUMNS[0] or not line.strip():
+            continue
+        try:
+            record = parse_record(line)
+        except ValueError as exc:
+            bad.append((number, line, str(exc)))
+            continue
+        records[record.name] = record
+    return records, bad
+
+
+def format_state(records, bad_lines=()):
+    """A state file's text: the header, a line per record by name, and any lines that
+    were not records, kept as they were (a hand edit is never dropped)."""
+    lines = ['\t'.join(STATE_COLUMNS)]
+    lines += [format_record(record) for _, record in sorted(records.items())]
+    lines += list(bad_lines)
+    return ''.join(line + '\n' for line in lines)
+
+
+def _utc_text(seconds):
+    text = datetime.fromtimestamp(seconds, timezone.utc).isoformat()
+    return text.replace('+00:00', 'Z')
+
+
+def _parse_utc(text):
+    try:
+        moment = datetime.fromisoformat(text.replace('Z', '+00:00'))
+    except ValueError:
+        raise ValueError(f'bad time {text!r}: expected ISO 8601 like 2026-12-01T03:00:00Z') from None
+    if moment.tzinfo is None:
+        raise ValueError(f'bad time {text!r}: it needs an offset (Z for UTC)')
+    return moment.timestamp()
+
+
+def _duration_text(seconds):
+    return f'{seconds:g}s'
+
+
+# -- zones and cronsim -----------------------------------------------------------------
+def _cronsim():
+    try:
+        from cronsim import CronSim, CronSimError
+    except ImportError:
+        raise QueueError('cron() needs cronsim: pip install "dbbasic-queue[cron]"') from None
+    return CronSim, CronSimError
+
+
+@lru_cache(maxsize=64)
+def _zone(name):
+    from zoneinfo import ZoneInfo
+    return ZoneInfo(name)
+
+
+def local_zone():
+    """This machine's zone with its DST rules: $TZ if it names one, else /etc/localtime;
+    failing both, the current fixed offset (logged once)."""
+    return _local_zone(os.environ.get('TZ'))
+
+
+@lru_cache(maxsize=8)
+def _local_zone(tz_variable):
+    from zoneinfo import ZoneInfo
+    try:
+        if tz_variable:
+            name = tz_variable.lstrip(':')
+            if name.startswith('/'):
+                with open(name, 'rb') as f:
+                    return ZoneInfo.from_file(f, key=name)
+            return ZoneInfo(name)
+        with open('/etc/localtime', 'rb') as f:
+            return ZoneInfo.from_file(f, key='localtime')
+    except (OSError, ValueError, KeyError) as exc:
+        fixed = datetime.now().astimezone().tzinfo
+        log.warning('cron: cannot read the local time zone (%s); using the fixed offset %s, '
+                    'without DST rules: give tz= to be sure', exc, fixed)
+        return fixed
