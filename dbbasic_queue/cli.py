@@ -24,6 +24,8 @@ from pathlib import Path
 
 from .errors import QueueError
 from .queue import DEFAULT_PATH, ENV_VAR, MAX_ATTEMPTS, Queue, is_redis_url
+from .schedule import check_schedule
+from .schedule import removed as schedules_removed
 from .validate import check_handlers, check_limit, parse_duration
 from .version import __version__
 
@@ -40,6 +42,8 @@ PROGRESS_MIN_JOBS = 1000         # show a progress line instead of per-job lines
 PROGRESS_INTERVAL_SECONDS = 0.2
 STATUSES = ('pending', 'processing', 'completed', 'failed', 'cancelled', 'migrated')
 HANDLERS_ENV_VAR = 'DBBASIC_QUEUE_HANDLERS'   # MODULE:ATTR when `work` is given none
+SCHEDULE_ENV_VAR = 'DBBASIC_QUEUE_SCHEDULE'   # MODULE:ATTR when `work` is given no --schedule
+NEXT_RUNS = 3                   # `schedule` shows each entry's next runs
 CONFIG_TABLE = 'dbbasic-queue'               # [tool.dbbasic-queue] in pyproject.toml
 LOG_LEVELS = ('DEBUG', 'INFO', 'WARNING', 'ERROR')
 LIST_LIMIT = 50
@@ -81,22 +85,33 @@ def resolve_handlers(spec):
     $DBBASIC_QUEUE_HANDLERS, else [tool.dbbasic-queue] handlers in the nearest
     pyproject.toml (from the current directory up; imported from that file's directory).
     Neither: a UsageError saying how to configure one."""
-    if spec:
-        return spec, os.getcwd()
-    if os.environ.get(HANDLERS_ENV_VAR):
-        return os.environ[HANDLERS_ENV_VAR], os.getcwd()
+    found = (spec, os.getcwd()) if spec else configured('handlers', HANDLERS_ENV_VAR)
+    if found[0] is None:
+        raise UsageError(HOW_TO_CONFIGURE)
+    return found
+
+
+def resolve_schedule(spec):
+    """As resolve_handlers, for the schedule ($DBBASIC_QUEUE_SCHEDULE, [tool.dbbasic-queue]
+    schedule); (None, None) when none is configured: a schedule is optional."""
+    return (spec, os.getcwd()) if spec else configured('schedule', SCHEDULE_ENV_VAR)
+
+
+def configured(key, env_var):
+    """(MODULE:ATTR, directory) from $env_var, else from key in [tool.dbbasic-queue] of
+    the nearest pyproject.toml; (None, None) if neither has it."""
+    if os.environ.get(env_var):
+        return os.environ[env_var], os.getcwd()
     here = Path.cwd()
     for folder in (here, *here.parents):
         pyproject = folder / 'pyproject.toml'
         if pyproject.is_file():
-            configured = _configured_handlers(pyproject)
-            if configured:
-                return configured, str(folder)
-            break
-    raise UsageError(HOW_TO_CONFIGURE)
+            value = _configured_value(pyproject, key)
+            return (value, str(folder)) if value else (None, None)
+    return None, None
 
 
-def _configured_handlers(pyproject):
+def _configured_value(pyproject, key):
     try:
         text = pyproject.read_text(encoding='utf-8')
     except (OSError, UnicodeDecodeError) as exc:
@@ -104,24 +119,24 @@ def _configured_handlers(pyproject):
     if tomllib is None:
         table = re.search(r'^\[tool\.(?:"dbbasic-queue"|dbbasic-queue)\][ \t]*$(.*?)(?=^\[|\Z)',
                           text, re.M | re.S)
-        found = table and re.search(r'^handlers\s*=\s*["\']([^"\'\n]*)["\']', table.group(1), re.M)
+        found = table and re.search(rf'^{key}\s*=\s*["\']([^"\'\n]*)["\']', table.group(1), re.M)
         return found.group(1) if found else None
     try:
-        value = tomllib.loads(text).get('tool', {}).get(CONFIG_TABLE, {}).get('handlers')
+        value = tomllib.loads(text).get('tool', {}).get(CONFIG_TABLE, {}).get(key)
     except tomllib.TOMLDecodeError as exc:
         raise UsageError(f'{pyproject}: {exc}') from None
     if value is not None and not isinstance(value, str):
-        raise UsageError(f'{pyproject}: [tool.{CONFIG_TABLE}] handlers must be a string '
-                         f'like "app.jobs:HANDLERS"')
+        raise UsageError(f'{pyproject}: [tool.{CONFIG_TABLE}] {key} must be a string '
+                         f'like "app.jobs:{key.upper()}"')
     return value
 
 
-def load_handlers(spec, directory=None):
-    """'package.module:ATTR' -> the handlers dict (ATTR may be a callable returning one),
-    imported with directory (default: the current one) first on sys.path."""
+def load_attr(spec, directory=None, what='handlers'):
+    """'package.module:ATTR' -> that object (called, if ATTR is a function), imported
+    with directory (default: the current one) first on sys.path."""
     module_name, _, attr = spec.partition(':')
     if not module_name or not attr:
-        raise UsageError(f'handlers must be given as MODULE:ATTR, got {spec!r}')
+        raise UsageError(f'{what} must be given as MODULE:ATTR, got {spec!r}')
     sys.path.insert(0, directory or os.getcwd())
     try:
         module = importlib.import_module(module_name)
@@ -130,14 +145,25 @@ def load_handlers(spec, directory=None):
     finally:
         sys.path.pop(0)
     try:
-        handlers = getattr(module, attr)
+        value = getattr(module, attr)
     except AttributeError:
         raise UsageError(f'{module_name} has no attribute {attr!r}') from None
-    if callable(handlers) and not hasattr(handlers, 'items'):
-        handlers = handlers()
+    if callable(value) and not hasattr(value, 'items'):
+        value = value()
+    return value
+
+
+def load_handlers(spec, directory=None):
+    """The handlers dict at spec (ATTR may be a function returning one)."""
+    handlers = load_attr(spec, directory)
     if not hasattr(handlers, 'items') or not all(callable(h) for h in handlers.values()):
         raise UsageError(f'{spec} is not a dict of job type -> function')
     return handlers
+
+
+def load_schedule(spec, directory=None, handlers=None):
+    """The checked entries of the schedule at spec (check_schedule's errors: exit 2)."""
+    return check_schedule(load_attr(spec, directory, 'schedule'), handlers)
 
 
 def where(queue):
@@ -205,9 +231,13 @@ def cmd_work(queue, args):
     spec, directory = resolve_handlers(args.handlers)
     handlers = load_handlers(spec, directory)
     check_handlers(handlers, args.max_attempts)
-    log.info('working %s%s with %s (%s)', where(queue),
+    schedule_spec, schedule_directory = resolve_schedule(args.schedule)
+    schedule = (load_schedule(schedule_spec, schedule_directory, handlers)
+                if schedule_spec else None)
+    log.info('working %s%s with %s (%s)%s', where(queue),
              ' (no such file yet)' if missing_queue(queue) else '', spec,
-             ', '.join(sorted(handlers)) or 'no job types')
+             ', '.join(sorted(handlers)) or 'no job types',
+             f' and the schedule {schedule_spec} ({len(schedule)} entries)' if schedule else '')
     timeout = None if args.timeout is None else parse_duration(args.timeout)
     limits = {'max_jobs': args.max_jobs, 'max_seconds': args.max_seconds}
     stop = []
@@ -220,9 +250,11 @@ def cmd_work(queue, args):
                 limits['max_seconds'] = max(0.0, args.max_seconds - (time.monotonic() - started))
             if args.loop and queue.backend.long_running_worker:
                 # On RQ, --loop is RQ's own long-running worker (it blocks on Redis).
-                totals = queue.run_worker(handlers, args.max_attempts, timeout=timeout, **limits)
+                totals = queue.run_worker(handlers, args.max_attempts, timeout=timeout,
+                                          schedule=schedule, **limits)
                 break
-            summary = queue.process_jobs(handlers, args.max_attempts, timeout=timeout, **limits)
+            summary = queue.process_jobs(handlers, args.max_attempts, timeout=timeout,
+                                         schedule=schedule, **limits)
             for key, count in summary.items():
                 totals[key] = totals.get(key, 0) + count
             if args.max_jobs is not None:
@@ -539,7 +571,9 @@ def cmd_resume(queue, args):
 def cmd_crontab(queue, args):
     """The crontab line for this installation, checked now rather than at 3 a.m."""
     spec, directory = resolve_handlers(args.handlers)
-    load_handlers(spec, directory)
+    handlers = load_handlers(spec, directory)
+    if args.schedule:
+        load_schedule(args.schedule, directory, handlers)
     schedule, interval_seconds = cron_schedule(args.every)
     on_file = queue.backend.kind == 'file'
     location = os.path.abspath(queue.path) if on_file else str(queue.path)
@@ -547,6 +581,8 @@ def cmd_crontab(queue, args):
                             else os.path.join(directory, 'queue.log'))
     command = this_program() + ['--queue', location, 'work', spec,
                                 '--max-seconds', f'{interval_seconds - CRON_MARGIN_SECONDS:g}']
+    if args.schedule:
+        command += ['--schedule', args.schedule]
     line = (f'cd {shlex.quote(directory)} && {shlex.join(command)} '
             f'>> {shlex.quote(os.path.abspath(log_path))} 2>&1')
     print(f'{schedule} {line.replace("%", chr(92) + "%")}')   # cron reads a bare % as a newline
@@ -577,6 +613,44 @@ def this_program():
     if script.is_file() and os.access(script, os.X_OK):
         return [str(script)]
     return [sys.executable, '-m', 'dbbasic_queue']
+
+
+def cmd_schedule(queue, args):
+    """Each entry of a schedule: its last enqueued slot and its next runs."""
+    spec, directory = resolve_schedule(args.schedule)
+    if not spec:
+        raise UsageError(f'no schedule given: run `{PROG} schedule MODULE:ATTR`, or set '
+                         f'{SCHEDULE_ENV_VAR}, or add to pyproject.toml: [tool.{CONFIG_TABLE}] '
+                         f'schedule = "app.jobs:SCHEDULE"')
+    entries = load_schedule(spec, directory)
+    records, now = queue.schedule_records(), time.time()
+    rows = []
+    for entry in entries:
+        record = records.get(entry.name)
+        known = record is not None and record.schedule == entry.schedule
+        rows.append({'name': entry.name, 'schedule': entry.schedule, 'type': entry.job_type,
+                     'catch_up': entry.catch_up,
+                     'last_slot': record.last_slot if known and record.job_id else None,
+                     'last_job_id': record.job_id if known and record.job_id else None,
+                     'next_runs': entry.next_runs(max(now, record.last_slot) if known else now,
+                                                  NEXT_RUNS)})
+    gone = [record.name for record in schedules_removed(entries, records)]
+    if args.json:
+        print_json({'entries': rows, 'removed': gone})
+        return EXIT_OK
+    print_table([[row['name'], row['schedule'], row['type'],
+                  slot_text(row['last_slot'], entry) if row['last_slot'] else '-',
+                  ', '.join(slot_text(run, entry) for run in row['next_runs'])]
+                 for row, entry in zip(rows, entries)],
+                ['name', 'schedule', 'type', 'last enqueued', f'next {NEXT_RUNS} runs'])
+    for name in gone:
+        print(f'{name}: stored state with no entry in this schedule (ignored)')
+    return EXIT_OK
+
+
+def slot_text(slot, entry):
+    """A slot in the entry's zone (local time for every()), to the minute."""
+    return datetime.fromtimestamp(slot, entry.zone()).strftime('%Y-%m-%d %H:%M %Z').rstrip()
 
 
 def cmd_check(queue, args):
@@ -642,6 +716,9 @@ def build_parser():
     work.add_argument('handlers', metavar='MODULE:ATTR', nargs='?',
                       help=f'a dict of type -> function (default: ${HANDLERS_ENV_VAR}, else '
                            f'[tool.{CONFIG_TABLE}] handlers in pyproject.toml)')
+    work.add_argument('--schedule', metavar='MODULE:ATTR',
+                      help=f'a list of cron()/every() entries to enqueue when due (default: '
+                           f'${SCHEDULE_ENV_VAR}, else [tool.{CONFIG_TABLE}] schedule)')
     work.add_argument('--loop', action='store_true', help='keep polling instead of exiting')
     work.add_argument('--burst', action='store_true',
                       help="drain and exit (rq's flag; already what work does without --loop)")
@@ -707,12 +784,19 @@ def build_parser():
     purge.add_argument('--dry-run', action='store_true', help='only list what would go')
 
     command('check', 'find problems; exit 1 if any (or if there is no queue)', cmd_check)
+    schedule = command('schedule', 'list the recurring jobs of a schedule: the last slot '
+                       'each enqueued and its next runs', cmd_schedule)
+    schedule.add_argument('schedule', metavar='MODULE:ATTR', nargs='?',
+                          help=f'a list of cron()/every() entries (default: ${SCHEDULE_ENV_VAR}, '
+                               f'else [tool.{CONFIG_TABLE}] schedule in pyproject.toml)')
     command('edit', 'edit the queue file in $VISUAL/$EDITOR, safely (like crontab -e)', cmd_edit)
 
     crontab = command('crontab', 'print the crontab line that runs the worker of this '
                       'installation, from this directory', cmd_crontab)
     crontab.add_argument('handlers', metavar='MODULE:ATTR', nargs='?',
                          help='as for work (default: the configured handlers)')
+    crontab.add_argument('--schedule', metavar='MODULE:ATTR',
+                         help='the schedule the worker enqueues, as for work')
     crontab.add_argument('--every', default='1m', metavar='DURATION',
                          help='how often cron starts it: 1m, 5m, 15m, 1h, 1d ...')
     crontab.add_argument('--log', metavar='FILE',
@@ -794,6 +878,7 @@ COMMANDS = {
         ('crontab', 'Print the crontab line for this installation: queue:crontab [MODULE:ATTR]'),
         ('purge', 'Delete old finished jobs: queue:purge --status S --older-than 7d | --keep N'),
         ('check', 'Find problems in the queue files'),
+        ('schedule', 'List recurring jobs and their next runs: queue:schedule [MODULE:ATTR]'),
         ('edit', 'Edit the queue file in $EDITOR, checked and merged: queue:edit'),
         ('migrate', 'Move pending and failed jobs into Redis: queue:migrate --to redis://...'),
     ]},

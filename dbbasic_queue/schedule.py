@@ -79,6 +79,10 @@ class Entry:
         """The first slot after t."""
         raise NotImplementedError
 
+    def zone(self):
+        """The zone its slots are shown in; None: local time."""
+        return None
+
     def slot_text(self, slot):
         """A slot as the job's payload carries it: ISO 8601 with the entry's offset."""
         raise NotImplementedError

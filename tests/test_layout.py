@@ -11,7 +11,7 @@ LAYERS = [
     {'errors', 'liveness', 'version'},
     {'job', 'signals', 'storage'},
     {'validate', 'rules', 'scan', 'editing', 'backend'},
-    {'claims'},
+    {'claims', 'schedule'},
     {'file_backend', 'rq_backend'},
     {'queue'},
     {'cli', '__init__'},
