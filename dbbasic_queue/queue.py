@@ -232,8 +232,17 @@ class Queue:
                             'ignored', record.name, record.schedule)
         if not schedules.needs_commit(entries, records, self._clock(), self._next_slots):
             return []
-        return self.backend.commit_schedule(
-            lambda records: schedules.plan(entries, records, self._clock()))
+        planned: list[tuple[str, str, Any, str]] = []
+
+        def decide(records):
+            changed, planned[:] = schedules.plan(entries, records, self._clock())
+            return changed, planned
+
+        ids = self.backend.commit_schedule(decide)
+        for job_id, job_type, payload, _ in planned:   # once committed: RQ may decide twice
+            log.info('%s %s enqueued for its slot %s', job_id, job_type,
+                     payload[schedules.SLOT_FIELD])
+        return ids
 
     def schedule_records(self) -> dict[str, schedules.Record]:
         """The stored state of recurring jobs, by entry name (for `dbbasic-queue schedule`)."""

@@ -289,8 +289,6 @@ def plan(entries, records, now):
             payload = {**entry.payload, SLOT_FIELD: entry.slot_text(slot)}
             job_id = new_job_id()
             jobs.append((job_id, entry.job_type, payload, payload_json(payload)))
-            log.info('schedule entry %r: enqueued %s for %s', entry.name, job_id,
-                     payload[SLOT_FIELD])
         if not slots:
             log.info('schedule entry %r: skipped the slot of %s (found %.0f s late, '
                      "catch_up='none')", entry.name, entry.slot_text(last), now - last)

@@ -109,6 +109,7 @@ def test_dbbasic_admin_lists_the_queue_files_with_their_rows(tmp_path, monkeypat
     ('quickstart.py', 'report    completed'),
     ('report_example.py', 'report: completed  export: completed attempts=2'),
     ('email_example.py', 'status: completed | the SMTP sink received 1 message(s)'),
+    ('schedule_example.py', "jobs run in a day: {'build_report': 1, 'cleanup': 6, 'sync_crm': 18}"),
 ])
 def test_each_example_runs(example, expected, tmp_path):
     temp = tmp_path / 'tmp'

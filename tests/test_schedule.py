@@ -4,19 +4,17 @@ whatever runs at once or is killed, missed slots, DST, plain-text state, both ba
 import collections
 import json
 import logging
-import os
 import random
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
 import pytest
 
-from dbbasic_queue import InvalidArgumentError, Queue, QueueError, cron, every
+from dbbasic_queue import InvalidArgumentError, Queue, cron, every
 from dbbasic_queue.schedule import MISSED_SLOT_SECONDS
 from tests.conftest import (SUBPROCESS_TIMEOUT_SECONDS, FakeClock, python_env, run_python,
                             spawn)
