@@ -321,17 +321,12 @@ class RedisBackend(Backend):
         worker = _Worker([self._rq(t) for t in handlers], connection=self.redis,
                          serializer=JSONSerializer)
         worker.lease_seconds = max(1, math.ceil(self.lease_seconds))
-        timer = None
         if max_seconds is not None:
-            timer = threading.Timer(max_seconds, worker.request_stop, args=(None, None))
-            timer.daemon = True
-            timer.start()
+            worker.deadline = time.monotonic() + max_seconds
         try:
             worker.work(burst=burst, with_scheduler=True, max_jobs=max_jobs,
                         logging_level='WARNING')
         finally:
-            if timer is not None:
-                timer.cancel()
             del _current.run
         return summary
 
@@ -446,11 +441,23 @@ def _parsed_records(stored):
 
 
 class _Worker(SimpleWorker):
-    """RQ's in-process worker, with two rules of ours: it runs only dispatch() jobs, and
+    """RQ's in-process worker, with three rules of ours: it runs only dispatch() jobs;
     its claim on a running job lasts lease_seconds past its last heartbeat, renewed from a
-    thread while the handler runs (RQ's SimpleWorker would hold it 7 minutes, or forever)."""
+    thread while the handler runs (RQ's SimpleWorker would hold it 7 minutes, or forever);
+    and it takes no job after its deadline (max_seconds), nor waits for one past it."""
 
     lease_seconds = LEASE_SECONDS
+    deadline = None         # time.monotonic() after which it stops; None: no limit
+
+    def dequeue_job_and_maintain_ttl(self, timeout, max_idle_time=None):
+        # Not RQ's request_stop from a timer: it sets signal handlers, which only the main
+        # thread may. A dequeue past the deadline returns None, which ends work().
+        if self.deadline is not None:
+            left = self.deadline - time.monotonic()
+            if left <= 0:
+                return None
+            max_idle_time = min(max_idle_time or math.inf, max(1, math.ceil(left)))
+        return super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
 
     def get_heartbeat_ttl(self, job, working_time=0.0):
         return self.lease_seconds

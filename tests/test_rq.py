@@ -272,3 +272,17 @@ def test_a_long_rq_job_keeps_its_claim_through_its_heartbeat(redis_url, tmp_path
 def test_a_redis_queue_is_a_queue_that_owns_an_rq_backend(redis_url):
     queue = Queue(redis_url)
     assert isinstance(queue, Queue) and queue.backend.kind == 'rq'
+
+
+def test_max_seconds_stops_a_long_running_rq_worker_idle_or_busy(redis_url):
+    """RQ's own stop request sets signal handlers, which a timer thread may not do: the
+    limit is a deadline the worker checks before each dequeue, and its idle wait ends there."""
+    queue = Queue(redis_url)
+    started = time.monotonic()
+    assert queue.run_worker({'t': lambda p: None}, max_seconds=1.5)['completed'] == 0
+    assert 1.4 <= time.monotonic() - started < 4                  # idle: it did not block on
+    for n in range(40):
+        queue.enqueue('t', {'n': n})
+    started = time.monotonic()
+    summary = queue.run_worker({'t': lambda p: time.sleep(0.1)}, max_seconds=1)
+    assert 5 <= summary['completed'] < 40 and time.monotonic() - started < 3   # busy: stopped

@@ -419,3 +419,11 @@ def test_crontab_passes_the_schedule_to_the_worker(tmp_path):
     done = cli(tmp_path, 'crontab', 'app:HANDLERS', '--schedule', 'app:SCHEDULE')
     assert done.returncode == 0, done.stderr
     assert ' work app:HANDLERS --max-seconds 55 --schedule app:SCHEDULE ' in done.stdout
+
+
+def test_a_long_running_rq_worker_enqueues_its_schedule_while_it_runs(redis_url):
+    queue, ran = Queue(redis_url), []
+    summary = queue.run_worker({'tick': ran.append}, max_seconds=3.5,
+                               schedule=[every('1s', 'tick')])
+    assert 2 <= len(ran) <= 4 and summary['completed'] == len(ran)
+    assert set(slots_of(queue, 'tick').values()) == {1}
