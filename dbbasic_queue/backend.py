@@ -9,6 +9,8 @@ does. Jobs cross the contract as job.Job.
 
 from collections import Counter
 
+from .job import FINAL_STATUSES, Status, quote_field
+
 
 class Backend:
     """What a Queue needs from storage. Every method is called with checked arguments."""
@@ -87,6 +89,31 @@ class Backend:
         """The workers now holding jobs, as their names."""
         raise NotImplementedError
 
+    def claimed_jobs(self):
+        """The jobs being processed now (claimed by a worker), as Jobs."""
+        return [job for job in self.jobs() if job.status is Status.PROCESSING]
+
+    def minute_counts(self):
+        """What the history charts are drawn from, each job once as jobs() has it:
+        (Counter of finished jobs by (status word, minute of finished_at), Counter of
+        every job by minute of created_at); a minute is Unix seconds // 60."""
+        finished, created = Counter(), Counter()
+        for job in self.jobs():
+            created[int(job.created_at) // 60] += 1
+            if job.status in FINAL_STATUSES and job.finished_at:
+                finished[job.status.value, int(job.finished_at) // 60] += 1
+        return finished, created
+
+    def page_jobs(self, status, job_type, text, offset, limit):
+        """(how many jobs match, the Jobs limit of them from offset on): jobs of this
+        status and type (None: any) whose payload or error holds text (None: any; ASCII
+        letters in either case), pending and processing ones first, newest first, then
+        finished ones, the last finished first."""
+        chosen = [job for job in self.jobs() if job_matches(job, status, job_type, text)]
+        chosen.sort(key=lambda job: (job.status in FINAL_STATUSES, -(job.finished_at or 0),
+                                     -job.created_at, -job.run_at))
+        return len(chosen), chosen[offset:offset + limit]
+
     def revive(self, job_id, job_type, now):
         """Make failed (and cancelled, when asked by job_id) jobs pending with fresh
         attempts: one job_id, or every failed job (of job_type if given). Returns
@@ -133,3 +160,24 @@ def totals_of(job_fields):
             oldest = created_at if oldest is None else min(oldest, created_at)
             earliest = run_at if earliest is None else min(earliest, run_at)
     return counts, oldest, earliest
+
+
+def job_matches(job, status, job_type, text):
+    """page_jobs' filter: status and type equal (None: any), text (None: any) in the
+    payload or the error, as stored (a '"' in JSON is stored as '""'), ASCII case ignored."""
+    if (status is not None and job.status.value != status) or (
+            job_type is not None and job.type != job_type):
+        return False
+    if not text:
+        return True
+    needle = ascii_lower(text.replace('"', '""'))
+    return (needle in ascii_lower(quote_field(job.payload_json))
+            or needle in ascii_lower(quote_field(job.error)))
+
+
+def ascii_lower(text):
+    """text with A-Z lowered and nothing else changed: bytes.lower(), for str."""
+    return text.translate(_ASCII_LOWER)
+
+
+_ASCII_LOWER = {c: c + 32 for c in range(ord('A'), ord('Z') + 1)}

@@ -653,6 +653,30 @@ def slot_text(slot, entry):
     return datetime.fromtimestamp(slot, entry.zone()).strftime('%Y-%m-%d %H:%M %Z').rstrip()
 
 
+def cmd_web(queue, args):
+    """The dashboard, until Ctrl-C or SIGTERM."""
+    from .web import TOKEN_ENV_VAR, make_dashboard_server
+    token = args.token or os.environ.get(TOKEN_ENV_VAR) or None
+    server = make_dashboard_server(queue, args.host, args.port, token=token,
+                                   read_only=args.read_only)
+    host, port = server.server_address[:2]
+    log.info('dashboard of %s on http://%s:%d/%s%s', where(queue), host, port,
+             '?token=...' if token else '', ' (read-only)' if args.read_only else '')
+    previous = signal.signal(signal.SIGTERM, _interrupt)   # SIGTERM stops it as Ctrl-C does
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        server.server_close()
+    return EXIT_OK
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def cmd_check(queue, args):
     missing = missing_queue(queue)
     if missing:
@@ -784,6 +808,13 @@ def build_parser():
     purge.add_argument('--dry-run', action='store_true', help='only list what would go')
 
     command('check', 'find problems; exit 1 if any (or if there is no queue)', cmd_check)
+    web = command('web', 'serve the dashboard: the queue in a browser', cmd_web)
+    web.add_argument('--host', default='127.0.0.1',
+                     help='the address to listen on; any but loopback needs --token')
+    web.add_argument('--port', type=int, default=8080, help='the port (0: any free one)')
+    web.add_argument('--token', metavar='TOKEN',
+                     help='every request must carry it (default: $DBBASIC_QUEUE_WEB_TOKEN)')
+    web.add_argument('--read-only', action='store_true', help='no actions: look, do not touch')
     schedule = command('schedule', 'list the recurring jobs of a schedule: the last slot '
                        'each enqueued and its next runs', cmd_schedule)
     schedule.add_argument('schedule', metavar='MODULE:ATTR', nargs='?',
@@ -878,6 +909,7 @@ COMMANDS = {
         ('crontab', 'Print the crontab line for this installation: queue:crontab [MODULE:ATTR]'),
         ('purge', 'Delete old finished jobs: queue:purge --status S --older-than 7d | --keep N'),
         ('check', 'Find problems in the queue files'),
+        ('web', 'Serve the dashboard: queue:web [--host H] [--port N] [--token T] [--read-only]'),
         ('schedule', 'List recurring jobs and their next runs: queue:schedule [MODULE:ATTR]'),
         ('edit', 'Edit the queue file in $EDITOR, checked and merged: queue:edit'),
         ('migrate', 'Move pending and failed jobs into Redis: queue:migrate --to redis://...'),

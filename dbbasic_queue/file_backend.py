@@ -5,16 +5,16 @@ Its operations are here; the claim cycle that works jobs is claims.py, the speed
 machinery scan.py, the files themselves storage.py, hand edits editing.py.
 """
 
+import functools
 import logging
-import operator
 import re
 import threading
 import time
 from collections import Counter
 from pathlib import Path
 
-from . import editing, liveness, rules, schedule
-from .backend import Backend, totals_of
+from . import editing, liveness, rules, schedule, tally
+from .backend import Backend, ascii_lower, totals_of
 from .claims import ClaimCycle, Plan, Run
 from .job import (ACTIVE_STATUSES, COLUMNS, FINAL_STATUSES, Job, Status, UnparsableLine, check_header,
                   format_line, format_millis, format_new_line, format_time, job_or_none,
@@ -51,6 +51,8 @@ class FileBackend(Backend):
         self.schedule_state = SmallFile(self.path.with_name(self.path.stem + '.schedule.tsv'),
                                         lock)
         self._reported_state_lines = set()
+        self._kept = [None, None]             # tally.Kept of both files: stats() reads bytes once
+        self._tally_lock = threading.Lock()
         self.state_lock = threading.RLock()   # one rewrite at a time in this process
         self._header_current = False
         self.batch_sizes = {}                 # frozenset of job types -> jobs a claim takes
@@ -381,28 +383,85 @@ class FileBackend(Backend):
         return list(found.values())
 
     def job_totals(self):
-        """One regex pass over each file, in C (a line's first six columns are all
-        stats needs); lines it does not read, and a job found twice, send it to the
-        exact way: every line split."""
-        counts, ids, rows = Counter(), set(), 0
-        oldest = earliest = None
-        for table in (self.archive, self.table):
-            for matches in _totals_chunks(table):
-                if matches is None:
-                    return totals_of(self._job_fields())
-                rows += len(matches)
-                ids.update(map(_FIRST, matches))
-                counts.update(zip(map(_STATUS, matches), map(_TYPE, matches)))
-                pending = [m for m in matches if m[2] == b'pending']
-                if pending:
-                    created = float(min(pending, key=_CREATED)[3] or 0)
-                    run_at = float(min(pending, key=_RUN_AT_FIELD)[4] or 0)
-                    oldest = created if oldest is None else min(oldest, created)
-                    earliest = run_at if earliest is None else min(earliest, run_at)
-        if len(ids) != rows:
-            return totals_of(self._job_fields())   # a job in both files, or copied
+        """From the Tallies (tally.py), in C; a line they could not read, or a job found
+        in both files, sends it to the exact way: every line split."""
+        hot, archive = self._tallies()
+        if hot is None:
+            return totals_of(self._job_fields())
+        counts = hot.counts + archive.counts
+        pending = [t for t in (hot, archive) if t.oldest is not None]
         return (Counter({(status.decode(), job_type.decode('utf-8', 'surrogateescape')): n
-                         for (status, job_type), n in counts.items()}), oldest, earliest)
+                         for (status, job_type), n in counts.items()}),
+                min((t.oldest for t in pending), default=None),
+                min((t.earliest for t in pending), default=None))
+
+    def minute_counts(self):
+        hot, archive = self._tallies()
+        if hot is None:
+            return super().minute_counts()
+        finished = Counter({(status.decode(), minute): n for (status, minute), n
+                            in (hot.finished + archive.finished).items()})
+        return finished, hot.created + archive.created
+
+    def page_jobs(self, status, job_type, text, offset, limit):
+        """Counts come from the Tallies; the page's lines are found from the end of each
+        file (newest first), each line matched by a pattern in C, and only they are
+        parsed. A text filter first finds the lines that hold it anywhere, with a byte
+        search. No writer puts a tab inside a field (JSON escapes it, errors are one
+        line), so the pattern reads every job line. The order: the hot file's pending
+        and processing jobs, last enqueued first; then finished jobs, last finished first:
+        those still in the hot file (cancelled since the last run), then the archive's."""
+        hot, archive = self._tallies()
+        if hot is None:
+            return super().page_jobs(status, job_type, text, offset, limit)
+        statuses = tuple(w.value for w in Status) if status is None else (status,)
+        active = tuple(w for w in statuses if Status(w) in ACTIVE_STATUSES)
+        final = tuple(w for w in statuses if Status(w) in FINAL_STATUSES)
+        needle = text and ascii_lower(text.replace('"', '""')).encode('utf-8', 'surrogateescape')
+        total, page = 0, []
+        # (table, its tally, its groups in order: (statuses, counted by the tally))
+        for table, file_tally, groups in ((self.table, hot, ((active, True), (final, False))),
+                                          (self.archive, archive, ((final, True),))):
+            if not any(words for words, _ in groups):
+                continue
+            with table.mapped() as (data, _):
+                header_end = data.find(b'\n') + 1
+                found = needle and _lines_holding(data, header_end, _page_pattern(
+                    tuple(w for words, _ in groups for w in words), job_type), needle)
+                for words, counted in groups:
+                    if not words:
+                        continue
+                    pattern = _page_pattern(words, job_type)
+                    if needle:
+                        newest = [start for start, word in reversed(found) if word in words]
+                        matches = len(newest)
+                    elif not counted:     # the few finished jobs still in the hot file
+                        newest = sorted((start for word in words for start in _line_starts(
+                            data, b'\t' + word.encode() + b'\t') if pattern.match(data, start)),
+                            reverse=True)
+                        matches = len(newest)
+                    else:
+                        matches = sum(n for (s, t), n in file_tally.counts.items()
+                                      if s.decode() in words
+                                      and (job_type is None or t == job_type.encode()))
+                        wanted_lines = offset + limit - total
+                        newest = (_last_lines(data, header_end, pattern, wanted_lines)
+                                  if wanted_lines > 0 and offset - total < matches else [])
+                    chosen = newest[max(0, offset - total):max(0, offset + limit - total)]
+                    page += [parse_line_at(data, start) for start in chosen]
+                    total += matches
+        return total, page
+
+    def _tallies(self):
+        """(the hot file's Tally, the archive's), both kept and brought up to date, or
+        (None, None) when they are not exact or share a job (a crash's copy)."""
+        with self._tally_lock:
+            self._kept = [tally.brought_up_to_date(table, kept)
+                          for table, kept in zip((self.table, self.archive), self._kept)]
+            hot, archive = (kept.tally for kept in self._kept)
+        if not (hot.exact and archive.exact) or not hot.ids.isdisjoint(archive.ids):
+            return None, None
+        return hot, archive
 
     def _job_fields(self):
         """(status, type, created_at, run_at) of each job, each once, the archive's copy
@@ -432,15 +491,17 @@ class FileBackend(Backend):
                     continue   # not a job: check reports it
 
     def workers(self):
-        """Claims live only in the hot file: the archive is not read."""
         now = self.clock()
+        return sorted({job.worker for job in self.claimed_jobs()
+                       if liveness.claim_is_alive(job.worker, job.claimed_at, now,
+                                                  self.lease_seconds)})
+
+    def claimed_jobs(self):
+        """Claims live only in the hot file: the archive is not read."""
         with self.table.mapped() as (data, _):
             claimed = [parse_line_at_or_none(data, pos)
                        for pos in _positions(data, b'\tprocessing\t')]
-        return sorted({job.worker for job in claimed if job is not None
-                       and job.status is Status.PROCESSING
-                       and liveness.claim_is_alive(job.worker, job.claimed_at, now,
-                                                   self.lease_seconds)})
+        return [job for job in claimed if job is not None and job.status is Status.PROCESSING]
 
     def revive(self, job_id, job_type, now):
         """The archive is filtered outside the lock; the revived jobs are appended to the
@@ -556,31 +617,6 @@ class FileBackend(Backend):
 STATUS_WORDS = frozenset(status.value for status in Status)
 # The first six columns of a job line (the seed's and ours), from its start. As many
 # matches as lines means none ran into the next line (that line would have none).
-_TOTALS_LINE = re.compile(rb'(?m)^([^\t\n]+)\t([^\t"]+)\t[^\t]*\t(' +
-                          b'|'.join(word.encode() for word in sorted(STATUS_WORDS)) +
-                          rb')\t(\d*)\t([\d.]*)\t')
-_FIRST, _TYPE, _STATUS, _CREATED, _RUN_AT_FIELD = map(operator.itemgetter, range(5))
-
-
-def _totals_chunks(table):
-    """For each chunk of the table: its lines' _TOTALS_LINE matches, or None when not
-    every line matched."""
-    first = True
-    for chunk in table.iter_chunks():
-        if first:
-            first = False
-            header_end = chunk.find(b'\n')
-            header = split_header(chunk[:header_end].decode('utf-8', 'surrogateescape'))
-            check_header(table.path, header)
-            if tuple(header[:6]) != COLUMNS[:6]:
-                yield None
-                return
-            chunk = chunk[header_end + 1:]
-        matches = _TOTALS_LINE.findall(chunk)
-        blank_lines = (chunk.count(b'\n\n') if b'\n\n' in chunk else 0) + (
-            chunk.count(b'\n\r\n') if b'\n\r\n' in chunk else 0) + chunk.startswith(b'\n')
-        yield matches if len(matches) == chunk.count(b'\n') - blank_lines else None
-
 
 class _OlderColumns(Exception):
     """The file has older columns (1.0.0's nine): upgrade it before editing a line."""
@@ -592,6 +628,52 @@ def _migrated_line(line, header, job_ids):
         if job is not None and job.status is Status.FAILED:
             return format_line(job.evolve(status=Status.MIGRATED))
     return line
+
+
+def _page_pattern(statuses, job_type):
+    """A line's (payload, status, error) if it has one of these statuses and this type
+    (None: any)."""
+    status_re = b'(?:' + b'|'.join(word.encode() for word in statuses) + b')'
+    type_re = (re.escape(quote_field(job_type).encode('utf-8', 'surrogateescape'))
+               if job_type is not None else rb'[^\t\n]*')
+    return _compiled(rb'(?m)^[^\t\n]+\t' + type_re + rb'\t([^\t\n]*)\t(' + status_re +
+                     rb')\t(?:[^\t\n]*\t){3}([^\t\n]*)\t')
+
+
+_compiled = functools.lru_cache(maxsize=64)(re.compile)
+
+
+def _last_lines(data, header_end, pattern, count):
+    """The starts of the last `count` lines after header_end that pattern matches, last first."""
+    starts, end = [], len(data)
+    while len(starts) < count and end > header_end:
+        start = max(data.rfind(b'\n', header_end, end - 1) + 1, header_end)
+        if pattern.match(data, start):
+            starts.append(start)
+        end = start
+    return starts
+
+
+def _line_starts(data, needle):
+    """The start of each line holding needle."""
+    return [data.rfind(b'\n', 0, pos) + 1 for pos in _positions(data, needle)]
+
+
+def _lines_holding(data, header_end, pattern, needle):
+    """(start, status word) of each line pattern matches whose payload or error holds
+    needle (lowercase bytes; the lines are compared lowered), in file order."""
+    lowered = data[header_end:].lower()
+    starts, pos = [], lowered.find(needle)
+    while pos >= 0:
+        line_start = lowered.rfind(b'\n', 0, pos) + 1
+        line_end = lowered.find(b'\n', pos)
+        match = pattern.match(data, header_end + line_start)
+        if match and (needle in match[1].lower() or needle in match[3].lower()):
+            starts.append((header_end + line_start, match[2].decode()))
+        if line_end < 0:
+            break
+        pos = lowered.find(needle, line_end + 1)
+    return starts
 
 
 def find_line(data, job_id):

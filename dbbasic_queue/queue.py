@@ -48,6 +48,7 @@ DEFAULT_PATH = 'data/queue.tsv'
 MAX_ATTEMPTS = rules.MAX_ATTEMPTS
 LEASE_SECONDS = 3600            # a file claim from another host is trusted this long
 ENQUEUE_MANY_CHUNK_JOBS = 10_000   # enqueue_many writes this many jobs per locked append
+PAGE_JOBS = 50                  # find_jobs gives this many jobs a page
 SCHEDULE_POLL_SECONDS = 1.0     # run_worker (RQ) enqueues due scheduled slots this often
 STATUS_WORDS = tuple(status.value for status in Status)
 FINAL_WORDS = tuple(sorted(status.value for status in FINAL_STATUSES))
@@ -367,6 +368,49 @@ class Queue:
             'workers': self.backend.workers(),
             'paused': self.paused_types(),
         }
+
+    def find_jobs(self, status: str | None = None, job_type: str | None = None,
+                  text: str | None = None, *, offset: int = 0,
+                  limit: int = PAGE_JOBS) -> tuple[int, list[JobDetails]]:
+        """(how many jobs match, limit of them from offset on, as list_jobs dicts): jobs
+        of this status and type whose payload or error holds text (ASCII case ignored).
+        Pending and processing jobs come first, newest first, then finished ones, the
+        last finished first. On the file, only the page's lines are parsed."""
+        if status is not None and status not in STATUS_WORDS:
+            raise InvalidArgumentError(f'status must be one of {", ".join(STATUS_WORDS)}, '
+                                       f'got {status!r}')
+        if job_type is not None:
+            check_job_type(job_type)
+        if text is not None and not isinstance(text, str):
+            raise InvalidArgumentError(f'text must be a str or None, got {text!r}')
+        for name, value in (('offset', offset), ('limit', limit)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise InvalidArgumentError(f'{name} must be an int >= 0, got {value!r}')
+        total, page = self.backend.page_jobs(status, job_type, text or None, offset, limit)
+        return total, [job.to_dict(full=True) for job in page]
+
+    def claims(self) -> list[dict[str, Any]]:
+        """The jobs being processed now, longest-running first: {'worker', 'id', 'type',
+        'claimed_at', 'running_seconds', 'alive'} (alive: its worker still runs, as far
+        as this host can tell)."""
+        now = self._clock()
+        live = set(self.backend.workers())
+        claimed = [{'worker': job.worker, 'id': job.id, 'type': job.type,
+                    'claimed_at': number(job.claimed_at),
+                    'running_seconds': max(0.0, now - job.claimed_at) if job.claimed_at else None,
+                    'alive': job.worker in live}
+                   for job in self.backend.claimed_jobs()]
+        return sorted(claimed, key=lambda claim: claim['claimed_at'] or 0)
+
+    def history(self) -> dict[str, list[dict[str, int]]]:
+        """Jobs finished per minute over the last hour and per hour over the last day
+        ('completed', 'failed'), and the queue's depth (jobs neither finished nor
+        purged) at the end of each: {'minutes': [60 buckets], 'hours': [24 buckets]},
+        oldest first, each {'start': Unix seconds, 'completed', 'failed', 'depth'}."""
+        finished, created = self.backend.minute_counts()
+        this_minute = int(self._clock()) // 60
+        return {'minutes': rules.history_buckets(finished, created, this_minute, 1, 60),
+                'hours': rules.history_buckets(finished, created, this_minute, 60, 24)}
 
     def read_rows(self) -> list[list[str]]:
         """Every job as a list of str in COLUMNS order (what _read_tsv returns)."""

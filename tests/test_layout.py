@@ -10,10 +10,11 @@ PACKAGE = Path(__file__).resolve().parent.parent / 'dbbasic_queue'
 LAYERS = [
     {'errors', 'liveness', 'version'},
     {'job', 'signals', 'storage'},
-    {'validate', 'rules', 'scan', 'editing', 'backend'},
+    {'validate', 'rules', 'scan', 'tally', 'editing', 'backend'},
     {'claims', 'schedule'},
     {'file_backend', 'rq_backend'},
     {'queue'},
+    {'web'},
     {'cli', '__init__'},
     {'__main__'},
 ]
