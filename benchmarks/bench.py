@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from dbbasic_queue import Queue  # noqa: E402
-from dbbasic_queue.job import Job, Status, format_line  # noqa: E402
+from dbbasic_queue.job import COLUMNS, Job, Status, format_line  # noqa: E402
 
 EMAIL = {'to': 'user@example.com', 'subject': 'Welcome', 'body': 'Thanks for signing up!'}
 ENQUEUES_PER_RUN = 2000
@@ -53,7 +53,7 @@ def fill_archive(queue, count):
     line = format_line(Job('0' * 16, 'send_email', '{"to": "user@example.com"}',
                            Status.COMPLETED, int(now), now, 1, '', 'null', 'bench:1:x', now, now))
     with open(queue.archive_path, 'w') as f:
-        f.write('\t'.join(Job.__dataclass_fields__) + '\n')
+        f.write('\t'.join(COLUMNS) + '\n')
     with open(queue.archive_path, 'a') as f:
         for n in range(count):
             f.write(f'{n:016x}' + line[16:] + '\n')
@@ -502,6 +502,40 @@ def rq_drain_us(url, count):
     return (time.perf_counter() - started) / count * 1e6
 
 
+def render_ms(app, path):
+    """One GET of the dashboard's WSGI app, in this process: (ms, status line)."""
+    from wsgiref.util import setup_testing_defaults
+    environ = {'PATH_INFO': path.partition('?')[0], 'QUERY_STRING': path.partition('?')[2]}
+    setup_testing_defaults(environ)
+    seen = []
+    started = time.perf_counter()
+    b''.join(app(environ, lambda status, headers: seen.append(status)))
+    return (time.perf_counter() - started) * 1000, seen[0]
+
+
+def dashboard_rows(workdir, runs, row, count):
+    """The dashboard's pages over count queued and count finished jobs: the first render
+    of a fresh application (it reads both files whole) and later ones (appended bytes)."""
+    from dbbasic_queue.web import application
+    queue = new_queue(workdir)
+    fill_archive(queue, count)
+    queue.enqueue_many([('send_email', {**EMAIL, 'n': n}) for n in range(count)])
+    first = median_of(runs, lambda: render_ms(application(Queue(queue.path)), '/')[0])
+    app = application(Queue(queue.path))
+    render_ms(app, '/')
+    pages = [('/', 'overview'), ('/jobs', 'list: all, newest first'),
+             ('/jobs?status=completed&page=100', 'list: completed, page 100'),
+             ('/jobs?q=%22n%22%3A+77777', 'list: text in 1 payload'),
+             ('/jobs?q=example.com', f'list: text in all {count:,} payloads')]
+    row(f'dashboard overview, first render, {count:,} queued + {count:,} finished', first,
+        'ms', '<= 300 ms', first <= 300, 'a fresh application: it reads both files whole')
+    for path, what in pages:
+        value = median_of(runs * 3, lambda: render_ms(app, path)[0])
+        assert render_ms(app, path)[1].startswith('200'), path
+        row(f'dashboard {what}', value, 'ms', '<= 300 ms', value <= 300,
+            f'{count:,} queued + {count:,} finished; later renders')
+
+
 # -- the table -----------------------------------------------------------------------
 def median_of(runs, measure):
     return statistics.median(measure() for _ in range(runs))
@@ -622,6 +656,8 @@ def main(argv=None):
             row(f'{workers} workers draining {jobs:,} no-op jobs while 2 producers enqueue',
                 rates[workers], 'jobs/s', '>= 0.9x 1 worker', ratio >= 0.9,
                 f'{ratio:.2f}x 1 worker; each job exactly once (checked)')
+
+        dashboard_rows(workdir, runs, row, big)
 
         if not args.quick:
             million_rows(workdir, runs, row)

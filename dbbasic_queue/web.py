@@ -47,7 +47,7 @@ TOKEN_ENV_VAR = 'DBBASIC_QUEUE_WEB_TOKEN'
 TOKEN_COOKIE = 'dbbasic_queue_token'
 CSRF_COOKIE = 'dbbasic_queue_csrf'
 MAX_FORM_BYTES = 64 * 1024
-CHART_WIDTH, CHART_HEIGHT = 600, 120
+CHART_WIDTH, CHART_HEIGHT = 560, 120
 CSP = ("default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
        "frame-ancestors 'none'; base-uri 'none'")
 SECURITY_HEADERS = [('Content-Security-Policy', CSP), ('X-Content-Type-Options', 'nosniff'),
