@@ -311,8 +311,9 @@ class Dashboard:
                         f'{" checked" if w in ("completed", "cancelled") else ""}> {e(w)}</label> '
                         for w in FINAL_WORDS)
         return (f'<h2>Purge finished jobs</h2><form method="post" action="'
-                f'{e(request.url("/purge"))}">{self._csrf_field(request)}{boxes} older than '
-                f'<input name="older_than" value="7d" size="6"> <button>purge</button></form>')
+                f'{e(request.url("/purge"))}">{self._csrf_field(request)}{boxes}: finished '
+                f'more than <input name="older_than" value="7d" size="6"> ago '
+                f'<button>purge</button></form>')
 
     def _list(self, request):
         status, job_type, text = (request.arg('status') or None, request.arg('type') or None,

@@ -61,7 +61,7 @@ def main(target):
         options = webdriver.ChromeOptions()
         options.binary_location = '/usr/bin/chromium'
         for flag in ('--headless=new', '--no-sandbox', '--disable-gpu', '--no-first-run',
-                     '--disable-background-networking', '--window-size=1280,1500',
+                     '--disable-background-networking', '--window-size=1280,1050',
                      f'--user-data-dir={directory}/profile'):
             options.add_argument(flag)
         driver = webdriver.Chrome(service=Service('/usr/bin/chromedriver'), options=options)

@@ -55,6 +55,15 @@ def by_id(browser, element_id):
     return browser.find_element(By.ID, element_id)
 
 
+def after_click(browser, element_id):
+    """The element with this id on the page a click leads to (once it has loaded)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
+    return WebDriverWait(browser, PAGE_LOAD_SECONDS).until(
+        expected_conditions.presence_of_element_located((By.ID, element_id)))
+
+
 def button(browser, label):
     from selenium.webdriver.common.by import By
     return browser.find_element(By.XPATH, f'//button[text()="{label}"]')
@@ -86,7 +95,7 @@ def test_clicking_retry_on_a_failed_job_makes_it_pending(browser, queue_path):
     with serving(queue) as client:
         open_page(browser, client, f'/jobs/{ids["failed"]}')
         button(browser, 'retry').click()
-        flash = by_id(browser, 'flash').text
+        flash = after_click(browser, 'flash').text
     assert flash == 'Retried 1 job(s): they are pending again.'
     assert queue.get_job(ids['failed'])['status'] == 'pending'      # through the library
 
@@ -114,7 +123,7 @@ def test_an_action_without_its_csrf_token_is_refused(browser, queue_path):
         browser.execute_script('document.querySelectorAll("input[name=csrf]")'
                                '.forEach(input => input.remove())')
         button(browser, 'retry').click()
-        message = by_id(browser, 'message').text
+        message = after_click(browser, 'message').text
         title = browser.title
     assert title.startswith('403') and 'CSRF token' in message
     assert queue.get_job(ids['failed'])['status'] == 'failed'

@@ -2,7 +2,6 @@
 CSRF, tokens, read-only, escaping, error pages, the CLI's bind rule, a WSGI prefix."""
 
 import http.client
-import io
 import re
 import signal
 import subprocess
@@ -10,10 +9,9 @@ import sys
 import threading
 import time
 from contextlib import contextmanager
-from urllib.parse import urlencode, urlparse
+from urllib.parse import urlencode
 from wsgiref.util import setup_testing_defaults
 
-import pytest
 
 from dbbasic_queue import Queue
 from dbbasic_queue.web import CSP, application, make_dashboard_server
