@@ -26,6 +26,8 @@ from .validate import JSON_ASCII, due_now_millis, payload_json
 
 log = logging.getLogger('dbbasic_queue')
 
+DENSE_TEXT_SHARE = 0.1     # a text on more lines than this: match every line, not each hit
+
 
 class FileBackend(Backend):
     """Jobs in two TSV files; see the module docstring and Backend for the contract."""
@@ -426,8 +428,10 @@ class FileBackend(Backend):
                 continue
             with table.mapped() as (data, _):
                 header_end = data.find(b'\n') + 1
-                found = needle and _lines_holding(data, header_end, _page_pattern(
-                    tuple(w for words, _ in groups for w in words), job_type), needle)
+                found = needle and _lines_holding(
+                    data, header_end, _page_pattern(
+                        tuple(w for words, _ in groups for w in words), job_type), needle,
+                    job_type is None or ascii_lower(job_type) == job_type)
                 for words, counted in groups:
                     if not words:
                         continue
@@ -659,10 +663,16 @@ def _line_starts(data, needle):
     return [data.rfind(b'\n', 0, pos) + 1 for pos in _positions(data, needle)]
 
 
-def _lines_holding(data, header_end, pattern, needle):
+def _lines_holding(data, header_end, pattern, needle, matches_lowered):
     """(start, status word) of each line pattern matches whose payload or error holds
-    needle (lowercase bytes; the lines are compared lowered), in file order."""
+    needle (lowercase bytes; the lines are compared lowered), in file order. When many
+    lines hold it, pattern runs over the lowered copy instead (matches_lowered: it finds
+    the same lines there, its type having no capitals)."""
     lowered = data[header_end:].lower()
+    occurrences = lowered.count(needle)
+    if matches_lowered and occurrences > DENSE_TEXT_SHARE * lowered.count(b'\n'):
+        return [(header_end + m.start(), m[2].decode()) for m in pattern.finditer(lowered)
+                if needle in m[1] or needle in m[3]]
     starts, pos = [], lowered.find(needle)
     while pos >= 0:
         line_start = lowered.rfind(b'\n', 0, pos) + 1
