@@ -460,8 +460,9 @@ class FileBackend(Backend):
         """(the hot file's Tally, the archive's), both kept and brought up to date, or
         (None, None) when they are not exact or share a job (a crash's copy)."""
         with self._tally_lock:
-            self._kept = [tally.brought_up_to_date(table, kept)
-                          for table, kept in zip((self.table, self.archive), self._kept)]
+            self._kept = [tally.brought_up_to_date(table, kept, finished_rare)
+                          for table, kept, finished_rare
+                          in zip((self.table, self.archive), self._kept, (True, False))]
             hot, archive = (kept.tally for kept in self._kept)
         if not (hot.exact and archive.exact) or not hot.ids.isdisjoint(archive.ids):
             return None, None
