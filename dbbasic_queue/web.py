@@ -187,7 +187,9 @@ class Dashboard:
         if request.arg('token') and request.method == 'GET':
             request.set_token = True
             rest = {k: v for k, v in request.query.items() if k != 'token'}
-            return Response(303, location=request.url(request.path, **rest))
+            # The path as a path of ours: '//host' would send the browser to another site.
+            path = '/' + quote(request.path, safe='/').lstrip('/')
+            return Response(303, location=request.url(path, **rest))
         return None
 
     def _check_csrf(self, request):

@@ -235,6 +235,9 @@ def test_with_a_token_every_request_must_carry_it(queue_path):
         assert status == 303 and headers['Location'] == '/jobs?status=failed'   # not in history
         assert client.get('/jobs?status=failed')[0] == 200     # the cookie carries it now
         assert 'HttpOnly' in headers['Set-Cookie'] and 'SameSite=Strict' in headers['Set-Cookie']
+        elsewhere = client.get('//evil.example/x%0d%0aSet-Cookie:%20a=b?token=s3cret')
+        assert elsewhere[0] == 303                             # stays on this site, one header
+        assert elsewhere[1]['Location'] == '/evil.example/x%0D%0ASet-Cookie%3A%20a%3Db'
 
 
 def test_a_storage_error_is_a_500_page_without_a_traceback(tmp_path):
