@@ -245,6 +245,7 @@ class FileBackend(Backend):
         was enqueued; not there, it was not, and the entry's last slot is rollback_slot."""
         with self.table.lock:
             records, bad = self.schedule_state.read(schedule.parse_state)
+            kept_lines = [line for _, line, _ in bad]   # hand edits: written back as they were
             resolved = self._settled(records)
             records = {**records, **resolved}
             changed, jobs = decide(records)
@@ -253,14 +254,13 @@ class FileBackend(Backend):
                 in_flight = {name: record._replace(rollback_slot=records[name].last_slot)
                              for name, record in changed.items() if record.job_id}
                 self.schedule_state.replace(schedule.format_state({**settled, **in_flight},
-                                                                  [line for _, line, _ in bad]))
+                                                                  kept_lines))
                 now = self.clock()
                 self.table.append(b''.join(
                     self._line_bytes(job_id, job_type, payload, payload_text, now, None, None)
                     for job_id, job_type, payload, payload_text in jobs), fsync=self.durable)
             if changed or resolved:
-                self.schedule_state.replace(schedule.format_state(settled,
-                                                                  [line for _, line, _ in bad]))
+                self.schedule_state.replace(schedule.format_state(settled, kept_lines))
         return [job[0] for job in jobs]
 
     def _settled(self, records):

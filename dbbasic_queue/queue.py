@@ -34,6 +34,7 @@ from typing import Any, Union
 
 from . import rules, schedule as schedules
 from .errors import InvalidArgumentError, InvalidJobError, JobNotFound, QueueError
+from .backend import history_buckets
 from .file_backend import FileBackend
 from .job import FINAL_STATUSES, Job, JobDetails, JobDict, Status, format_line, number, split_line
 from .validate import (JSON, check_durable, check_file_mode, check_handlers, check_job_type,
@@ -409,8 +410,8 @@ class Queue:
         oldest first, each {'start': Unix seconds, 'completed', 'failed', 'depth'}."""
         finished, created = self.backend.minute_counts()
         this_minute = int(self._clock()) // 60
-        return {'minutes': rules.history_buckets(finished, created, this_minute, 1, 60),
-                'hours': rules.history_buckets(finished, created, this_minute, 60, 24)}
+        return {'minutes': history_buckets(finished, created, this_minute, 1, 60),
+                'hours': history_buckets(finished, created, this_minute, 60, 24)}
 
     def read_rows(self) -> list[list[str]]:
         """Every job as a list of str in COLUMNS order (what _read_tsv returns)."""

@@ -4,7 +4,6 @@ backends call these, so no rule and no error text exists twice."""
 
 import logging
 import random
-from collections import Counter
 
 from .errors import JobTimedOut
 from .job import Status
@@ -154,23 +153,3 @@ def outcome_counts(counter):
     """What process_jobs returns, on either backend: the four outcomes, zeros included."""
     return {name: counter[name] for name in OUTCOMES}
 
-
-def history_buckets(finished, created, this_minute, bucket_minutes, buckets):
-    """Queue.history's series from Backend.minute_counts: `buckets` buckets of
-    bucket_minutes each, the last one holding this_minute, oldest first."""
-    first = this_minute - bucket_minutes * buckets + 1
-    finished_in_minute, per_bucket = Counter(), Counter()
-    for (status, minute), jobs in finished.items():
-        finished_in_minute[minute] += jobs
-        if status in ('completed', 'failed') and minute >= first:
-            per_bucket[status, (minute - first) // bucket_minutes] += jobs
-    depth = (sum(n for minute, n in created.items() if minute < first)
-             - sum(n for minute, n in finished_in_minute.items() if minute < first))
-    series = []
-    for index in range(buckets):
-        start = first + index * bucket_minutes
-        for minute in range(start, start + bucket_minutes):
-            depth += created.get(minute, 0) - finished_in_minute.get(minute, 0)
-        series.append({'start': start * 60, 'completed': per_bucket['completed', index],
-                       'failed': per_bucket['failed', index], 'depth': depth})
-    return series

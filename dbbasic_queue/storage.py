@@ -782,7 +782,7 @@ class SmallFile:
     def __init__(self, path, lock):
         self.path = Path(path)
         self.lock = lock
-        self._cached = (None, None)   # (stat version, what parse made of the text)
+        self._cached = None   # (stat version, what parse made of the text)
 
     def read(self, parse):
         """parse(text) of the file ('' if there is none), parsed again only when the file
@@ -790,7 +790,7 @@ class SmallFile:
         st = _stat_or_none(self.path)
         # The inode too: each update is a new file, even within one timestamp tick.
         version = None if st is None else (st.st_ino, *_version(st))
-        if self._cached[0] != version or self._cached[1] is None:
+        if self._cached is None or self._cached[0] != version:
             text = ''
             if st is not None:
                 with storage_errors(self.path, 'read'):

@@ -108,6 +108,9 @@ class Request:
             pass     # a malformed Cookie header counts as none: the checks below refuse
         self.cookies = {name: morsel.value for name, morsel in cookies.items()}
         self.form: dict[str, list[str]] = {}
+        # The CSRF token its forms carry: the browser's cookie, else a new one to set.
+        self.csrf = self.cookies.get(CSRF_COOKIE) or secrets.token_hex(16)
+        self.set_token = False          # True: the response stores the token in a cookie
 
     def arg(self, name, source=None):
         values = (self.query if source is None else source).get(name) or ['']
@@ -143,8 +146,6 @@ class Dashboard:
 
     def __call__(self, environ, start_response):
         request = Request(environ)
-        csrf = request.cookies.get(CSRF_COOKIE) or secrets.token_hex(16)
-        request.csrf = csrf
         try:
             response = self._authorized(request) or self._route(request)
         except HTTPError as exc:
@@ -163,10 +164,10 @@ class Dashboard:
                    ('Content-Length', str(len(response.body))), *SECURITY_HEADERS,
                    *response.headers]
         path = request.prefix or '/'
-        if request.cookies.get(CSRF_COOKIE) != csrf:
-            headers.append(('Set-Cookie', f'{CSRF_COOKIE}={csrf}; Path={path}; HttpOnly; '
-                                          f'SameSite=Strict'))
-        if getattr(request, 'set_token', False):
+        if request.cookies.get(CSRF_COOKIE) != request.csrf:
+            headers.append(('Set-Cookie', f'{CSRF_COOKIE}={request.csrf}; Path={path}; '
+                                          f'HttpOnly; SameSite=Strict'))
+        if request.set_token:
             headers.append(('Set-Cookie', f'{TOKEN_COOKIE}={quote(self.token or "")}; '
                                           f'Path={path}; HttpOnly; SameSite=Strict'))
         start_response(f'{response.status} {REASONS.get(response.status, "")}', headers)
@@ -227,10 +228,10 @@ class Dashboard:
             if parts[2] == 'retry':
                 count = len(queue.retry(job_id))
             else:
-                job = queue.get_job(job_id)
-                if job is None:
-                    raise JobNotFound(job_id)
                 if not queue.cancel_job(job_id):
+                    job = queue.get_job(job_id)
+                    if job is None:
+                        raise JobNotFound(job_id)
                     raise HTTPError(409, f'job {job_id} is {job["status"]}: only pending jobs '
                                          f'can be cancelled')
                 count = 1
@@ -355,11 +356,10 @@ class Dashboard:
         return (f'<h1>Jobs</h1>{filters}<p id="page-nav">{" · ".join(nav)}</p>{table}')
 
     def _job(self, request, job_id):
-        job = self.queue.get_job(job_id)
-        if job is None:
+        found = self.queue.find_job(job_id)
+        if found is None:
             raise JobNotFound(job_id)
-        details = self.queue.find_job(job_id)
-        full = details.to_dict(full=True) if details else job
+        job, full = found.to_dict(), found.to_dict(full=True)
         rows = [[e(name), e(_field_text(name, value))] for name, value in full.items()
                 if name not in ('payload', 'result', 'error')]
         actions = ''
