@@ -19,13 +19,18 @@ PAGE_LOAD_SECONDS = 30
 
 @pytest.fixture(scope='module')
 def browser():
+    missing = None
     if not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)):
-        message = f'needs {CHROMIUM} and {CHROMEDRIVER}: apt-get install chromium chromium-driver'
+        missing = f'needs {CHROMIUM} and {CHROMEDRIVER}: apt-get install chromium chromium-driver'
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+    except ImportError:
+        missing = missing or "needs selenium: pip install -e '.[dev]'"
+    if missing:
         if os.environ.get('DBBASIC_QUEUE_REQUIRE_BROWSER'):
-            pytest.fail(message)
-        pytest.skip(message)
-    webdriver = pytest.importorskip('selenium.webdriver')
-    from selenium.webdriver.chrome.service import Service
+            pytest.fail(missing)
+        pytest.skip(missing)
     profile = tempfile.mkdtemp(prefix='dbbasic-queue-chromium-')
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
