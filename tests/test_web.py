@@ -322,3 +322,46 @@ def test_the_files_fast_lists_and_counts_agree_with_the_exact_way(queue_path, cl
                     assert fast[0] == exact[0], (status, job_type, text)
                     assert [j.id for j in fast[1]] == [j.id for j in exact[1]], (status, job_type, text)
     assert backend.minute_counts() == Backend.minute_counts(backend)
+
+
+def test_the_overview_names_the_running_job_its_worker_and_the_oldest_pending_age(queue_path):
+    queue = Queue(queue_path)
+    waiting = queue.enqueue('later', {}, delay=3600)
+    running = queue.enqueue('export', {'table': 'orders'})
+    started, release = threading.Event(), threading.Event()
+
+    def export(payload):
+        started.set()
+        release.wait(SUBPROCESS_TIMEOUT_SECONDS)
+
+    worker = threading.Thread(target=queue.process_jobs, args=({'export': export},))
+    worker.start()
+    try:
+        assert started.wait(SUBPROCESS_TIMEOUT_SECONDS)
+        with serving(queue) as client:
+            _, _, page = client.get('/')
+    finally:
+        release.set()
+        worker.join(SUBPROCESS_TIMEOUT_SECONDS)
+    workers = page[page.index('Workers holding jobs'):page.index('History')]
+    assert running in workers and '>export<' in workers and queue.claims() == []
+    assert 'Oldest pending: ' in page and 'Next due: ' in page and '(in 60.0m)' in page
+    assert waiting not in workers
+
+
+def test_history_counts_finished_jobs_per_minute_and_hour_and_the_depth(queue_path, clock):
+    queue = Queue(queue_path, clock=clock, backoff_base_seconds=0)
+    clock.now = 1_800_000_000.0 - 1_800_000_000.0 % 3600     # on the hour
+    for minute in range(3):                                    # 2 a minute; one of them fails
+        queue.enqueue('t', {'fail': False})
+        queue.enqueue('t', {'fail': True})
+        queue.process_jobs({'t': lambda p: 1 / (not p['fail'])}, max_attempts=1)
+        clock.advance(60)
+    queue.enqueue('t', {'fail': False})                        # still pending: depth 1
+    history = queue.history()
+    minutes = history['minutes']
+    assert len(minutes) == 60 and len(history['hours']) == 24
+    assert [(b['completed'], b['failed']) for b in minutes[-4:]] == [(1, 1)] * 3 + [(0, 0)]
+    assert minutes[-1]['start'] == clock.now - clock.now % 60
+    assert [b['depth'] for b in minutes[-5:]] == [0, 0, 0, 0, 1]
+    assert (history['hours'][-1]['completed'], history['hours'][-1]['failed']) == (3, 3)
