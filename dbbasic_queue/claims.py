@@ -74,7 +74,7 @@ class ClaimCycle:
 
     def __init__(self, backend):
         self.backend = backend
-        self.table, self.archive, self.scan = backend.table, backend.archive, backend.scan
+        self.table, self.archive, self.index = backend.table, backend.archive, backend.index
 
     def work(self, run):
         """Run due jobs until none is due or a limit is reached (see Backend.work)."""
@@ -105,7 +105,7 @@ class ClaimCycle:
                 batch.journal.close()
             # The version this run wrote last: the next reader (a cron run, another
             # worker) starts from its summary, not from every line.
-            self.scan.save_summary(self.table.snapshot())
+            self.index.save_summary()
 
     def _claim_next(self, run, batch):
         """Record the last batch and claim the next one; returns how many were claimed."""
@@ -117,8 +117,8 @@ class ClaimCycle:
     def _nothing_due(self, types, run, batch_size):
         """Nothing to claim now by the rule of _claim_due for a worker joining others,
         seen from the last snapshot; called only when there is nothing to record."""
-        return self.scan.nothing_due(types, run.worker, self.backend.clock, batch_size,
-                                     CLAIM_WAIT_SECONDS)
+        return self.index.nothing_due(types, run.worker, self.backend.clock,
+                                      self.backend.lease_seconds, batch_size, CLAIM_WAIT_SECONDS)
 
     def _write_back(self, run, batch):
         """Record the last batch and give back its claims not started, claiming nothing."""
@@ -128,7 +128,7 @@ class ClaimCycle:
         """One rewrite: record outcomes, release or recover claims, and (if claim) claim
         the next batch into batch.claimed. Returns how many were claimed."""
         started = time.perf_counter()
-        plan = self.backend.rewrite_hot(
+        plan = self.backend.rewrite_segments(
             lambda view, now: self._plan(run, batch, view, now, claim),
             before_rename=lambda: self._flush_archive(batch, fsync=True))
         batch.outcomes.clear()
@@ -138,40 +138,47 @@ class ClaimCycle:
         return len(batch.claimed)
 
     def _plan(self, run, batch, view, now, claim):
+        """The Plan of one rewrite, from the segments it needs (view: a scan.SegmentView):
+        those holding this worker's claims (when it has outcomes to record), a dead
+        worker's claims, or finished rows; then those that can hold the jobs to claim."""
         plan = Plan()
-        mine, candidates, finished, dead = {}, [], [], {}
         alive = {run.worker: True}
+        for worker, claimed_at in view.index.claims().items():
+            if worker not in alive:
+                alive[worker] = liveness.claim_is_alive(worker, claimed_at, now,
+                                                        self.backend.lease_seconds)
+        recording = bool(batch.outcomes or batch.unstarted)
+        for segment in view.index.segments:
+            if (segment.finished or (recording and run.worker in segment.claims)
+                    or not all(alive[worker] for worker in segment.claims)):
+                view.load(segment)
+        mine, candidates, finished, dead = {}, [], [], {}
         handlers = run.handlers
-        for i, entry in enumerate(view.entries):
-            if entry is None:
+        for start, line in view.lines.items():
+            if line.entry is None:
                 continue
-            # Unpacked, not entry.status: this loop runs over every line for every batch.
-            status, job_type, run_at, claim_of, _ = entry
+            status, job_type, run_at, claim_of, _ = line.entry   # unpacked: the fastest read
             if status == PENDING:
                 if claim and run_at <= now and job_type in handlers:
-                    candidates.append(i)
+                    candidates.append(start)
             elif status == PROCESSING:
                 worker = claim_of.worker
                 if worker == run.worker:
-                    mine[claim_of.job_id] = i
-                    continue
-                if worker not in alive:
-                    alive[worker] = liveness.claim_is_alive(
-                        worker, claim_of.claimed_at, now, self.backend.lease_seconds)
-                if not alive[worker]:
-                    dead.setdefault(worker, []).append(i)
+                    mine[claim_of.job_id] = start
+                elif not alive[worker]:
+                    dead.setdefault(worker, []).append(start)
             else:
-                finished.append(i)
+                finished.append(start)
         candidates.extend(self._apply_outcomes(batch, mine, plan))
         self.backend.archive_finished(finished, plan, view)
-        for worker, indexes in dead.items():
-            candidates.extend(self._recover(run, worker, indexes, plan, view, now))
+        for worker, starts in dead.items():
+            candidates.extend(self._recover(run, worker, starts, plan, view, now))
         plan.gone_workers = list(dead) + self.backend.idle_dead_journals(alive)
         if claim:
             # A rewrite made only to claim (this worker has nothing to record) while
             # another worker works is one the other's next rewrite may make unneeded.
-            joining = not batch.outcomes and not batch.unstarted and any(
-                alive[worker] for worker in alive if worker != run.worker)
+            joining = not recording and any(alive[worker] for worker in alive
+                                            if worker != run.worker)
             self._claim_due(run, batch, view, candidates, plan, now, joining)
         return plan if plan.changes or plan.archive else None
 
@@ -179,29 +186,45 @@ class ClaimCycle:
         """Claim up to batch.size due jobs: highest priority first, then earliest run_at,
         then file (enqueue) order.
 
+        Segments are read in the order of the best job they can hold (scan.Segment.
+        due_bound) until none left unread can beat the batch found: in a backlog of a
+        million, a claim reads the few segments at its front.
+
         When joining another worker, a claim smaller than batch.size waits until a due
         job has waited CLAIM_WAIT_SECONDS: the other worker's next rewrite, which it
-        makes anyway to record its batch, takes them, and each rewrite costs the whole
-        file. Once this worker works, it claims what is due in each of its rewrites."""
-        entries = view.entries
+        makes anyway to record its batch, takes them. Once this worker works, it claims
+        what is due in each of its rewrites."""
+        lines, changes, handlers = view.lines, plan.changes, run.handlers
 
-        def run_at(i):
-            return plan.changes[i].run_at if i in plan.changes else entries[i].run_at
-
-        def order(i):
-            return (-entries[i].priority, run_at(i), i)
-        due = [i for i in candidates if run_at(i) <= now and entries[i].type in run.handlers]
-        if (joining and len(due) < batch.size
-                and min(map(run_at, due), default=now) > now - CLAIM_WAIT_SECONDS):
+        def order(start):
+            job = changes.get(start) or lines[start].entry
+            return (-job.priority, job.run_at, start)
+        due = [start for start in candidates
+               if (changes.get(start) or lines[start].entry).run_at <= now
+               and lines[start].entry.type in handlers]
+        unread = []
+        for segment in view.index.segments:
+            bound = segment.due_bound(handlers, now) if segment.start not in view.raw else None
+            if bound is not None:
+                unread.append((bound, segment))
+        unread.sort(key=lambda pair: pair[0])
+        for bound, segment in unread:
+            if len(due) >= batch.size and order(heapq.nsmallest(batch.size, due, key=order)[-1]) < bound:
+                break
+            due += [line.start for line in view.load(segment) if line.entry is not None
+                    and line.entry.status == PENDING and line.entry.run_at <= now
+                    and line.entry.type in handlers]
+        if (joining and len(due) < batch.size and min(
+                (order(start)[1] for start in due), default=now) > now - CLAIM_WAIT_SECONDS):
             return
         claimed_ids = set()
-        for i in heapq.nsmallest(batch.size, due, key=order):
-            job = plan.changes.get(i) or view.job(i)
+        for start in heapq.nsmallest(batch.size, due, key=order):
+            job = changes.get(start) or view.job(start)
             # A line copied by a hand edit: one copy is claimed at a time.
             if job is not None and job.id not in claimed_ids:
                 claimed_ids.add(job.id)
                 claimed = job.evolve(status=Status.PROCESSING, worker=run.worker, claimed_at=now)
-                plan.changes[i] = claimed
+                changes[start] = claimed
                 plan.claimed.append(claimed)
 
     def _apply_outcomes(self, batch, mine, plan):

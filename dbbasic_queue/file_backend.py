@@ -19,8 +19,8 @@ from .claims import ClaimCycle, Plan, Run
 from .job import (ACTIVE_STATUSES, COLUMNS, FINAL_STATUSES, Job, Status, UnparsableLine, check_header,
                   format_line, format_millis, format_new_line, format_time, job_or_none,
                   new_job_id, new_job_ids, parse_line, quote_field)
-from .scan import Scan, entry_of_job
-from .storage import (Change, FileLock, SmallFile, TableFile, WordsFile, WorkerJournal,
+from .scan import Index, SegmentView, full_view
+from .storage import (RETRY, Change, FileLock, SmallFile, TableFile, WordsFile, WorkerJournal,
                       abandoned_temp_files, split_header)
 from .validate import JSON_ASCII, due_now_millis, payload_json
 
@@ -48,7 +48,7 @@ class FileBackend(Backend):
         self.table = TableFile(self.path, COLUMNS, lock, rewrite_lock)
         self.archive = TableFile(self.path.with_name(self.path.stem + '.done.tsv'), COLUMNS,
                                  lock, rewrite_lock)
-        self.scan = Scan(self.table, lease_seconds)
+        self.index = Index(self.table)
         self.paused = WordsFile(self.path.with_suffix('.paused'), lock)
         self.schedule_state = SmallFile(self.path.with_name(self.path.stem + '.schedule.tsv'),
                                         lock)
@@ -173,7 +173,7 @@ class FileBackend(Backend):
         """Rewrite a file with older columns (1.0.0's nine) to ours, once per backend."""
         header = self.table.read_header()
         if header is not None and tuple(header) != COLUMNS:
-            self.rewrite_hot(lambda view, now: None)
+            self.normalize()
         self._header_current = True
 
     def find(self, job_id):
@@ -193,7 +193,7 @@ class FileBackend(Backend):
             try:
                 job = parse_line(line, header)
             except UnparsableLine:
-                self.scan.report_unparsable(line)
+                self.index.report_unparsable(line)
                 return None
             if job.status is not Status.PENDING:
                 return None
@@ -289,53 +289,85 @@ class FileBackend(Backend):
             ClaimCycle(self).work(run)
         return run.summary
 
-    def rewrite_hot(self, edit, before_rename=None):
-        """Apply edit(view, now) -> claims.Plan | None to the hot file (view: a scan.View
-        of it); returns the Plan committed, or None. A file with older columns is
-        upgraded on the way."""
-        def planned(snap):
-            plan = edit(self.scan.view(snap), self.clock())
-            outdated = snap.header is not None and tuple(snap.header) != COLUMNS
-            if plan is None and not outdated:
+    def rewrite_segments(self, edit, before_rename=None):
+        """Apply edit(view, now) -> claims.Plan | None to the hot file, reading and
+        rewriting only the segments the plan reads (view: a scan.SegmentView); every
+        other byte is copied as it is. Returns the Plan committed, or None. A file that
+        a range rewrite would not keep as it is (older columns, CRLF) is first rewritten
+        whole (normalize)."""
+        def try_once():
+            index = self.index.current()
+            if not index.normal:
+                self.normalize()
+                index = self.index.current()
+            view = SegmentView(index)
+            plan = edit(view, self.clock())
+            if plan is None:
                 return None
-            plan = plan or Plan()
-            lines, entries = self._new_lines(snap, plan, outdated)
-
-            def under_lock():
-                if plan.archive:
-                    self.archive.append_lines(map(format_line, plan.archive), fsync=True)
-                if before_rename is not None:
-                    before_rename()
-            return Change(lines, under_lock, (plan, entries))
+            changes = view.changes(plan.changes, format_line)
+            done = self.table.rewrite_ranges(index, changes, self._under_lock(plan, before_rename))
+            if done is None:
+                index.forget()   # changed other than by appends: read it anew
+                return RETRY
+            index.after_rewrite(view, changes, *done)
+            return plan
 
         with self.state_lock:
-            done = self.table.rewrite(planned)
-        if done is None:
-            return None
-        (plan, entries), new = done[0].result, done[1]
-        new.jobs = entries
-        for worker in plan.gone_workers:
-            WorkerJournal.remove(self.path, worker)
+            plan = self.table.optimistically(try_once)
+        self._remove_journals(plan)
         return plan
 
-    def _new_lines(self, snap, plan, outdated):
-        """The new file's lines, and their entries as far as snap had parsed them."""
-        parsed = len(snap.jobs)
-        lines, entries = [], []
-        changes = plan.changes
+    def _under_lock(self, plan, before_rename):
+        def under_lock():
+            if plan.archive:
+                self.archive.append_lines(map(format_line, plan.archive), fsync=True)
+            if before_rename is not None:
+                before_rename()
+        return under_lock
+
+    def _remove_journals(self, plan):
+        for worker in plan.gone_workers if plan else ():
+            WorkerJournal.remove(self.path, worker)
+
+    def normalize(self):
+        """Rewrite the hot file whole: older columns get ours, CRLF line ends LF."""
+        self.rewrite_hot(lambda view, now: None, whole=True)
+
+    def rewrite_hot(self, edit, before_rename=None, whole=False):
+        """Apply edit(view, now) -> claims.Plan | None to the hot file, every line read
+        (view: a scan.View): for the rare rewrites (cancel a type, migrate). Returns
+        the Plan committed, or None. whole: rewrite even with no plan (normalize)."""
+        def planned(snap):
+            plan = edit(full_view(snap, self.index), self.clock())
+            if plan is None and not whole:
+                return None
+            plan = plan or Plan()
+            return Change(self._new_lines(snap, plan), self._under_lock(plan, before_rename),
+                          plan)
+
+        with self.state_lock:
+            try:
+                done = self.table.rewrite(planned)
+            finally:
+                self.table.forget()   # its lines: a worker keeps no per-line state
+        plan = done[0].result if done is not None else None
+        self._remove_journals(plan)
+        return plan
+
+    def _new_lines(self, snap, plan):
+        """The new file's lines: plan's changes made, every line in our columns."""
+        outdated = snap.header is not None and tuple(snap.header) != COLUMNS
+        lines, changes = [], plan.changes
         for i, line in enumerate(snap.lines):
-            entry = snap.jobs[i] if i < parsed else None
             if i in changes:
-                job = changes[i]
-                if job is None:
+                if changes[i] is None:
                     continue
-                line, entry = format_line(job), entry_of_job(job)
-            elif outdated and entry is not None:
-                line = format_line(parse_line(line, snap.header))
+                line = format_line(changes[i])
+            elif outdated:
+                job = job_or_none(line, snap.header)
+                line = format_line(job) if job is not None else line
             lines.append(line)
-            if i < parsed:
-                entries.append(entry)
-        return lines, entries
+        return lines
 
     def archive_finished(self, finished, plan, view):
         """Move finished rows (a cancel, a 1.0.0 file) to the archive, exactly once."""

@@ -1,29 +1,35 @@
-"""The file backend's speed machinery, kept apart from its rules: what a worker keeps of
-each line between polls, the first poll's one-pass regex, and the idle poll's cache.
+"""The file backend's speed machinery, kept apart from its rules: an Index of the hot
+file, one Segment summary per ~SEGMENT_BYTES of whole lines, so that a worker reads,
+parses and rewrites only the segments that can hold what it needs, and keeps no
+per-line state between rewrites: its memory does not grow with the backlog.
 
-Nothing here decides what happens to a job; it only answers, fast and exactly, "what is
-on line i" and "is anything due". The interface is Scan: view() (a View: the entries of a
-snapshot, and the whole Job of any line) and nothing_due().
+Nothing here decides what happens to a job. The Index answers "is anything due", "which
+segments can hold due jobs, claims of these workers, or finished rows", and reads a
+segment's lines with their byte offsets; a rewrite (storage.TableFile.rewrite_ranges)
+copies every other segment as bytes, in the kernel.
 """
 
 import logging
 import math
 import operator
+import os
 import re
 import sys
+import zlib
 from typing import NamedTuple
 
 from . import liveness
-from .job import (COLUMNS, Status, UnparsableLine, check_header, is_queue_header, parse_line,
-                  split_line)
-from .storage import TAIL_BYTES, TableSummary, decode_lines, split_header
+from .job import COLUMNS, Status, UnparsableLine, check_header, parse_line, split_line
+from .storage import (DECODE_ERRORS, ENCODING, TAIL_BYTES, TableSummary, pread_all, split_header,
+                      storage_error, version_of)
 
 log = logging.getLogger('dbbasic_queue')
 
-SCAN_CHUNK_BYTES = 1 << 20      # a first poll's regex pass stops at the first due chunk
-SUMMARY_MIN_BYTES = 4 << 20     # a poll that read this much beyond a summary leaves a new one
+SEGMENT_BYTES = 128 << 10     # a rewrite reads and parses only the segments it changes
+SUMMARY_MIN_BYTES = 4 << 20   # an idle poll that scanned this much leaves a summary file
 _STATUS_WORDS = {status.value: status.value for status in Status}
 PENDING, PROCESSING = Status.PENDING.value, Status.PROCESSING.value
+_HEADER_BYTES = '\t'.join(COLUMNS).encode()
 
 
 class Claim(NamedTuple):
@@ -33,7 +39,7 @@ class Claim(NamedTuple):
 
 
 class Entry(NamedTuple):
-    """The cheap columns of one line: a worker keeps one per queued job."""
+    """The cheap columns of one line."""
     status: str
     type: str
     run_at: float
@@ -41,17 +47,16 @@ class Entry(NamedTuple):
     priority: int
 
 
-def entry_of_line(line, has_priority=True):
+def entry_of_line(line):
     """The Entry of a line, or None when it is not a job. Cheap on purpose: it splits
-    only the first columns (and finds priority, the last one, with one rfind).
-    has_priority is False for files written before the priority column existed."""
+    only the first columns (and finds priority, the last one, with one rfind)."""
     fields = line.split('\t', 6)
     if len(fields) < 7 or not fields[0]:
         return None
     status = _STATUS_WORDS.get(fields[3])
     try:
         run_at = float(fields[5] or 0)
-        priority = int(line[line.rfind('\t') + 1:] or 0) if has_priority else 0
+        priority = int(line[line.rfind('\t') + 1:] or 0)
     except ValueError:
         return None
     if status is None:
@@ -61,339 +66,506 @@ def entry_of_line(line, has_priority=True):
     if status == PROCESSING:
         every = line.split('\t')
         if len(every) != len(COLUMNS) or every[9].startswith('"'):
-            every = split_line(line)   # a tab inside a quoted field, or older columns
+            every = split_line(line)   # a tab inside a quoted field
         try:
             claimed_at = float(every[10]) if len(every) > 10 and every[10] else 0.0
         except ValueError:
             return None
         claim = Claim(fields[0], every[9] if len(every) > 9 else '', claimed_at)
-    return _new_tuple(Entry, (status, sys.intern(job_type), run_at, claim, priority))
+    return Entry(status, sys.intern(job_type), run_at, claim, priority)
 
 
-def entry_of_job(job):
-    claim = Claim(job.id, job.worker, job.claimed_at) if job.status is Status.PROCESSING else None
-    return _new_tuple(Entry, (job.status.value, job.type, job.run_at, claim, job.priority))
+class Line(NamedTuple):
+    """One line of a segment a rewrite read: where it is, its text, its Entry."""
+    start: int           # byte offset in the version
+    end: int             # after its newline
+    text: str
+    entry: object        # an Entry, or None when the line is not a job
 
 
-# Entry(...) goes through a Python-level __new__; this is the same tuple, built in C
-# (one per queued line, so it counts).
-_new_tuple = tuple.__new__
+class Segment:
+    """What the whole lines in bytes [start, end) of one version add up to."""
+    __slots__ = ('start', 'end', 'crc', 'pending', 'claims', 'finished', 'top_priority')
+
+    def __init__(self, start, end, crc, pending, claims, finished, top_priority):
+        self.start, self.end, self.crc = start, end, crc   # crc: zlib.crc32 of the bytes
+        self.pending = pending            # type -> [earliest run_at, count, latest run_at]
+        self.claims = claims              # worker -> its latest claimed_at here
+        self.finished = finished          # lines with a final status (a cancel, 1.0.0)
+        self.top_priority = top_priority  # no line here has a higher priority
+
+    def moved(self, delta):
+        return Segment(self.start + delta, self.end + delta, self.crc, self.pending,
+                       self.claims, self.finished, self.top_priority)
+
+    def as_json(self):
+        return [self.start, self.end, self.crc, self.pending, self.claims, self.finished,
+                self.top_priority]
+
+    def due_bound(self, types, now):
+        """The smallest claim order key (-priority, run_at, offset) a due job of these
+        types here can have, or None when none can be due."""
+        earliest = min((self.pending[t][0] for t in types if t in self.pending), default=now + 1)
+        return None if earliest > now else (-self.top_priority, earliest, self.start)
 
 
-class View(NamedTuple):
-    """One snapshot as a rewrite plans on it: an Entry (or None) per line, and job(i)."""
-    snap: object
-    entries: list
-    scan: object
+def summarize(data, start, report, older=None):
+    """Segments for data, the bytes of whole lines at byte offset start of a version.
+    report(line) is told of a line that is not a job; older: the header of a file with
+    older columns (None: COLUMNS)."""
+    segments, pos = [], 0
+    while pos < len(data):
+        stop = data.rfind(b'\n', pos, pos + SEGMENT_BYTES) + 1
+        if stop <= pos:
+            stop = data.find(b'\n', pos) + 1
+        segments.append(_segment(data[pos:stop], start + pos, report, older))
+        pos = stop
+    return segments
 
-    def job(self, i):
-        """The whole Job on line i, or None (reported once as not a job)."""
-        return self.scan.job_at(self.snap, i)
+
+# A pending line, read as far as run_at: tab-free first columns, status pending, and a
+# run_at of 10 integer digits (2001-2286), so that the smallest run_at as bytes is the
+# earliest. As many matches as lines means every line matched (a match running into the
+# next line would leave that line without one).
+_PENDING_LINE = re.compile(rb'(?m)^[^\t\n]+\t([^\t"\n]+)\t[^\t]*\tpending\t\d*\t'
+                           rb'(\d{10}(?:\.\d{1,3})?)\t')
+# Any line of COLUMNS: type, status, run_at, worker, claimed_at, priority.
+_ANY_LINE = re.compile(rb'(?m)^[^\t\n]+\t([^\t"\n]+)\t[^\t]*\t(' +
+                       b'|'.join(s.value.encode() for s in Status) +
+                       rb')\t[^\t]*\t(\d{10}(?:\.\d{1,3})?)\t[^\t]*\t[^\t]*\t[^\t]*\t'
+                       rb'([^\t"\n]*)\t([\d.]*)\t[^\t]*\t[^\t]*\t[^\t]*\t[^\t]*\t(-?\d*)$')
+_TYPE, _RUN_AT = operator.itemgetter(0), operator.itemgetter(1)
+_PENDING_BYTES, _PROCESSING_BYTES = PENDING.encode(), PROCESSING.encode()
 
 
-class Scan:
-    """Entries of the hot file's lines, parsed once per line and kept with the snapshot."""
+def _segment(data, start, report, older=None):
+    """The Segment of data (whole lines at offset start): counted in C by a regex when
+    every line is a plain job, else line by line."""
+    crc, lines = zlib.crc32(data), data.count(b'\n')
+    if older is not None:
+        return _segment_of_lines(read_lines(data, start, report, older), start,
+                                 start + len(data), crc)
+    if data.count(b'\t\n') == lines:   # every priority empty: 0
+        matches = _PENDING_LINE.findall(data)
+        if len(matches) == lines:
+            return Segment(start, start + len(data), crc, _pending_by_type(matches), {}, 0, 0)
+    matches = _ANY_LINE.findall(data)
+    if len(matches) == lines:
+        pending = [(m[0], m[2]) for m in matches if m[1] == _PENDING_BYTES]
+        claims = {}
+        for m in matches:
+            if m[1] == _PROCESSING_BYTES:
+                worker = m[3].decode(ENCODING, DECODE_ERRORS)
+                claims[worker] = max(claims.get(worker, 0.0), float(m[4] or 0))
+        return Segment(start, start + len(data), crc, _pending_by_type(pending), claims,
+                       len(matches) - len(pending) - sum(m[1] == _PROCESSING_BYTES for m in matches),
+                       max(int(m[5] or 0) for m in matches))
+    return _segment_of_lines(read_lines(data, start, report), start, start + len(data), crc)
 
-    def __init__(self, table, lease_seconds):
-        self.table = table
-        self.lease_seconds = lease_seconds
-        self._idle_cache = None
-        self._polled = False
-        self._reported_lines = set()
-        self._last_parsed = None   # the snapshot whose lines were last parsed
-        self.summary_file = TableSummary(table)
-        self._file_summary = None   # the summary file's data, brought up to date
 
-    def view(self, snap):
-        return View(snap, self.entries(snap), self)
-
-    def entries(self, snap):
-        """Entries for every line of snap (None = not a job); parses only new lines.
-
-        A version written by another worker is mostly lines this process has parsed:
-        their entries are reused, so W workers do not each parse every rewrite anew.
-        """
-        check_header(self.table.path, snap.header)
-        entries = snap.jobs
-        has_priority = snap.header is None or tuple(snap.header) == COLUMNS
-        known = {}
-        last = self._last_parsed
-        if (not entries and last is not None and last is not snap
-                and tuple(snap.header or ()) == tuple(last.header or ())):
-            known = dict(zip(last.lines, last.jobs))
-        for line in snap.lines[len(entries):]:
-            entry = known.get(line)
-            entries.append(self._entry(line, has_priority) if entry is None else entry)
-        self._last_parsed = snap
-        return entries
-
-    def _entry(self, line, has_priority=True):
-        """entry_of_line, reporting (once) a line that is not a job."""
-        entry = entry_of_line(line, has_priority)
+def _segment_of_lines(lines, start, end, crc):
+    pending, claims, finished, top = {}, {}, 0, 0
+    for line in lines:
+        entry = line.entry
         if entry is None:
-            self.report_unparsable(line)
-        return entry
+            continue
+        top = max(top, entry.priority)
+        if entry.status == PENDING:
+            found = pending.get(entry.type)
+            if found is None:
+                pending[entry.type] = [entry.run_at, 1, entry.run_at]
+            else:
+                found[0], found[1], found[2] = (min(found[0], entry.run_at), found[1] + 1,
+                                                max(found[2], entry.run_at))
+        elif entry.status == PROCESSING:
+            worker = entry.claim.worker
+            claims[worker] = max(claims.get(worker, 0.0), entry.claim.claimed_at)
+        else:
+            finished += 1
+    return Segment(start, end, crc, pending, claims, finished, top)
 
-    def job_at(self, snap, i):
-        """The whole Job on line i of snap, or None (reported once as not a job)."""
-        line = snap.lines[i]
+
+def _pending_by_type(matches):
+    """{type: [earliest, count, latest]} of (type, run_at) matches, in C per type."""
+    by_type = {}
+    types = set(map(_TYPE, matches))
+    for job_type in types:
+        mine = matches if len(types) == 1 else [m for m in matches if m[0] == job_type]
+        run_ats = list(map(_RUN_AT, mine))
+        by_type[sys.intern(job_type.decode(ENCODING, DECODE_ERRORS))] = [
+            float(min(run_ats)), len(mine), float(max(run_ats))]
+    return by_type
+
+
+def read_lines(data, start, report, older=None):
+    """The Lines of data (whole lines at byte offset start; older: see summarize)."""
+    lines, pos = [], start
+    for raw in data.split(b'\n')[:-1]:
+        end = pos + len(raw) + 1
+        text = raw.decode(ENCODING, DECODE_ERRORS)
+        if text.endswith('\r'):
+            text = text[:-1]   # a CRLF line (the next full rewrite drops the CR)
+        entry = (None if not text else entry_of_line(text) if older is None
+                 else _entry_of_older(text, older))
+        if entry is None and text:
+            report(text)
+        lines.append(Line(pos, end, text, entry))
+        pos = end
+    return lines
+
+
+def _merged(first, second, data):
+    """first and the segment right after it (whose bytes are data), as one."""
+    pending = {t: list(v) for t, v in first.pending.items()}
+    for job_type, (earliest, count, latest) in second.pending.items():
+        mine = pending.setdefault(job_type, [earliest, 0, latest])
+        mine[0], mine[1], mine[2] = min(mine[0], earliest), mine[1] + count, max(mine[2], latest)
+    claims = dict(first.claims)
+    for worker, claimed_at in second.claims.items():
+        claims[worker] = max(claims.get(worker, 0.0), claimed_at)
+    return Segment(first.start, second.end, zlib.crc32(data, first.crc), pending, claims,
+                   first.finished + second.finished, max(first.top_priority, second.top_priority))
+
+
+class Index:
+    """The Segments of one version of the hot file (held open, so its inode number cannot
+    be reused while compared), up to the end of its last whole line read.
+
+    It is brought up to date by reading only what was appended since. It trusts a version
+    that only grew (same inode, the bytes before its end unchanged); a rewrite proves the
+    rest with the CRC of every segment before it commits (see proven_unchanged).
+    """
+
+    def __init__(self, table):
+        self.table = table
+        self.summary_file = TableSummary(table)
+        self._reported = set()
+        self.generation = 0
+        self.bytes_read = 0
+        self._saved_generation = None
+        self._reset(None)
+
+    def _reset(self, fd):
+        if getattr(self, 'fd', None) is not None:
+            os.close(self.fd)
+        self.fd = fd
+        self.header = None          # the header line's bytes, newline included
+        self.segments = []
+        self.offset = 0             # the end of the last whole line read
+        self.tail = b''             # the TAIL_BYTES before offset
+        self.seen = None            # a version_of() of the file known to match it all
+        self.normal = True          # header COLUMNS and no CR: what a range rewrite keeps
+        self.older = None           # the header of a file with older columns
+        self.generation += 1
+
+    def close(self):
+        self._reset(None)
+
+    # -- bringing it up to date ------------------------------------------------------
+    def current(self, use_summary_file=True):
+        """This Index, brought up to date with the file as it is now."""
+        st = self.table.stat()
+        if st is None:
+            if self.fd is not None:
+                self._reset(None)
+            return self
+        if self.fd is not None:
+            if self.seen == version_of(st):
+                return self
+            mine = os.fstat(self.fd)
+            if (mine.st_ino, mine.st_dev) == (st.st_ino, st.st_dev) and self._only_grew(mine):
+                self._read_appended(mine)
+                return self
+        self._open(use_summary_file)
+        return self
+
+    def forget(self):
+        """Read the file anew, without the summary file, at the next current()."""
+        self._reset(None)
+        self._forget_summary = True
+
+    def _only_grew(self, st):
+        if st.st_size < self.offset or (st.st_size == self.offset and self.seen is not None):
+            return False
+        return os.pread(self.fd, len(self.tail), self.offset - len(self.tail)) == self.tail
+
+    def _open(self, use_summary_file):
         try:
-            return parse_line(line, snap.header or COLUMNS)
-        except UnparsableLine:
-            self.report_unparsable(line)
-            return None
+            fd = os.open(self.table.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            self._reset(None)
+            return
+        except OSError as exc:
+            raise storage_error(self.table.path, 'read', exc) from exc
+        self._reset(fd)
+        if use_summary_file and not getattr(self, '_forget_summary', False) and self._load_summary():
+            return
+        self._forget_summary = False
+        self._read_appended(os.fstat(fd))
+
+    def _read_appended(self, st):
+        """Read the whole lines after offset (the header first, in a new file)."""
+        data = pread_all(self.fd, st.st_size - self.offset, self.offset)
+        self.bytes_read += len(data)
+        whole = data.rfind(b'\n') + 1
+        if not whole:
+            return
+        data = data[:whole]
+        if self.header is None:
+            header_end = data.find(b'\n') + 1
+            self.header = data[:header_end]
+            header = split_header(self.header[:-1].decode(ENCODING, DECODE_ERRORS))
+            check_header(self.table.path, header)
+            self.normal = self.header.rstrip(b'\r\n') == _HEADER_BYTES   # dbbasic-tsv's: CRLF
+            self.older = None if tuple(header) == COLUMNS else tuple(header)
+            self.offset, data = header_end, data[header_end:]
+        self.normal = self.normal and b'\r' not in data
+        self._add(summarize(data, self.offset, self.report_unparsable, self.older), data)
+        after = os.fstat(self.fd)
+        self.offset += len(data)
+        self.tail = (self.tail + data)[-TAIL_BYTES:] if len(data) < TAIL_BYTES else data[-TAIL_BYTES:]
+        self.seen = version_of(after) if version_of(after) == version_of(st) and \
+            st.st_size == self.offset else None
+        self.generation += 1
+
+    def _add(self, segments, data):
+        """Append segments; a small last segment takes in the first new one (its bytes
+        are the start of data)."""
+        if segments and self.segments:
+            last, first = self.segments[-1], segments[0]
+            if last.end == first.start and (last.end - last.start) + (first.end - first.start) <= SEGMENT_BYTES:
+                self.segments[-1] = _merged(last, first, data[:first.end - first.start])
+                segments = segments[1:]
+        self.segments.extend(segments)
 
     def report_unparsable(self, line):
-        if line not in self._reported_lines:
-            self._reported_lines.add(line)
+        if line not in self._reported:
+            self._reported.add(line)
             log.warning('%s: kept a line that is not a job, as it is: %.200r',
                         self.table.path, line)
 
-    def nothing_due(self, types, worker, now_of, enough=1, patience_seconds=0.0):
+    # -- the summary file: the next process starts from it -------------------------------
+    def save_summary(self):
+        """Leave this Index beside the file (a cache) for the next reader."""
+        if self.fd is None or self.header is None or self._saved_generation == self.generation:
+            return
+        self._saved_generation = self.generation
+        summary = {'header': self.header.hex(), 'normal': self.normal,
+                   'segments': [segment.as_json() for segment in self.segments]}
+        self.summary_file.write(summary, os.fstat(self.fd).st_ino, self.offset, self.tail)
+
+    def _load_summary(self):
+        found = self.summary_file.read()
+        if found is None:
+            return False
+        summary, appended, end, tail = found
+        if summary['ino'] != os.fstat(self.fd).st_ino:
+            return False
+        self.header = bytes.fromhex(summary['header'])
+        self.normal = summary['normal']
+        self.segments = [Segment(*fields) for fields in summary['segments']]
+        self.offset, self.tail = summary['offset'], bytes.fromhex(summary['tail'])
+        self.seen = None   # not proven: a rewrite checks every segment's CRC first
+        if appended:
+            self.normal = self.normal and b'\r' not in appended
+            self._add(summarize(appended, self.offset, self.report_unparsable), appended)
+            self.offset, self.tail = end, tail
+        self._saved_generation = self.generation = self.generation + 1
+        return True
+
+    # -- what the segments add up to ------------------------------------------------------
+    def claims(self):
+        """{worker: latest claimed_at} of every claim in the file."""
+        claims = {}
+        for segment in self.segments:
+            for worker, claimed_at in segment.claims.items():
+                claims[worker] = max(claims.get(worker, 0.0), claimed_at)
+        return claims
+
+    def due_summary(self, types, now):
+        """(earliest run_at of these types, how many are due at least, claims, any
+        finished row)."""
+        next_due, due_count, finished = math.inf, 0, False
+        for segment in self.segments:
+            finished = finished or segment.finished > 0
+            for job_type in types:
+                found = segment.pending.get(job_type)
+                if found is not None:
+                    next_due = min(next_due, found[0])
+                    due_count += found[1] if found[2] <= now else found[0] <= now
+        return next_due, due_count, self.claims(), finished
+
+    def read_segment(self, segment):
+        """(the segment's bytes, its Lines)."""
+        data = pread_all(self.fd, segment.end - segment.start, segment.start)
+        return data, read_lines(data, segment.start, self.report_unparsable, self.older)
+
+    # -- the idle poll ----------------------------------------------------------------------
+    def nothing_due(self, types, worker, now_of, lease_seconds, enough=1, patience_seconds=0.0):
         """True when nothing is due for these job types: the idle poll of a worker loop.
 
         Also True when fewer than `enough` are due, none for patience_seconds yet, and
         another live worker holds claims: it will take them with its next rewrite (see
-        claims.ClaimCycle._claim_due).
-
-        A process that holds no snapshot of the file as it is now (a cron run's first
-        poll, or a worker after another one rewrote the file) first reads the summary
-        file the last reader left and the lines appended after it. Failing that, the
-        first call decides from one regex pass over the file when every line is a
-        pending job. Later calls keep parsed entries and scan again only when the file
-        changed; otherwise they cost one stat() plus a liveness check of each worker
-        holding claims. now_of() is the clock.
+        claims.ClaimCycle._claim_due). Costs one stat() when the file did not change, else
+        a read of the lines appended since (or of the summary file a fresh process finds).
         """
-        st = self.table.stat()
-        snap = self.table.kept_snapshot(st)
-        if snap is None:
-            summary = self._from_summary_file()
-            if summary is not None and self._nothing_due_in(
-                    _for_types(summary, types), worker, now_of(), enough, patience_seconds):
-                return True
-            if self._first_poll_finds_nothing_due(now_of):
-                return True
-            snap = self.table.snapshot(st)
+        read_before = self.bytes_read
+        self.current()
+        if self.bytes_read - read_before >= SUMMARY_MIN_BYTES:
+            self.save_summary()   # read whole: the next process need not
         now = now_of()
-        return self._nothing_due_in(self._idle_summary(snap, types, now), worker, now, enough,
-                                    patience_seconds)
-
-    def _first_poll_finds_nothing_due(self, now_of):
-        """True if this process's first poll finds, in one regex pass, a file of pending
-        jobs none of which is due (then it leaves a summary of it)."""
-        if self._polled:
-            return False
-        self._polled = True
-        now = now_of()
-        with self.table.mapped() as (data, ino):
-            # Counting by type costs a third more: only for a file worth a summary.
-            by_type = {} if len(data) >= SUMMARY_MIN_BYTES else None
-            next_due = next_due_if_all_pending(data, now, by_type=by_type)
-            if next_due is None or now >= next_due:
-                return False
-            if by_type:
-                self._save_pending_summary(data, ino, by_type)
-        return True
-
-    def _nothing_due_in(self, summary, worker, now, enough, patience_seconds):
-        """nothing_due's answer from (next due run_at, how many are due at most, claims,
-        any finished row) of the job types asked about."""
-        next_due, due_count, claims, finished = summary
+        next_due, due_count, claims, finished = self.due_summary(types, now)
         if finished:
             return False
         others = [other for other, claimed_at in claims.items() if other != worker
-                  and liveness.claim_is_alive(other, claimed_at, now, self.lease_seconds)]
+                  and liveness.claim_is_alive(other, claimed_at, now, lease_seconds)]
         if len(others) < len(claims) - (worker in claims):
             return False   # a dead worker's claims to recover
         if now < next_due:
             return True
         return bool(others) and due_count < enough and now - next_due < patience_seconds
 
-    # -- the summary file: a fresh process's first poll reads only what came after it --
-    def save_summary(self, snap):
-        """Leave the summary of snap (a version just written or read whole) for the next
-        reader; see storage.TableSummary."""
-        if snap.fd is None or tuple(snap.header or ()) != COLUMNS:
-            return
-        summary = {'types': {}, 'claims': {}, 'finished': False}
-        _add_entries(summary, self.entries(snap))
-        self.summary_file.write(summary, snap.ino, snap.offset, snap.tail)
-
-    def _save_pending_summary(self, data, ino, by_type):
-        """The summary of a file of pending jobs only (data, mapped; ino: its inode
-        number), from the first poll's regex pass over all of it."""
-        header_end = data.find(b'\n')
-        if (self._file_summary is not None
-                or tuple(split_header(data[:header_end].decode('utf-8', 'replace'))) != COLUMNS):
-            return
-        whole = data.rfind(b'\n') + 1
-        summary = {'types': by_type, 'claims': {}, 'finished': False}
-        self.summary_file.write(summary, ino, whole, data[max(0, whole - TAIL_BYTES):whole])
-
-    def _from_summary_file(self):
-        """The summary (all types) of the file as it is now, from the summary file and
-        the lines appended after it, kept between polls; None without a usable one."""
-        cache = self._file_summary
-        if cache is not None:
-            found = self.table.bytes_after(cache['ino'], cache['offset'],
-                                           bytes.fromhex(cache['tail']), cache)
-        else:
-            found = self.summary_file.read()
-        if found is None:
-            self._file_summary = None
-            return None
-        summary, appended, end, tail = found
-        # Appended lines are pending jobs, counted in C, unless a hand wrote others.
-        matches = _pending_matches(b'\n' + appended[:-1]) if appended else []
-        if matches is not None:
-            _count_by_type(matches, summary['types'])
-        else:
-            _add_entries(summary, self._entries_of(appended))
-        summary.update(offset=end, tail=tail.hex())
-        self._file_summary = summary
-        if len(appended) >= SUMMARY_MIN_BYTES:
-            self.summary_file.write({key: summary[key] for key in ('types', 'claims', 'finished')},
-                                    summary['ino'], end, tail)
-        return summary
-
-    def _entries_of(self, appended):
-        return (self._entry(line) for line in decode_lines(appended[:-1]) if line)
-
-    def _idle_summary(self, snap, types, now):
-        """_due_and_claims of snap, kept between polls; when the file only grew, only
-        the new lines are read (a count of due jobs may then miss older jobs that came
-        due since: it only ever errs low)."""
-        cache = self._idle_cache
-        parsed = 0
-        if cache is not None and cache[0] == (snap.generation, types):
-            parsed, summary = cache[1], cache[2]
-            if parsed == len(snap.lines):
-                return summary
-        else:
-            summary = (math.inf, 0, {}, False)
-            if snap.offset >= SUMMARY_MIN_BYTES and self._file_summary is None:
-                self.save_summary(snap)   # read whole: the next reader need not
-        summary = self._due_and_claims(self.entries(snap)[parsed:], types, now, *summary)
-        self._idle_cache = ((snap.generation, types), len(snap.lines), summary)
-        return summary
-
-    @staticmethod
-    def _due_and_claims(entries, types, now, next_due, due_count, claims, finished):
-        """(earliest run_at of these types, how many are due at now, {worker: latest
-        claim}, any finished row), from a summary of the lines before these entries."""
-        claims = dict(claims)
-        for entry in entries:
-            if entry is None:
+    # -- a rewrite ---------------------------------------------------------------------------
+    def after_rewrite(self, view, changes, fd, carried, renamed):
+        """Make this the Index of the version a rewrite of view's changes just wrote
+        (fd; carried: the lines appended meanwhile; renamed: its version_of()). Segments
+        it did not touch move by the bytes changed before them; touched ones are counted
+        again from their new bytes."""
+        segments, delta, pending = [], 0, iter(changes)
+        change = next(pending, None)
+        rebuilt = None   # the bytes of the last segment rebuilt, while it is the last
+        for segment in self.segments:
+            if change is None or change[0] >= segment.end:
+                segments.append(segment.moved(delta) if delta else segment)
+                rebuilt = None
                 continue
-            status, job_type, run_at, claim, _ = entry   # unpacked: the fastest read
-            if status == PENDING:
-                if job_type in types:
-                    if run_at < next_due:
-                        next_due = run_at
-                    if run_at <= now:
-                        due_count += 1
-            elif status == PROCESSING:
-                claims[claim.worker] = max(claims.get(claim.worker, 0.0), claim.claimed_at)
-            else:
-                finished = True
-        return next_due, due_count, claims, finished
+            old = view.raw[segment.start]
+            pieces, pos = [], segment.start
+            while change is not None and change[0] < segment.end:
+                start, end, data = change
+                pieces += [old[pos - segment.start:start - segment.start], data]
+                pos = end
+                change = next(pending, None)
+            pieces.append(old[pos - segment.start:])
+            new = b''.join(pieces)
+            start = segment.start + delta
+            delta += len(new) - len(old)
+            if not new:
+                continue
+            if rebuilt is not None and len(rebuilt) + len(new) <= SEGMENT_BYTES:
+                start, new = segments.pop().start, rebuilt + new   # two small ones: one
+            made = summarize(new, start, self.report_unparsable)
+            segments.extend(made)
+            rebuilt = new if len(made) == 1 else None
+        os.close(self.fd)
+        self.fd, self.segments = fd, segments
+        self.offset += delta
+        if carried:
+            self.normal = self.normal and b'\r' not in carried
+            self._add(summarize(carried, self.offset, self.report_unparsable), carried)
+            self.offset += len(carried)
+        self.tail = pread_all(fd, min(TAIL_BYTES, self.offset), self.offset - min(TAIL_BYTES, self.offset))
+        self.seen = renamed
+        self.generation += 1
+
+    # -- what a rewrite proves before it commits --------------------------------------------
+    def prove(self):
+        """Check every segment's bytes now, without the lock, so that a commit holding
+        it needs no reading unless the file changed again meanwhile."""
+        before = os.fstat(self.fd)
+        if self.seen != version_of(before) and self._bytes_match():
+            if version_of(os.fstat(self.fd)) == version_of(before):
+                self.seen = version_of(before)
+
+    def proven_unchanged(self, st):
+        """True if the file (st: its stat, under the lock) is this version and its bytes
+        up to offset are the ones this Index summarizes (the CRC of every segment)."""
+        if st is None:
+            return False
+        mine = os.fstat(self.fd)
+        if (mine.st_ino, mine.st_dev) != (st.st_ino, st.st_dev) or st.st_size < self.offset:
+            return False
+        if self.seen == version_of(st):
+            return True
+        if not self._bytes_match():
+            return False
+        self.seen = version_of(st) if st.st_size == self.offset else None
+        return True
+
+    def _bytes_match(self):
+        if pread_all(self.fd, len(self.header), 0) != self.header:
+            return False
+        return all(zlib.crc32(pread_all(self.fd, s.end - s.start, s.start)) == s.crc
+                   for s in self.segments)
 
 
-def _add_entries(summary, entries):
-    """Add entries to a summary: {'types': {type: [earliest run_at, pending]}, 'claims':
-    {worker: latest claimed_at}, 'finished': any finished row}."""
-    by_type, claims = summary['types'], summary['claims']
-    for entry in entries:
+class View(NamedTuple):
+    """One snapshot read whole, for the rare rewrites that plan on every line (cancel a
+    type, migrate, upgrade): an Entry (or None) per line, and job(i)."""
+    snap: object
+    entries: list
+    reporter: object
+
+    def job(self, i):
+        """The whole Job on line i, or None (reported once as not a job)."""
+        return job_of_text(self.snap.lines[i], self.snap.header or COLUMNS, self.reporter)
+
+
+def full_view(snap, reporter):
+    """The View of snap, every line parsed."""
+    check_header(reporter.table.path, snap.header)
+    if snap.header is not None and tuple(snap.header) != COLUMNS:
+        entries = [_entry_of_older(line, snap.header) for line in snap.lines]
+    else:
+        entries = [entry_of_line(line) for line in snap.lines]
+    for line, entry in zip(snap.lines, entries):
         if entry is None:
-            continue
-        status, job_type, run_at, claim, _ = entry
-        if status == PENDING:
-            earliest_and_count = by_type.get(job_type)
-            if earliest_and_count is None:
-                by_type[job_type] = [run_at, 1]
-            else:
-                earliest_and_count[0] = min(earliest_and_count[0], run_at)
-                earliest_and_count[1] += 1
-        elif status == PROCESSING:
-            claims[claim.worker] = max(claims.get(claim.worker, 0.0), claim.claimed_at)
-        else:
-            summary['finished'] = True
+            reporter.report_unparsable(line)
+    return View(snap, entries, reporter)
 
 
-def _for_types(summary, types):
-    """(next due run_at, how many are pending, claims, finished) of these types."""
-    found = [summary['types'][t] for t in types if t in summary['types']]
-    return (min((earliest for earliest, _ in found), default=math.inf),
-            sum(count for _, count in found), summary['claims'], summary['finished'])
-
-
-# One line of a pending job, from the newline before it: tab-free first six columns,
-# status pending, and a run_at of 10 integer digits (2001-2286), so that the smallest
-# run_at as bytes is the earliest. Each match starts at a line's own newline, so as many
-# matches as lines means every line matched (a match running into the next line would
-# leave that line without one).
-_PENDING_LINE = re.compile(rb'\n[^\t]*\t([^\t"]*)\t[^\t]*\tpending\t\d*\t(\d{10}(?:\.\d{1,3})?)\t')
-_PENDING_RUN_AT = re.compile(rb'\n[^\t]*\t[^\t"]*\t[^\t]*\tpending\t\d*\t(\d{10}(?:\.\d{1,3})?)\t')
-
-
-def next_due_if_all_pending(data, now=-math.inf, chunk_bytes=SCAN_CHUNK_BYTES, by_type=None):
-    """The earliest run_at of the jobs in data (the hot file's bytes, or its mmap) when
-    every line is a pending job, else None. Exact, and in C: a regex over the file instead
-    of parsing each line in Python (about 5 ms for 10K jobs instead of 15). It reads
-    chunk_bytes at a time and stops at the first chunk holding a job due at `now`,
-    returning its run_at. by_type, a dict, also gets the count and earliest run_at of
-    each type (_count_by_type), for a summary.
-    """
-    header_end = data.find(b'\n')
-    if header_end < 0:
+def _entry_of_older(line, header):
+    """The Entry of a line of a file with older columns."""
+    try:
+        job = parse_line(line, header)
+    except UnparsableLine:
         return None
-    header = split_header(data[:header_end].decode('utf-8', 'replace'))
-    if not is_queue_header(header):
+    claim = Claim(job.id, job.worker, job.claimed_at) if job.status is Status.PROCESSING else None
+    return Entry(job.status.value, job.type, job.run_at, claim, job.priority)
+
+
+def job_of_text(text, header, reporter):
+    try:
+        return parse_line(text, header)
+    except UnparsableLine:
+        reporter.report_unparsable(text)
         return None
-    last = data.rfind(b'\n')   # ends the last whole line: one still being appended waits
-    start, next_due = header_end, math.inf
-    while start < last:
-        stop = data.rfind(b'\n', start + 1, start + chunk_bytes)
-        if stop < 0:   # a line longer than a chunk
-            stop = data.find(b'\n', start + 1)
-        chunk = data[start:stop]   # bytes, from a mapped file too
-        if by_type is None:
-            run_ats = _PENDING_RUN_AT.findall(chunk)
-            if len(run_ats) != chunk.count(b'\n'):
-                return None
-            if run_ats:
-                next_due = min(next_due, float(min(run_ats)))
-        else:
-            matches = _pending_matches(chunk)
-            if matches is None:
-                return None
-            if matches:
-                next_due = min(next_due, float(min(matches, key=_RUN_AT)[1]))
-                _count_by_type(matches, by_type)
-        if next_due <= now:
-            return next_due
-        start = stop
-    return next_due
 
 
-_RUN_AT = operator.itemgetter(1)
+class SegmentView:
+    """The segments of the hot file one rewrite read, and their lines by byte offset."""
 
+    def __init__(self, index):
+        self.index = index
+        self.lines = {}    # start offset -> Line, in file order within each segment
+        self.raw = {}      # segment start -> its bytes as read
 
-def _pending_matches(chunk):
-    """The (type, run_at) of every line of chunk (each line after a newline, none after
-    the last), or None unless every line is a pending job _PENDING_LINE reads."""
-    matches = _PENDING_LINE.findall(chunk)
-    return matches if len(matches) == chunk.count(b'\n') else None
+    def load(self, segment):
+        """Read segment's lines (once); returns those newly read."""
+        if segment.start in self.raw:
+            return []
+        data, lines = self.index.read_segment(segment)
+        self.raw[segment.start] = data
+        self.lines.update((line.start, line) for line in lines)
+        return lines
 
+    def job(self, start):
+        """The whole Job on the line at start, or None (reported once as not a job)."""
+        return job_of_text(self.lines[start].text, COLUMNS, self.index)
 
-def _count_by_type(matches, by_type):
-    """Add (type, run_at) matches to {type: [earliest run_at, pending]}."""
-    types = set(map(operator.itemgetter(0), matches))
-    for job_type in types:
-        mine = matches if len(types) == 1 else [m for m in matches if m[0] == job_type]
-        earliest = float(min(mine, key=_RUN_AT)[1])
-        name = job_type.decode('utf-8', 'surrogateescape')
-        if name in by_type:
-            by_type[name] = [min(by_type[name][0], earliest), by_type[name][1] + len(mine)]
-        else:
-            by_type[name] = [earliest, len(mine)]
+    def changes(self, plan_changes, format_line):
+        """(start, end, new bytes) of each changed line, in file order; a line given
+        None is dropped."""
+        return [(start, self.lines[start].end,
+                 b'' if job is None else (format_line(job) + '\n').encode(ENCODING, DECODE_ERRORS))
+                for start, job in sorted(plan_changes.items())]

@@ -156,7 +156,7 @@ class Snapshot:
         self.content = content      # ... or those bytes themselves, when kept anyway
         self.tail = tail            # the last TAIL_BYTES of them
         self.jobs = []  # parsed lines, filled in by the queue layer
-        self.seen = None            # a _version() of the file known to start with them
+        self.seen = None            # a version_of() of the file known to start with them
         if fd is None:
             self.ino = self.dev = None
             self._owner = None
@@ -164,7 +164,7 @@ class Snapshot:
             st = os.fstat(fd)
             self.ino, self.dev = st.st_ino, st.st_dev
             if st.st_size == offset:
-                self.seen = _version(st)
+                self.seen = version_of(st)
             self._owner = _FdOwner(fd)
 
     def is_file(self, st):
@@ -184,7 +184,7 @@ class Snapshot:
             return st is None
         if not self.is_file(st) or st.st_size < self.offset:
             return False
-        if self.seen == _version(st):
+        if self.seen == version_of(st):
             return True
         if st.st_size == self.offset:
             return False
@@ -194,7 +194,7 @@ class Snapshot:
         """only_grew, proven: the file's first offset bytes are the ones read."""
         if not self.only_grew(st):
             return False
-        return self.fd is None or self.seen == _version(st) or self._prefix_is_ours()
+        return self.fd is None or self.seen == version_of(st) or self._prefix_is_ours()
 
     def prove(self):
         """Check the bytes now, without the lock: a commit then holding the lock needs no
@@ -202,12 +202,12 @@ class Snapshot:
         if self.fd is None:
             return
         before = os.fstat(self.fd)
-        if (self.seen != _version(before) and before.st_size >= self.offset
-                and self._prefix_is_ours() and _version(os.fstat(self.fd)) == _version(before)):
-            self.seen = _version(before)
+        if (self.seen != version_of(before) and before.st_size >= self.offset
+                and self._prefix_is_ours() and version_of(os.fstat(self.fd)) == version_of(before)):
+            self.seen = version_of(before)
 
     def _prefix_is_ours(self):
-        prefix = _pread_all(self.fd, self.offset, 0)
+        prefix = pread_all(self.fd, self.offset, 0)
         if self.content is not None:
             return prefix == self.content
         return zlib.crc32(prefix) == self._crc()
@@ -238,7 +238,7 @@ class Snapshot:
             data = os.pread(self.fd, min(READ_CHUNK_BYTES, size - self.offset), self.offset)
             complete = data.rfind(b'\n') + 1
             if not complete and len(data) < size - self.offset and data:
-                data = _pread_all(self.fd, size - self.offset, self.offset)
+                data = pread_all(self.fd, size - self.offset, self.offset)
                 complete = data.rfind(b'\n') + 1
             unterminated = not complete and whole and bool(data)
             if unterminated:
@@ -249,7 +249,7 @@ class Snapshot:
             self._take(data[:complete], unterminated)
             new_lines.extend(self._header_or(decode_lines(data[:complete - 1])))
         self.lines.extend(new_lines)
-        self.seen = _version(st) if size == self.offset else None
+        self.seen = version_of(st) if size == self.offset else None
         return new_lines
 
     def _take(self, data, added_newline=False):
@@ -404,7 +404,7 @@ class TableFile:
             except FileNotFoundError:
                 return b''
             try:
-                return _pread_all(fd, limit if limit is not None else os.fstat(fd).st_size, 0)
+                return pread_all(fd, limit if limit is not None else os.fstat(fd).st_size, 0)
             finally:
                 os.close(fd)
 
@@ -424,7 +424,7 @@ class TableFile:
                 st = os.fstat(fd)
                 mapped = st.st_size >= MAP_MIN_BYTES
                 data = (mmap.mmap(fd, st.st_size, prot=mmap.PROT_READ) if mapped
-                        else _pread_all(fd, st.st_size, 0))
+                        else pread_all(fd, st.st_size, 0))
             finally:
                 os.close(fd)
         try:
@@ -449,7 +449,7 @@ class TableFile:
                         or (at_most is not None and st.st_size - offset > at_most)
                         or os.pread(fd, len(tail), offset - len(tail)) != tail):
                     return None
-                data = _pread_all(fd, st.st_size - offset, offset)
+                data = pread_all(fd, st.st_size - offset, offset)
             finally:
                 os.close(fd)
         whole = data.rfind(b'\n') + 1
@@ -489,13 +489,14 @@ class TableFile:
         if snap is not None:
             return snap
         try:
-            self._forget()
+            self.forget()
             self._snapshot = snap = self._open_snapshot()
             return snap
         except OSError as exc:
             raise storage_error(self.path, 'read', exc) from exc
 
-    def _forget(self):
+    def forget(self):
+        """Drop the snapshot kept (its lines), closing its version."""
         if self._snapshot is not None:
             self._snapshot.close()
             self._snapshot = None
@@ -533,9 +534,43 @@ class TableFile:
         replaced = self._replace(snap, write_body, write_appended, under_lock)
         if replaced is None:
             return None
-        fd, out = replaced
+        fd, out, _ = replaced
         return self._keep(Snapshot(fd, self.columns, list(lines) + carried, out.size,
                                    None, out.tail))
+
+    def rewrite_ranges(self, version, changes, under_lock=None):
+        """Replace byte ranges of one version of the file, copying every other byte as it
+        is, in the kernel: a claim in a million-job file costs a copy, not a parse.
+
+        version is what scan.Index holds: the version open (fd), offset (the end of the
+        whole lines it read), prove() and proven_unchanged(st), which check under the
+        lock that its bytes are still the ones it read. changes: sorted (start, end,
+        new bytes) within [0, offset). Atomic, and carrying lines appended meanwhile, as
+        commit. Returns (the new file's fd, the bytes carried after offset, the new
+        file's version_of() as renamed), or None when the file is no longer that version.
+        """
+        carried = []
+
+        def write_body(out):
+            pos = 0
+            for start, end, data in changes:
+                out.copy_from(version.fd, pos, start)
+                out.write(data)
+                pos = end
+            out.copy_from(version.fd, pos, version.offset)
+
+        def write_appended(out, st):
+            data = pread_all(version.fd, st.st_size - version.offset, version.offset)
+            if data and not data.endswith(b'\n'):
+                data += b'\n'   # a hand edit's last line: never glue a job onto it
+            carried.append(data)
+            out.write(data)
+
+        replaced = self._replace(version, write_body, write_appended, under_lock)
+        if replaced is None:
+            return None
+        fd, _, renamed = replaced
+        return fd, b''.join(carried), renamed
 
     def rewrite(self, plan):
         """Rewrite the file as plan(snapshot) says: a Change (the new lines, and a hook to
@@ -551,13 +586,13 @@ class TableFile:
             if change is None:
                 return None
             new = self.commit(snap, change.lines, change.under_lock)
-            return _RETRY if new is None else (change, new)
+            return RETRY if new is None else (change, new)
 
-        return self._optimistically(try_once)
+        return self.optimistically(try_once)
 
-    def _optimistically(self, try_once):
+    def optimistically(self, try_once):
         """The one loop of every rewrite: try_once() holding the rewrite lock but not the
-        lock (reading and planning while others append), again while it returns _RETRY
+        lock (reading and planning while others append), again while it returns RETRY
         (the file was edited by something else meanwhile), holding the lock too after
         CONFLICTS_BEFORE_LOCKING lost races so it always finishes.
 
@@ -569,7 +604,7 @@ class TableFile:
             for attempt in itertools.count():
                 with self.lock if attempt >= CONFLICTS_BEFORE_LOCKING else nullcontext():
                     outcome = try_once()
-                    if outcome is not _RETRY:
+                    if outcome is not RETRY:
                         return outcome
 
     def rewrite_line(self, prefix, edit):
@@ -589,7 +624,7 @@ class TableFile:
                     fd = os.open(self._path_text, READ_FLAGS)
                 except FileNotFoundError:
                     return False
-                data = _pread_all(fd, os.fstat(fd).st_size, 0)
+                data = pread_all(fd, os.fstat(fd).st_size, 0)
             whole = data.rfind(b'\n') + 1   # whole lines only
             snap = Snapshot(fd, offset=whole, content=memoryview(data)[:whole],
                             tail=data[max(0, whole - TAIL_BYTES):whole])
@@ -598,7 +633,7 @@ class TableFile:
             finally:
                 snap.close()
 
-        return self._optimistically(try_once)
+        return self.optimistically(try_once)
 
     def _replace_line(self, snap, data, needle, edit):
         whole = snap.offset
@@ -618,19 +653,19 @@ class TableFile:
             out.write(data[end:whole])
 
         def write_appended(out, st):
-            appended = _pread_all(snap.fd, st.st_size - whole, whole)
+            appended = pread_all(snap.fd, st.st_size - whole, whole)
             out.write(appended if appended.endswith(b'\n') else appended + b'\n')
 
         replaced = self._replace(snap, write_body, write_appended)
         if replaced is None:
-            return _RETRY
+            return RETRY
         self._keep(Snapshot(replaced[0]))   # read again when next needed
         return True
 
     def _replace(self, snap, write_body, write_appended, under_lock=None):
-        """The atomic rename behind commit and rewrite_line: (new file's fd, the _Output
-        that wrote it), or None if the file is no longer, byte for byte up to what snap
-        read, the one snap holds open."""
+        """The atomic rename behind every rewrite: (new file's fd, the _Output that wrote
+        it, its version_of() as renamed, under the lock), or None if the file is no
+        longer, byte for byte up to what snap read, the one snap holds open."""
         remove_abandoned_temp_files(self.lock.path)
         tmp_path = self.path.with_name(f'{self._temp_prefix()}{os.urandom(4).hex()}.tmp')
         fd = None
@@ -639,14 +674,17 @@ class TableFile:
                          DEFAULT_FILE_MODE)
             self._copy_owner(fd, snap)
             out = _Output(fd)
-            write_body(out)
+            try:
+                write_body(out)
+            except _Shrank:
+                return None   # truncated in place (an editor saving): read it anew
             os.fsync(fd)
             snap.prove()   # the costly check, before the lock: enqueues wait less
             with self.lock:
                 st = _stat_or_none(self.path)
                 if not snap.proven_unchanged(st):
                     if snap is self._snapshot:
-                        self._forget()   # edited in place: the next snapshot reads anew
+                        self.forget()   # edited in place: the next snapshot reads anew
                     return None
                 if st is not None and st.st_size > snap.offset:
                     write_appended(out, st)
@@ -656,6 +694,7 @@ class TableFile:
                 os.replace(tmp_path, self.path)
                 tmp_path = None
                 _fsync_directory(self.path.parent)
+                renamed = version_of(os.fstat(fd))
         except OSError as exc:
             log.error('rewrite of %s failed, the previous file is intact: %s', self.path, exc)
             raise StorageError(f'cannot rewrite {self.path}: {exc}') from exc
@@ -664,14 +703,14 @@ class TableFile:
                 if fd is not None:
                     os.close(fd)
                 _unlink_quietly(tmp_path)
-        return fd, out
+        return fd, out, renamed
 
     def _temp_prefix(self):
         return f'.{self.path.name}.{liveness.HOST}.{os.getpid()}.'
 
     def _keep(self, snap):
         """Make snap the cached snapshot of the current file, closing the previous one."""
-        self._forget()
+        self.forget()
         self._snapshot = snap
         return snap
 
@@ -750,7 +789,7 @@ class Change(NamedTuple):
     result: object = None
 
 
-_RETRY = object()   # try_once's answer when the file changed under it
+RETRY = object()   # try_once's answer when the file changed under it
 
 
 class _Output:
@@ -767,11 +806,52 @@ class _Output:
         self.size += len(data)
         self.tail = (self.tail + bytes(data[-TAIL_BYTES:]))[-TAIL_BYTES:]
 
+    def copy_from(self, fd, start, end):
+        """Copy bytes [start, end) of fd: in the kernel (copy_file_range) where it can."""
+        if start >= end:
+            return
+        first = start
+        while start < end:
+            copied = _copy_file_range(fd, self.fd, end - start, start)
+            if not copied:
+                data = os.pread(fd, min(READ_CHUNK_BYTES, end - start), start)
+                if not data:
+                    raise _Shrank
+                _write_all(self.fd, data)
+                copied = len(data)
+            start += copied
+        self.size += end - first
+        last = min(TAIL_BYTES, end - first)
+        self.tail = (self.tail + os.pread(fd, last, end - last))[-TAIL_BYTES:]
+
     def write_lines(self, lines):
         # In slices, so a 100K-line file never sits in memory twice more as str and bytes.
         for start in range(0, len(lines), LINES_PER_WRITE):
             chunk = lines[start:start + LINES_PER_WRITE]
             self.write(('\n'.join(chunk) + '\n').encode(ENCODING, DECODE_ERRORS))
+
+
+class _Shrank(Exception):
+    """The file being copied is shorter than the version read: edited in place."""
+
+
+_COPY_IN_KERNEL = [hasattr(os, 'copy_file_range')]
+
+
+def _copy_file_range(src, dst, count, offset):
+    """Bytes copied by the kernel from src at offset to dst's position, or 0 where it
+    cannot (then the caller copies through memory, as it will from now on)."""
+    if not _COPY_IN_KERNEL[0]:
+        return 0
+    try:
+        return os.copy_file_range(src, dst, count, offset)
+    except OSError as exc:
+        if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP,
+                             errno.EPERM, errno.EBADF):
+            raise
+        log.info('copy_file_range: %s; copying through memory', exc)
+        _COPY_IN_KERNEL[0] = False
+        return 0
 
 
 class SmallFile:
@@ -789,7 +869,7 @@ class SmallFile:
         changed: a poll costs one stat. parse must be the same function on every call."""
         st = _stat_or_none(self.path)
         # The inode too: each update is a new file, even within one timestamp tick.
-        version = None if st is None else (st.st_ino, *_version(st))
+        version = None if st is None else (st.st_ino, *version_of(st))
         if self._cached is None or self._cached[0] != version:
             text = ''
             if st is not None:
@@ -902,7 +982,7 @@ def decode_lines(data):
     return text.split('\n')
 
 
-def _version(st):
+def version_of(st):
     """What changes whenever a file is written: size and both timestamps."""
     return st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
@@ -913,7 +993,7 @@ def split_header(text):
     return text.rstrip('\r').split('\t')
 
 
-def _pread_all(fd, size, offset):
+def pread_all(fd, size, offset):
     chunks = []
     while size > 0:
         chunk = os.pread(fd, size, offset)

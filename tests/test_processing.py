@@ -3,20 +3,20 @@
 Routing (6) and a success after a failure are in test_backends.py, run on both backends."""
 
 import logging
-import math
 import os
 import subprocess
 import signal
 import sys
 import time
+import zlib
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dbbasic_queue import COLUMNS, Queue, liveness
-from dbbasic_queue.job import Job, Status, UnparsableLine, format_line, parse_line
-from dbbasic_queue.scan import next_due_if_all_pending as _next_due_if_all_pending
+from dbbasic_queue import Queue, liveness
+from dbbasic_queue.job import Job, Status, format_line
+from dbbasic_queue import scan as scan_module
 from tests.conftest import SUBPROCESS_TIMEOUT_SECONDS
 
 
@@ -180,39 +180,44 @@ def test_the_first_poll_of_a_fresh_worker_acts_on_any_line_among_future_jobs(tmp
     st.sampled_from([0, 5, 1e9, 1_800_000_000, 1_800_000_000.5, 1_800_000_000.001, 9_999_999_999.999,
                      10_000_000_000, 1_799_999_999.25]),
     st.sampled_from(['', 'pending', '1800000000']),
-    st.text(alphabet='ab\tpending0123456789"', max_size=30)), max_size=8),
-    chunk_bytes=st.sampled_from([1, 40, 300, 1 << 20]))
-def test_the_first_poll_regex_never_reports_idle_when_a_parse_would_not(lines, chunk_bytes):
-    # _next_due_if_all_pending may give up (None), but when it answers, it is the
-    # earliest run_at of the jobs a full parse finds, and every one of them is pending.
+    st.sampled_from([0, 0, 3, -2]),
+    st.sampled_from(['h:1:a', 'h:2:', 'a\tb']),
+    st.text(alphabet='ab\tpending0123456789"', max_size=30)), max_size=12),
+    segment_bytes=st.sampled_from([1, 120, 700, 1 << 20]))
+def test_segments_counted_in_c_agree_with_a_parse_of_every_line(lines, segment_bytes):
+    # The regexes that count a segment (scan._segment) may give up and read line by
+    # line, but what they count is what reading every line counts.
     text_lines = []
-    for status, job_type, run_at, unique_key, junk in lines:
+    for status, job_type, run_at, unique_key, priority, worker, junk in lines:
         if status is None:
             text_lines.append(junk.replace('\n', '') or 'x')
         else:
-            text_lines.append(format_line(Job('ab' * 8, job_type, '{"k": "pending"}', status, 1, run_at,
-                                              unique_key=unique_key, max_attempts=1_800_000_000)))
-    data = ('\t'.join(COLUMNS) + '\r\n' + ''.join(line + '\n' for line in text_lines)).encode()
-    answer = _next_due_if_all_pending(data, chunk_bytes=chunk_bytes)
-    # Given a time, it may stop early, but only at a job that is due then.
-    now = 1_800_000_000
-    early = _next_due_if_all_pending(data, now, chunk_bytes)
-    if early is not None and early > now:
-        assert early == answer
-    elif early is not None and answer is not None:
-        assert answer <= early
-    if answer is None:
+            text_lines.append(format_line(Job(
+                'ab' * 8, job_type, '{"k": "pending"}', status, 1, run_at, unique_key=unique_key,
+                max_attempts=1_800_000_000, priority=priority,
+                worker=worker if status is Status.PROCESSING else '',
+                claimed_at=run_at if status is Status.PROCESSING else 0)))
+    data = ''.join(line + '\n' for line in text_lines).encode()
+    if not data:
         return
-    jobs = []
-    for line in text_lines:
-        try:
-            jobs.append(parse_line(line))
-        except UnparsableLine:
-            pass
-    assert all(job.status is Status.PENDING for job in jobs)
-    assert answer <= min((job.run_at for job in jobs), default=math.inf)
-    if len(jobs) == len(text_lines):
-        assert answer == min((job.run_at for job in jobs), default=math.inf)
+    kept, scan_module.SEGMENT_BYTES = scan_module.SEGMENT_BYTES, segment_bytes
+    try:
+        segments = scan_module.summarize(data, 7, lambda line: None)
+    finally:
+        scan_module.SEGMENT_BYTES = kept
+    assert [(s.start, s.end) for s in segments] == list(zip(
+        [7] + [s.end for s in segments[:-1]], [s.start for s in segments[1:]] + [7 + len(data)]))
+    exact = scan_module._segment_of_lines(scan_module.read_lines(data, 7, lambda line: None),
+                                          7, 7 + len(data), 0)
+    together = segments[0] if segments else exact
+    for segment in segments[1:]:
+        together = scan_module._merged(together, segment, b'')
+    assert ({t: tuple(v) for t, v in together.pending.items()}
+            == {t: tuple(v) for t, v in exact.pending.items()})
+    assert (together.claims, together.finished) == (exact.claims, exact.finished)
+    top = max((p for status, _, _, _, p, _, _ in lines if status is not None), default=0)
+    assert together.top_priority >= top   # a bound: no job in it has a higher priority
+    assert [s.crc for s in segments] == [zlib.crc32(data[s.start - 7:s.end - 7]) for s in segments]
 
 
 @pytest.mark.parametrize('exit_by', ['max_seconds', 'a second Ctrl-C'])

@@ -42,25 +42,47 @@ def test_rewrites_take_turns_on_the_rewrite_lock_and_enqueues_never_wait_for_it(
     assert [queue.get_job(i)['status'] for i in (first, second)] == ['completed'] * 2
 
 
-def test_a_version_rewritten_by_another_worker_is_not_parsed_again(tmp_path, monkeypatch):
-    parsed = []
+def test_a_claim_reads_only_the_segments_that_can_hold_its_jobs(tmp_path, monkeypatch):
+    monkeypatch.setattr(scan_module, 'SEGMENT_BYTES', 4096)   # ~40 lines
+    read = []
+    read_lines = scan_module.read_lines
 
-    def counted(line, *args):
-        parsed.append(line)
-        return entry_of_line(line, *args)
-    entry_of_line = scan_module.entry_of_line
-    monkeypatch.setattr(scan_module, 'entry_of_line', counted)
+    def counted(data, *args):
+        lines = read_lines(data, *args)
+        read.extend(line.text.split('\t', 1)[0] for line in lines)
+        return lines
+    monkeypatch.setattr(scan_module, 'read_lines', counted)
+    path = tmp_path / 'queue.tsv'
+    queue = Queue(path)
+    later = time.time() + 3600
+    queue.enqueue_many({'type': 't', 'payload': {'n': n}, 'run_at': later} for n in range(2000))
+    due = [queue.enqueue('t', {'n': n}) for n in range(10)]
+    before = path.read_bytes()
+    assert queue.process_jobs({'t': lambda p: None})['completed'] == 10
+    # It read the lines of the segments at the end (to claim, then to record), not 2,010.
+    assert set(due) <= set(read) and len(read) < 200
+    assert path.read_bytes() == before[:before.index(due[0].encode()) - 1] + b'\n'
+    assert [queue.get_job(i)['status'] for i in due] == ['completed'] * 10
+
+
+def test_a_version_another_worker_wrote_is_read_from_the_summary_it_left(tmp_path, monkeypatch):
+    summarized = []
+    summarize = scan_module.summarize
+
+    def counted(data, *args):
+        summarized.append(len(data))
+        return summarize(data, *args)
+    monkeypatch.setattr(scan_module, 'summarize', counted)
     path = tmp_path / 'queue.tsv'
     watcher, worker = Queue(path), Queue(path)
     for n in range(200):
         watcher.enqueue('t', {'n': n})
     watcher.process_jobs({'other': lambda p: None})
-    assert len(parsed) == 200
-    parsed.clear()
+    assert sum(summarized) == path.stat().st_size - path.read_bytes().index(b'\n') - 1
     assert worker.process_jobs({'t': lambda p: None}, max_jobs=3)['completed'] == 3
-    parsed.clear()
+    summarized.clear()
     watcher.process_jobs({'other': lambda p: None})   # reads the worker's new version
-    assert parsed == []   # its 197 pending lines are the ones it parsed before
+    assert summarized == []   # from the summary the worker left: no line read
 
 
 def test_a_small_claim_waits_briefly_for_a_worker_that_is_busy(tmp_path):
@@ -252,14 +274,17 @@ def test_a_first_poll_reads_the_summary_and_only_the_lines_after_it(tmp_path, mo
     path = tmp_path / 'queue.tsv'
     queue = queue_with_summary(path)
     queue.enqueue('t', {'n': 'later'}, run_at=time.time() + 3600)
+    appended = path.read_bytes().rsplit(b'\n', 2)[1] + b'\n'
+    summarized = []
+    summarize = scan_module.summarize
 
-    def not_called(*args, **kwargs):
-        raise AssertionError('the whole file was read')
-    monkeypatch.setattr(scan_module, 'next_due_if_all_pending', not_called)
-    monkeypatch.setattr(scan_module, 'entry_of_line', not_called)
+    def counted(data, *args):
+        summarized.append(data)
+        return summarize(data, *args)
+    monkeypatch.setattr(scan_module, 'summarize', counted)
     assert Queue(path).process_jobs({'t': lambda p: None})['completed'] == 0
+    assert summarized == [appended]   # not the 2,000 lines before it
     due = queue.enqueue('t', {'n': 'due'})        # appended after the summary, due now
-    monkeypatch.undo()
     assert Queue(path).process_jobs({'t': lambda p: None})['completed'] == 1
     assert queue.get_job(due)['status'] == 'completed'
 
