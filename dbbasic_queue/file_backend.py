@@ -309,7 +309,8 @@ class FileBackend(Backend):
             if done is None:
                 index.forget()   # changed other than by appends: read it anew
                 return RETRY
-            index.after_rewrite(view, changes, *done)
+            index.after_rewrite(changes, *done)
+            index.save_summary()   # the next worker reads it, not the file
             return plan
 
         with self.state_lock:

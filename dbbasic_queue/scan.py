@@ -20,7 +20,7 @@ from typing import NamedTuple
 
 from . import liveness
 from .job import COLUMNS, Status, UnparsableLine, check_header, parse_line, split_line
-from .storage import (DECODE_ERRORS, ENCODING, TAIL_BYTES, TableSummary, pread_all, split_header,
+from .storage import (DECODE_ERRORS, ENCODING, READ_CHUNK_BYTES, TAIL_BYTES, TableSummary, pread_all, split_header,
                       storage_error, version_of)
 
 log = logging.getLogger('dbbasic_queue')
@@ -76,10 +76,10 @@ def entry_of_line(line):
 
 
 class Line(NamedTuple):
-    """One line of a segment a rewrite read: where it is, its text, its Entry."""
+    """One line of a segment a rewrite read: where it is, and its Entry."""
     start: int           # byte offset in the version
     end: int             # after its newline
-    text: str
+    segment: int         # the byte offset its segment starts at
     entry: object        # an Entry, or None when the line is not a job
 
 
@@ -209,7 +209,7 @@ def read_lines(data, start, report, older=None):
                  else _entry_of_older(text, older))
         if entry is None and text:
             report(text)
-        lines.append(Line(pos, end, text, entry))
+        lines.append(Line(pos, end, start, entry))
         pos = end
     return lines
 
@@ -304,13 +304,27 @@ class Index:
         self._read_appended(os.fstat(fd))
 
     def _read_appended(self, st):
-        """Read the whole lines after offset (the header first, in a new file)."""
-        data = pread_all(self.fd, st.st_size - self.offset, self.offset)
-        self.bytes_read += len(data)
-        whole = data.rfind(b'\n') + 1
-        if not whole:
-            return
-        data = data[:whole]
+        """Read the whole lines after offset (the header first, in a new file), a chunk at
+        a time: memory stays near READ_CHUNK_BYTES whatever the file's size."""
+        size = st.st_size
+        while self.offset < size:
+            data = os.pread(self.fd, min(READ_CHUNK_BYTES, size - self.offset), self.offset)
+            whole = data.rfind(b'\n') + 1
+            if not whole and data and len(data) < size - self.offset:   # a line > a chunk
+                data = pread_all(self.fd, size - self.offset, self.offset)
+                whole = data.rfind(b'\n') + 1
+            if not whole:
+                break   # a line still being appended: the next read gets it whole
+            self.bytes_read += whole
+            self._take(data[:whole])
+        after = os.fstat(self.fd)
+        self.seen = (version_of(after) if version_of(after) == version_of(st)
+                     and size == self.offset else None)
+        self.generation += 1
+
+    def _take(self, data):
+        """Count data, the whole lines at offset."""
+        self.tail = (self.tail + data[-TAIL_BYTES:])[-TAIL_BYTES:]
         if self.header is None:
             header_end = data.find(b'\n') + 1
             self.header = data[:header_end]
@@ -321,12 +335,7 @@ class Index:
             self.offset, data = header_end, data[header_end:]
         self.normal = self.normal and b'\r' not in data
         self._add(summarize(data, self.offset, self.report_unparsable, self.older), data)
-        after = os.fstat(self.fd)
         self.offset += len(data)
-        self.tail = (self.tail + data)[-TAIL_BYTES:] if len(data) < TAIL_BYTES else data[-TAIL_BYTES:]
-        self.seen = version_of(after) if version_of(after) == version_of(st) and \
-            st.st_size == self.offset else None
-        self.generation += 1
 
     def _add(self, segments, data):
         """Append segments; a small last segment takes in the first new one (its bytes
@@ -350,7 +359,7 @@ class Index:
         if self.fd is None or self.header is None or self._saved_generation == self.generation:
             return
         self._saved_generation = self.generation
-        summary = {'header': self.header.hex(), 'normal': self.normal,
+        summary = {'header': self.header.hex(), 'normal': self.normal, 'seen': self.seen,
                    'segments': [segment.as_json() for segment in self.segments]}
         self.summary_file.write(summary, os.fstat(self.fd).st_ino, self.offset, self.tail)
 
@@ -365,7 +374,10 @@ class Index:
         self.normal = summary['normal']
         self.segments = [Segment(*fields) for fields in summary['segments']]
         self.offset, self.tail = summary['offset'], bytes.fromhex(summary['tail'])
-        self.seen = None   # not proven: a rewrite checks every segment's CRC first
+        # Proven only if the file is still the version its writer had proven: else a
+        # rewrite checks every segment's CRC first.
+        seen = summary.get('seen')
+        self.seen = tuple(seen) if seen and tuple(seen) == version_of(os.fstat(self.fd)) else None
         if appended:
             self.normal = self.normal and b'\r' not in appended
             self._add(summarize(appended, self.offset, self.report_unparsable), appended)
@@ -426,34 +438,27 @@ class Index:
         return bool(others) and due_count < enough and now - next_due < patience_seconds
 
     # -- a rewrite ---------------------------------------------------------------------------
-    def after_rewrite(self, view, changes, fd, carried, renamed):
-        """Make this the Index of the version a rewrite of view's changes just wrote
-        (fd; carried: the lines appended meanwhile; renamed: its version_of()). Segments
-        it did not touch move by the bytes changed before them; touched ones are counted
-        again from their new bytes."""
-        segments, delta, pending = [], 0, iter(changes)
-        change = next(pending, None)
+    def after_rewrite(self, changes, fd, carried, renamed):
+        """Make this the Index of the version a rewrite just wrote: changes, sorted
+        (segment start, segment end, its new bytes), as SegmentView.changes gives them;
+        fd, the new version; carried, the lines appended meanwhile; renamed, its
+        version_of(). Segments not rewritten move by the bytes changed before them;
+        rewritten ones are counted again from their new bytes (two small neighbours as
+        one)."""
+        segments, delta, rewritten = [], 0, dict((start, new) for start, _, new in changes)
         rebuilt = None   # the bytes of the last segment rebuilt, while it is the last
         for segment in self.segments:
-            if change is None or change[0] >= segment.end:
+            new = rewritten.get(segment.start)
+            if new is None:
                 segments.append(segment.moved(delta) if delta else segment)
                 rebuilt = None
                 continue
-            old = view.raw[segment.start]
-            pieces, pos = [], segment.start
-            while change is not None and change[0] < segment.end:
-                start, end, data = change
-                pieces += [old[pos - segment.start:start - segment.start], data]
-                pos = end
-                change = next(pending, None)
-            pieces.append(old[pos - segment.start:])
-            new = b''.join(pieces)
             start = segment.start + delta
-            delta += len(new) - len(old)
+            delta += len(new) - (segment.end - segment.start)
             if not new:
                 continue
             if rebuilt is not None and len(rebuilt) + len(new) <= SEGMENT_BYTES:
-                start, new = segments.pop().start, rebuilt + new   # two small ones: one
+                start, new = segments.pop().start, rebuilt + new
             made = summarize(new, start, self.report_unparsable)
             segments.extend(made)
             rebuilt = new if len(made) == 1 else None
@@ -464,7 +469,8 @@ class Index:
             self.normal = self.normal and b'\r' not in carried
             self._add(summarize(carried, self.offset, self.report_unparsable), carried)
             self.offset += len(carried)
-        self.tail = pread_all(fd, min(TAIL_BYTES, self.offset), self.offset - min(TAIL_BYTES, self.offset))
+        last = min(TAIL_BYTES, self.offset)
+        self.tail = pread_all(fd, last, self.offset - last)
         self.seen = renamed
         self.generation += 1
 
@@ -555,17 +561,34 @@ class SegmentView:
         if segment.start in self.raw:
             return []
         data, lines = self.index.read_segment(segment)
-        self.raw[segment.start] = data
+        self.raw[segment.start] = (segment, data)
         self.lines.update((line.start, line) for line in lines)
         return lines
 
     def job(self, start):
         """The whole Job on the line at start, or None (reported once as not a job)."""
-        return job_of_text(self.lines[start].text, COLUMNS, self.index)
+        line = self.lines[start]
+        segment, data = self.raw[line.segment]
+        text = data[start - segment.start:line.end - segment.start - 1].decode(ENCODING,
+                                                                              DECODE_ERRORS)
+        return job_of_text(text, COLUMNS, self.index)
 
     def changes(self, plan_changes, format_line):
-        """(start, end, new bytes) of each changed line, in file order; a line given
-        None is dropped."""
-        return [(start, self.lines[start].end,
-                 b'' if job is None else (format_line(job) + '\n').encode(ENCODING, DECODE_ERRORS))
-                for start, job in sorted(plan_changes.items())]
+        """(start, end, new bytes) of each segment with a changed line (a Job; None drops
+        the line), in file order: what storage.TableFile.rewrite_ranges writes."""
+        by_segment = {}
+        for start, job in sorted(plan_changes.items()):
+            line = self.lines[start]
+            by_segment.setdefault(line.segment, []).append((line, job))
+        rewritten = []
+        for segment_start, lines in by_segment.items():
+            segment, data = self.raw[segment_start]
+            pieces, pos = [], segment.start
+            for line, job in lines:
+                pieces.append(data[pos - segment.start:line.start - segment.start])
+                if job is not None:
+                    pieces.append((format_line(job) + '\n').encode(ENCODING, DECODE_ERRORS))
+                pos = line.end
+            pieces.append(data[pos - segment.start:])
+            rewritten.append((segment.start, segment.end, b''.join(pieces)))
+        return rewritten
