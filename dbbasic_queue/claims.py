@@ -13,7 +13,7 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 
 from . import liveness, rules
-from .job import FINAL_STATUSES, Status, format_line
+from .job import FINAL_STATUSES, Status, claimed_line, format_line, parse_line
 from .scan import PENDING, PROCESSING
 from .signals import deferred_signals
 from .storage import WorkerJournal
@@ -22,17 +22,18 @@ from .validate import result_json
 MIN_BATCH_SECONDS = 0.05        # a batch holds at least this much measured work ...
 REWRITE_SHARE = 0.1             # ... or enough that rewrites are <= 10 % of the time
 BATCH_GROWTH = 64
-MAX_BATCH_JOBS = 2_000          # bounds a worker's memory: each claim holds a Job
+MAX_BATCH_JOBS = 2_000          # bounds a worker's memory: a claim holds ~1.5 KB a job
 CLAIM_WAIT_SECONDS = 0.05       # a due job waits at most this long for a busy worker
 ARCHIVE_FLUSH_SECONDS = 0.05    # finished jobs reach the archive at least this often
 
 
 @dataclass
 class Plan:
-    """What one rewrite does: replace (Job) or drop (None) lines by index."""
+    """What one rewrite does to lines, by their index (a rare rewrite) or byte offset (a
+    claim): replace them by a Job or a line of text, or drop them (None)."""
     changes: dict = field(default_factory=dict)
     archive: list = field(default_factory=list)       # Jobs to append to the archive first
-    claimed: list = field(default_factory=list)       # the batch this rewrite claims
+    claimed: list = field(default_factory=list)       # (id, line) this rewrite claims
     gone_workers: list = field(default_factory=list)  # dead workers: journals to remove
 
 
@@ -60,7 +61,7 @@ class Batch:
     """The claim cycle's side of a run: claims, outcomes not yet written, the journal."""
     journal: object
     size: int = 1
-    claimed: dict = field(default_factory=dict)         # id -> Job as claimed
+    claimed: dict = field(default_factory=dict)         # id -> its line as claimed
     unstarted: deque = field(default_factory=deque)     # ids claimed, not started, in order
     outcomes: dict = field(default_factory=dict)        # id -> Job to write back, None = archived
     archive_buffer: list = field(default_factory=list)  # lines of finished jobs, unwritten
@@ -132,7 +133,7 @@ class ClaimCycle:
             lambda view, now: self._plan(run, batch, view, now, claim),
             before_rename=lambda: self._flush_archive(batch, fsync=True))
         batch.outcomes.clear()
-        batch.claimed = {job.id: job for job in (plan.claimed if plan else ())}
+        batch.claimed = dict(plan.claimed if plan else ())
         batch.unstarted = deque(batch.claimed)
         batch.rewrite_seconds = time.perf_counter() - started
         return len(batch.claimed)
@@ -223,9 +224,13 @@ class ClaimCycle:
             # A line copied by a hand edit: one copy is claimed at a time.
             if job is not None and job.id not in claimed_ids:
                 claimed_ids.add(job.id)
-                claimed = job.evolve(status=Status.PROCESSING, worker=run.worker, claimed_at=now)
-                changes[start] = claimed
-                plan.claimed.append(claimed)
+                # The line itself with three fields changed: a batch holds lines, not Jobs.
+                line = None if start in changes else claimed_line(view.text(start), run.worker, now)
+                if line is None:
+                    line = format_line(job.evolve(status=Status.PROCESSING, worker=run.worker,
+                                                  claimed_at=now))
+                changes[start] = line
+                plan.claimed.append((job.id, line))
 
     def _apply_outcomes(self, batch, mine, plan):
         """Write back this run's outcomes and unstarted claims; returns the indexes of
@@ -241,7 +246,7 @@ class ClaimCycle:
                                   self.backend.path)
         for job_id in batch.unstarted:
             if job_id in mine:
-                plan.changes[mine[job_id]] = batch.claimed[job_id].evolve(
+                plan.changes[mine[job_id]] = parse_line(batch.claimed[job_id]).evolve(
                     status=Status.PENDING, worker='', claimed_at=0.0)
         return pending
 
@@ -282,7 +287,8 @@ class ClaimCycle:
     def _run_batch(self, run, batch):
         started, ran = time.perf_counter(), 0
         batch.archive_flushed_at = started
-        for job in batch.claimed.values():
+        for line in batch.claimed.values():
+            job = parse_line(line)
             if run.deadline is not None and time.monotonic() >= run.deadline:
                 run.stop_requested = True
             if run.stop_requested:

@@ -305,6 +305,7 @@ class FileBackend(Backend):
             if plan is None:
                 return None
             changes = view.changes(plan.changes, format_line)
+            del view   # its lines and bytes: the commit needs only the new segments
             done = self.table.rewrite_ranges(index, changes, self._under_lock(plan, before_rename))
             if done is None:
                 index.forget()   # changed other than by appends: read it anew

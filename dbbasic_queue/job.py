@@ -206,6 +206,18 @@ def format_line(job):
     return '\t'.join(map(quote_field, fields))
 
 
+def claimed_line(line, worker, claimed_at):
+    """The line of the pending job on line (str, without newline) as claimed by worker at
+    claimed_at: the same text with status, worker and claimed_at changed, so nothing is
+    reformatted. None when line is not simply that (a quoted tab, other columns): then
+    format the claimed Job instead."""
+    fields = line.split('\t')
+    if len(fields) != len(COLUMNS) or fields[3] != 'pending' or fields[9] or fields[10]:
+        return None
+    fields[3], fields[9], fields[10] = 'processing', quote_field(worker), format_time(claimed_at)
+    return '\t'.join(fields)
+
+
 _NEW_JOB_TAIL = '\t0' + '\t' * (len(COLUMNS) - 7)   # attempts 0, the rest empty
 
 

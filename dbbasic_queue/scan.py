@@ -20,12 +20,13 @@ from typing import NamedTuple
 
 from . import liveness
 from .job import COLUMNS, Status, UnparsableLine, check_header, parse_line, split_line
-from .storage import (DECODE_ERRORS, ENCODING, READ_CHUNK_BYTES, TAIL_BYTES, TableSummary, pread_all, split_header,
-                      storage_error, version_of)
+from .storage import (DECODE_ERRORS, ENCODING, TAIL_BYTES, TableSummary, close_in_background,
+                      pread_all, split_header, storage_error, version_of)
 
 log = logging.getLogger('dbbasic_queue')
 
 SEGMENT_BYTES = 128 << 10     # a rewrite reads and parses only the segments it changes
+SCAN_CHUNK_BYTES = 2 * SEGMENT_BYTES   # the file is counted this much at a time
 SUMMARY_MIN_BYTES = 4 << 20   # an idle poll that scanned this much leaves a summary file
 _STATUS_WORDS = {status.value: status.value for status in Status}
 PENDING, PROCESSING = Status.PENDING.value, Status.PROCESSING.value
@@ -305,10 +306,10 @@ class Index:
 
     def _read_appended(self, st):
         """Read the whole lines after offset (the header first, in a new file), a chunk at
-        a time: memory stays near READ_CHUNK_BYTES whatever the file's size."""
+        a time: memory stays near SCAN_CHUNK_BYTES whatever the file's size."""
         size = st.st_size
         while self.offset < size:
-            data = os.pread(self.fd, min(READ_CHUNK_BYTES, size - self.offset), self.offset)
+            data = os.pread(self.fd, min(SCAN_CHUNK_BYTES, size - self.offset), self.offset)
             whole = data.rfind(b'\n') + 1
             if not whole and data and len(data) < size - self.offset:   # a line > a chunk
                 data = pread_all(self.fd, size - self.offset, self.offset)
@@ -462,7 +463,7 @@ class Index:
             made = summarize(new, start, self.report_unparsable)
             segments.extend(made)
             rebuilt = new if len(made) == 1 else None
-        os.close(self.fd)
+        close_in_background(self.fd)
         self.fd, self.segments = fd, segments
         self.offset += delta
         if carried:
@@ -565,17 +566,22 @@ class SegmentView:
         self.lines.update((line.start, line) for line in lines)
         return lines
 
-    def job(self, start):
-        """The whole Job on the line at start, or None (reported once as not a job)."""
+    def text(self, start):
+        """The text of the line at start, without its newline."""
         line = self.lines[start]
         segment, data = self.raw[line.segment]
         text = data[start - segment.start:line.end - segment.start - 1].decode(ENCODING,
                                                                               DECODE_ERRORS)
-        return job_of_text(text, COLUMNS, self.index)
+        return text[:-1] if text.endswith('\r') else text
+
+    def job(self, start):
+        """The whole Job on the line at start, or None (reported once as not a job)."""
+        return job_of_text(self.text(start), COLUMNS, self.index)
 
     def changes(self, plan_changes, format_line):
-        """(start, end, new bytes) of each segment with a changed line (a Job; None drops
-        the line), in file order: what storage.TableFile.rewrite_ranges writes."""
+        """(start, end, new bytes) of each segment with a changed line (to a Job, to a
+        line of text, or None: dropped), in file order: what storage.TableFile.
+        rewrite_ranges writes."""
         by_segment = {}
         for start, job in sorted(plan_changes.items()):
             line = self.lines[start]
@@ -587,7 +593,8 @@ class SegmentView:
             for line, job in lines:
                 pieces.append(data[pos - segment.start:line.start - segment.start])
                 if job is not None:
-                    pieces.append((format_line(job) + '\n').encode(ENCODING, DECODE_ERRORS))
+                    text = job if isinstance(job, str) else format_line(job)
+                    pieces.append((text + '\n').encode(ENCODING, DECODE_ERRORS))
                 pos = line.end
             pieces.append(data[pos - segment.start:])
             rewritten.append((segment.start, segment.end, b''.join(pieces)))
