@@ -27,7 +27,7 @@ log = logging.getLogger('dbbasic_queue')
 
 SEGMENT_BYTES = 128 << 10     # a rewrite reads and parses only the segments it changes
 SCAN_CHUNK_BYTES = 2 * SEGMENT_BYTES   # the file is counted this much at a time
-SUMMARY_MIN_BYTES = 4 << 20   # an idle poll that scanned this much leaves a summary file
+SUMMARY_MIN_BYTES = 1 << 20   # an idle poll that read this much leaves a summary file
 _STATUS_WORDS = {status.value: status.value for status in Status}
 PENDING, PROCESSING = Status.PENDING.value, Status.PROCESSING.value
 _HEADER_BYTES = '\t'.join(COLUMNS).encode()
@@ -242,6 +242,7 @@ class Index:
         self.summary_file = TableSummary(table)
         self._reported = set()
         self.generation = 0
+        self._totals = None         # (generation, types) and what due_summary adds up
         self.bytes_read = 0
         self._saved_generation = None
         self._reset(None)
@@ -397,16 +398,21 @@ class Index:
 
     def due_summary(self, types, now):
         """(earliest run_at of these types, how many are due at least, claims, any
-        finished row)."""
-        next_due, due_count, finished = math.inf, 0, False
-        for segment in self.segments:
-            finished = finished or segment.finished > 0
-            for job_type in types:
-                found = segment.pending.get(job_type)
-                if found is not None:
-                    next_due = min(next_due, found[0])
-                    due_count += found[1] if found[2] <= now else found[0] <= now
-        return next_due, due_count, self.claims(), finished
+        finished row). What the segments add up to is kept until the Index changes: an
+        idle poll of an unchanged file adds nothing up."""
+        key = (self.generation, types)
+        if self._totals is None or self._totals[0] != key:
+            by_segment, finished = [], False
+            for segment in self.segments:
+                finished = finished or segment.finished > 0
+                by_segment += [found for found in map(segment.pending.get, types) if found]
+            next_due = min((found[0] for found in by_segment), default=math.inf)
+            self._totals = (key, by_segment, next_due, self.claims(), finished)
+        _, by_segment, next_due, claims, finished = self._totals
+        if next_due > now:
+            return next_due, 0, claims, finished
+        due_count = sum(found[1] if found[2] <= now else found[0] <= now for found in by_segment)
+        return next_due, due_count, claims, finished
 
     def read_segment(self, segment):
         """(the segment's bytes, its Lines)."""

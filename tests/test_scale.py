@@ -84,6 +84,39 @@ def test_a_version_another_worker_wrote_is_read_from_the_summary_it_left(tmp_pat
     assert summarized == []   # from the summary the worker left: no line read
 
 
+def test_each_rewrite_leaves_its_index_for_the_next_worker(tmp_path):
+    # While A runs the batch it claimed, B works: it starts from the index A's claim
+    # left beside the file, reads no byte of the file to count it, and claims a job
+    # A had not.
+    path = tmp_path / 'queue.tsv'
+    a, b = Queue(path), Queue(path)
+    for n in range(50):
+        a.enqueue('t', {'n': n})
+    seen = []
+
+    def handler(payload):
+        if not seen:
+            seen.append(b.process_jobs({'t': lambda p: None}, max_jobs=1)['completed'])
+    assert a.process_jobs({'t': handler}, max_jobs=1)['completed'] == 1
+    assert seen == [1]
+    assert b.backend.index.bytes_read == 0
+
+
+def test_a_rewrite_copies_through_memory_where_the_kernel_cannot(tmp_path, monkeypatch):
+    from dbbasic_queue import storage
+    monkeypatch.setattr(storage, '_COPY_IN_KERNEL', [False])
+    path = tmp_path / 'queue.tsv'
+    queue = Queue(path)
+    later = time.time() + 3600
+    future = queue.enqueue_many({'type': 't', 'payload': {'n': n}, 'run_at': later}
+                                for n in range(3000))
+    due = queue.enqueue('t', {'n': 'due'})
+    before = path.read_bytes()
+    assert queue.process_jobs({'t': lambda p: None})['completed'] == 1
+    assert path.read_bytes() == before[:before.index(due.encode()) - 1] + b'\n'
+    assert queue.get_job(future[-1])['status'] == 'pending'
+
+
 def test_a_small_claim_waits_briefly_for_a_worker_that_is_busy(tmp_path):
     # A worker holds a claim and is running it; another, which has learned to claim big
     # batches, leaves one new due job to it for CLAIM_WAIT_SECONDS, then takes it.
