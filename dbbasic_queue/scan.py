@@ -245,46 +245,48 @@ class Index:
         self._totals = None         # (generation, types) and what due_summary adds up
         self.bytes_read = 0
         self._saved_generation = None
+        self._whole_next = False    # forget(): no summary file at the next read
+        self.fd = None
         self._reset(None)
 
     def _reset(self, fd):
-        if getattr(self, 'fd', None) is not None:
+        """Start over on the version open as fd (None: no file)."""
+        if self.fd is not None and self.fd != fd:
             os.close(self.fd)
         self.fd = fd
         self.header = None          # the header line's bytes, newline included
+        self.normal = True          # header COLUMNS and no CR: what a range rewrite keeps
+        self.older = None           # the header of a file with older columns
         self.segments = []
         self.offset = 0             # the end of the last whole line read
         self.tail = b''             # the TAIL_BYTES before offset
         self.seen = None            # a version_of() of the file known to match it all
-        self.normal = True          # header COLUMNS and no CR: what a range rewrite keeps
-        self.older = None           # the header of a file with older columns
         self.generation += 1
 
-    def close(self):
-        self._reset(None)
-
     # -- bringing it up to date ------------------------------------------------------
-    def current(self, use_summary_file=True):
-        """This Index, brought up to date with the file as it is now."""
+    def current(self):
+        """This Index, brought up to date with the file as it is now: the lines appended
+        since are read; a new version of the file is read from the summary its writer
+        left, else whole; a version changed in place is read whole."""
         st = self.table.stat()
         if st is None:
             if self.fd is not None:
                 self._reset(None)
-            return self
-        if self.fd is not None:
-            if self.seen == version_of(st):
-                return self
-            mine = os.fstat(self.fd)
-            if (mine.st_ino, mine.st_dev) == (st.st_ino, st.st_dev) and self._only_grew(mine):
+        elif self.fd is None or self.seen != version_of(st):
+            mine = None if self.fd is None else os.fstat(self.fd)
+            if mine is None or (mine.st_ino, mine.st_dev) != (st.st_ino, st.st_dev):
+                self._open(use_summary_file=True)
+            elif self._only_grew(mine):
                 self._read_appended(mine)
-                return self
-        self._open(use_summary_file)
+            else:
+                self._open(use_summary_file=False)
         return self
 
     def forget(self):
-        """Read the file anew, without the summary file, at the next current()."""
+        """Read the file whole (not from a summary) at the next current(): a rewrite
+        found it other than this Index says."""
         self._reset(None)
-        self._forget_summary = True
+        self._whole_next = True
 
     def _only_grew(self, st):
         if st.st_size < self.offset or (st.st_size == self.offset and self.seen is not None):
@@ -300,9 +302,9 @@ class Index:
         except OSError as exc:
             raise storage_error(self.table.path, 'read', exc) from exc
         self._reset(fd)
-        if use_summary_file and not getattr(self, '_forget_summary', False) and self._load_summary():
+        whole, self._whole_next = self._whole_next, False
+        if use_summary_file and not whole and self._load_summary():
             return
-        self._forget_summary = False
         self._read_appended(os.fstat(fd))
 
     def _read_appended(self, st):
@@ -329,15 +331,18 @@ class Index:
         self.tail = (self.tail + data[-TAIL_BYTES:])[-TAIL_BYTES:]
         if self.header is None:
             header_end = data.find(b'\n') + 1
-            self.header = data[:header_end]
-            header = split_header(self.header[:-1].decode(ENCODING, DECODE_ERRORS))
-            check_header(self.table.path, header)
-            self.normal = self.header.rstrip(b'\r\n') == _HEADER_BYTES   # dbbasic-tsv's: CRLF
-            self.older = None if tuple(header) == COLUMNS else tuple(header)
+            self._set_header(data[:header_end])
             self.offset, data = header_end, data[header_end:]
         self.normal = self.normal and b'\r' not in data
         self._add(summarize(data, self.offset, self.report_unparsable, self.older), data)
         self.offset += len(data)
+
+    def _set_header(self, header_bytes):
+        header = split_header(header_bytes[:-1].decode(ENCODING, DECODE_ERRORS))
+        check_header(self.table.path, header)
+        self.header = header_bytes
+        self.normal = header_bytes.rstrip(b'\r\n') == _HEADER_BYTES   # dbbasic-tsv's: CRLF
+        self.older = None if tuple(header) == COLUMNS else tuple(header)
 
     def _add(self, segments, data):
         """Append segments; a small last segment takes in the first new one (its bytes
@@ -366,23 +371,31 @@ class Index:
         self.summary_file.write(summary, os.fstat(self.fd).st_ino, self.offset, self.tail)
 
     def _load_summary(self):
+        """Start from the summary file, if it is of the version open; then read what was
+        appended after it."""
         found = self.summary_file.read()
         if found is None:
             return False
         summary, appended, end, tail = found
-        if summary['ino'] != os.fstat(self.fd).st_ino:
+        try:
+            if summary['ino'] != os.fstat(self.fd).st_ino:
+                return False
+            self._set_header(bytes.fromhex(summary['header']))
+            self.normal = self.normal and summary['normal'] is True
+            self.segments = [Segment(*fields) for fields in summary['segments']]
+            self.offset, self.tail = summary['offset'], bytes.fromhex(summary['tail'])
+            seen = summary['seen']
+        except (KeyError, TypeError, ValueError) as exc:
+            log.info('ignoring %s: %r', self.summary_file.path, exc)
+            self._reset(self.fd)
             return False
-        self.header = bytes.fromhex(summary['header'])
-        self.normal = summary['normal']
-        self.segments = [Segment(*fields) for fields in summary['segments']]
-        self.offset, self.tail = summary['offset'], bytes.fromhex(summary['tail'])
-        # Proven only if the file is still the version its writer had proven: else a
-        # rewrite checks every segment's CRC first.
-        seen = summary.get('seen')
+        # Proven only while the file is the version its writer had proven: else a rewrite
+        # checks every segment's CRC first.
         self.seen = tuple(seen) if seen and tuple(seen) == version_of(os.fstat(self.fd)) else None
         if appended:
             self.normal = self.normal and b'\r' not in appended
-            self._add(summarize(appended, self.offset, self.report_unparsable), appended)
+            self._add(summarize(appended, self.offset, self.report_unparsable, self.older),
+                      appended)
             self.offset, self.tail = end, tail
         self._saved_generation = self.generation = self.generation + 1
         return True

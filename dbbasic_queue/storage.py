@@ -868,8 +868,7 @@ class SmallFile:
         """parse(text) of the file ('' if there is none), parsed again only when the file
         changed: a poll costs one stat. parse must be the same function on every call."""
         st = _stat_or_none(self.path)
-        # The inode too: each update is a new file, even within one timestamp tick.
-        version = None if st is None else (st.st_ino, *version_of(st))
+        version = None if st is None else version_of(st)
         if self._cached is None or self._cached[0] != version:
             text = ''
             if st is not None:
@@ -983,8 +982,9 @@ def decode_lines(data):
 
 
 def version_of(st):
-    """What changes whenever a file is written: size and both timestamps."""
-    return st.st_size, st.st_mtime_ns, st.st_ctime_ns
+    """What changes whenever a file is written or replaced: its inode, size and both
+    timestamps (a new file can share the timestamps of the one it replaced)."""
+    return st.st_ino, st.st_dev, st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
 def split_header(text):

@@ -353,6 +353,20 @@ def test_a_summary_of_another_version_or_too_old_is_not_trusted(tmp_path):
     assert Queue(other).process_jobs({'t': lambda p: None})['completed'] == 1
 
 
+def test_a_summary_of_the_wrong_shape_is_ignored(tmp_path, caplog):
+    import json
+    path = tmp_path / 'queue.tsv'
+    queue = queue_with_summary(path)
+    summary_path = path.with_name('.queue.tsv.summary')
+    summary = json.loads(summary_path.read_text())
+    summary['segments'] = [[1, 2]]
+    summary_path.write_text(json.dumps(summary))
+    due = queue.enqueue('t', {'n': 'due'})
+    with caplog.at_level('INFO', logger='dbbasic_queue'):
+        assert Queue(path).process_jobs({'t': lambda p: None})['completed'] == 1
+    assert queue.get_job(due)['status'] == 'completed' and 'ignoring' in caplog.text
+
+
 def test_stats_counts_a_job_found_in_both_files_once_as_the_archive_has_it(tmp_path):
     # A crash between the archive's append and the hot file's rename leaves a finished
     # job in both files; stats reads lines, not Jobs, and must still count it once.
