@@ -166,7 +166,11 @@ class ClaimCycle:
                 worker = claim_of.worker
                 if worker == run.worker:
                     mine[claim_of.job_id] = start
-                elif not alive[worker]:
+                    continue
+                if worker not in alive:   # a claim the index did not name: a hand edit
+                    alive[worker] = liveness.claim_is_alive(
+                        worker, claim_of.claimed_at, now, self.backend.lease_seconds)
+                if not alive[worker]:
                     dead.setdefault(worker, []).append(start)
             else:
                 finished.append(start)

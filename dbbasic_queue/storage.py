@@ -155,7 +155,6 @@ class Snapshot:
                                     # computed yet; header and lines are exactly those bytes) ...
         self.content = content      # ... or those bytes themselves, when kept anyway
         self.tail = tail            # the last TAIL_BYTES of them
-        self.jobs = []  # parsed lines, filled in by the queue layer
         self.seen = None            # a version_of() of the file known to start with them
         if fd is None:
             self.ino = self.dev = None
