@@ -22,7 +22,7 @@ from .validate import result_json
 MIN_BATCH_SECONDS = 0.05        # a batch holds at least this much measured work ...
 REWRITE_SHARE = 0.1             # ... or enough that rewrites are <= 10 % of the time
 BATCH_GROWTH = 64
-MAX_BATCH_JOBS = 2_000          # bounds a worker's memory: a claim holds ~1.5 KB a job
+MAX_BATCH_JOBS = 1_500          # bounds a worker's memory: ~2.5 KB a job claimed
 CLAIM_WAIT_SECONDS = 0.05       # a due job waits at most this long for a busy worker
 ARCHIVE_FLUSH_SECONDS = 0.05    # finished jobs reach the archive at least this often
 
