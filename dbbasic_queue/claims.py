@@ -22,7 +22,9 @@ from .validate import result_json
 MIN_BATCH_SECONDS = 0.05        # a batch holds at least this much measured work ...
 REWRITE_SHARE = 0.1             # ... or enough that rewrites are <= 10 % of the time
 BATCH_GROWTH = 64
-MAX_BATCH_JOBS = 1_500          # bounds a worker's memory: ~2.5 KB a job claimed
+MAX_BATCH_JOBS = 1_500          # bounds a worker's memory: ~2.5 KB a job claimed ...
+FILE_BYTES_PER_BATCH_JOB = 25_000   # ... in a big file, a job per 25 KB of it ...
+MAX_BIG_BATCH_JOBS = 10_000     # ... up to this: memory stays under a tenth of the file
 CLAIM_WAIT_SECONDS = 0.05       # a due job waits at most this long for a busy worker
 ARCHIVE_FLUSH_SECONDS = 0.05    # finished jobs reach the archive at least this often
 
@@ -307,12 +309,18 @@ class ClaimCycle:
             if time.perf_counter() - batch.archive_flushed_at >= ARCHIVE_FLUSH_SECONDS:
                 self._flush_archive(batch)
         if not batch.unstarted:
-            batch.claimed = {}   # all ran: drop the Jobs before the next rewrite plans
+            batch.claimed = {}   # all ran: drop the lines before the next rewrite plans
         if ran:
             seconds_per_job = max((time.perf_counter() - started) / ran, 1e-6)
             batch_seconds = max(MIN_BATCH_SECONDS, batch.rewrite_seconds / REWRITE_SHARE)
             batch.size = max(1, min(int(batch_seconds / seconds_per_job),
-                                    batch.size * BATCH_GROWTH, MAX_BATCH_JOBS))
+                                    batch.size * BATCH_GROWTH, self._max_batch_jobs()))
+
+    def _max_batch_jobs(self):
+        """The most jobs a batch may hold: more in a big file, whose every rewrite copies
+        all of it, so that a bigger batch shares that cost out."""
+        return min(MAX_BIG_BATCH_JOBS,
+                   max(MAX_BATCH_JOBS, self.index.offset // FILE_BYTES_PER_BATCH_JOB))
 
     def _execute(self, run, batch, job):
         """Run one claimed job and record its outcome (finished jobs go to the archive)."""
