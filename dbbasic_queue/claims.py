@@ -8,6 +8,7 @@ the archive; the worker's journal names the job whose handler is running.
 """
 
 import heapq
+import operator
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
@@ -201,26 +202,14 @@ class ClaimCycle:
         job has waited CLAIM_WAIT_SECONDS: the other worker's next rewrite, which it
         makes anyway to record its batch, takes them. Once this worker works, it claims
         what is due in each of its rewrites."""
-        lines, changes, handlers = view.lines, plan.changes, run.handlers
+        lines, changes = view.lines, plan.changes
 
         def order(start):
             job = changes.get(start) or lines[start].entry
             return (-job.priority, job.run_at, start)
-        due = [start for start in candidates
-               if (changes.get(start) or lines[start].entry).run_at <= now
-               and lines[start].entry.type in handlers]
-        unread = []
-        for segment in view.index.segments:
-            bound = segment.due_bound(handlers, now) if segment.start not in view.raw else None
-            if bound is not None:
-                unread.append((bound, segment))
-        unread.sort(key=lambda pair: pair[0])
-        for bound, segment in unread:
-            if len(due) >= batch.size and order(heapq.nsmallest(batch.size, due, key=order)[-1]) < bound:
-                break
-            due += [line.start for line in view.load(segment) if line.entry is not None
-                    and line.entry.status == PENDING and line.entry.run_at <= now
-                    and line.entry.type in handlers]
+        due = self._read_due(run.handlers, batch.size, view, now, order, [
+            start for start in candidates
+            if order(start)[1] <= now and lines[start].entry.type in run.handlers])
         if (joining and len(due) < batch.size and min(
                 (order(start)[1] for start in due), default=now) > now - CLAIM_WAIT_SECONDS):
             return
@@ -231,12 +220,31 @@ class ClaimCycle:
             if job is not None and job.id not in claimed_ids:
                 claimed_ids.add(job.id)
                 # The line itself with three fields changed: a batch holds lines, not Jobs.
-                line = None if start in changes else claimed_line(view.text(start), run.worker, now)
+                line = (None if start in changes
+                        else claimed_line(view.text(start), run.worker, now))
                 if line is None:
                     line = format_line(job.evolve(status=Status.PROCESSING, worker=run.worker,
                                                   claimed_at=now))
                 changes[start] = line
                 plan.claimed.append((job.id, line))
+
+    @staticmethod
+    def _read_due(handlers, size, view, now, order, due):
+        """due, and the due lines of segments view has not read, read in the order of the
+        best job each can hold, until none left can beat the size-th best found."""
+        unread = []
+        for segment in view.index.segments:
+            bound = segment.due_bound(handlers, now) if segment.start not in view.raw else None
+            if bound is not None:
+                unread.append((bound, segment))
+        unread.sort(key=operator.itemgetter(0))
+        for bound, segment in unread:
+            if len(due) >= size and order(heapq.nsmallest(size, due, key=order)[-1]) < bound:
+                break
+            due += [line.start for line in view.load(segment) if line.entry is not None
+                    and line.entry.status == PENDING and line.entry.run_at <= now
+                    and line.entry.type in handlers]
+        return due
 
     def _apply_outcomes(self, batch, mine, plan):
         """Write back this run's outcomes and unstarted claims; returns the indexes of

@@ -153,14 +153,14 @@ def _segment(data, start, report, older=None):
     matches = _ANY_LINE.findall(data)
     if len(matches) == lines:
         pending = [(m[0], m[2]) for m in matches if m[1] == _PENDING_BYTES]
-        claims = {}
+        claims, processing = {}, 0
         for m in matches:
             if m[1] == _PROCESSING_BYTES:
                 worker = m[3].decode(ENCODING, DECODE_ERRORS)
                 claims[worker] = max(claims.get(worker, 0.0), float(m[4] or 0))
+                processing += 1
         return Segment(start, start + len(data), crc, _pending_by_type(pending), claims,
-                       len(matches) - len(pending) - sum(m[1] == _PROCESSING_BYTES for m in matches),
-                       max(int(m[5] or 0) for m in matches))
+                       lines - len(pending) - processing, max(int(m[5] or 0) for m in matches))
     return _segment_of_lines(read_lines(data, start, report), start, start + len(data), crc)
 
 
@@ -349,7 +349,7 @@ class Index:
         are the start of data)."""
         if segments and self.segments:
             last, first = self.segments[-1], segments[0]
-            if last.end == first.start and (last.end - last.start) + (first.end - first.start) <= SEGMENT_BYTES:
+            if last.end == first.start and first.end - last.start <= SEGMENT_BYTES:
                 self.segments[-1] = _merged(last, first, data[:first.end - first.start])
                 segments = segments[1:]
         self.segments.extend(segments)

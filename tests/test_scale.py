@@ -64,6 +64,26 @@ def test_a_claim_reads_only_the_segments_that_can_hold_its_jobs(tmp_path, monkey
     assert [queue.get_job(i)['status'] for i in due] == ['completed'] * 10
 
 
+def test_a_claim_across_segments_takes_the_highest_priority_then_the_earliest(tmp_path,
+                                                                           monkeypatch):
+    monkeypatch.setattr(scan_module, 'SEGMENT_BYTES', 4096)   # ~40 lines
+    now = [1_800_000_000.0]
+    queue = Queue(tmp_path / 'queue.tsv', clock=lambda: now[0])
+    # A job no handler takes, but with a priority: the first segment may hold the best
+    # job until it is read; then the last one, with an earlier run_at, must be read too.
+    queue.enqueue('other', {}, priority=5)
+    first = queue.enqueue_many(('t', {'n': n}) for n in range(2000))[0]
+    urgent = queue.enqueue('t', {'n': 'urgent'}, priority=5)
+    early = queue.enqueue('t', {'n': 'early'}, run_at=now[0] - 60)
+    later = queue.enqueue('t', {'n': 'later'}, run_at=now[0] + 60)
+    order = []
+    for _ in range(3):
+        queue.process_jobs({'t': lambda p: order.append(p['n'])}, max_jobs=1)
+    assert order == ['urgent', 'early', 0]
+    assert [queue.get_job(i)['status'] for i in (urgent, early, first, later)] == [
+        'completed', 'completed', 'completed', 'pending']
+
+
 def test_a_version_another_worker_wrote_is_read_from_the_summary_it_left(tmp_path, monkeypatch):
     summarized = []
     summarize = scan_module.summarize
