@@ -239,8 +239,10 @@ class ClaimCycle:
                 unread.append((bound, segment))
         unread.sort(key=operator.itemgetter(0))
         for bound, segment in unread:
-            if len(due) >= size and order(heapq.nsmallest(size, due, key=order)[-1]) < bound:
-                break
+            if len(due) >= size:
+                due = heapq.nsmallest(size, due, key=order)   # the best, in order
+                if order(due[-1]) < bound:
+                    break
             due += [line.start for line in view.load(segment) if line.entry is not None
                     and line.entry.status == PENDING and line.entry.run_at <= now
                     and line.entry.type in handlers]
