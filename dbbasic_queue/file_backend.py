@@ -494,11 +494,16 @@ class FileBackend(Backend):
         """(the hot file's Tally, the archive's), both kept and brought up to date, or
         (None, None) when they are not exact or share a job (a crash's copy)."""
         with self._tally_lock:
-            self._kept = [tally.brought_up_to_date(table, kept, finished_rare)
-                          for table, kept, finished_rare
-                          in zip((self.table, self.archive), self._kept, (True, False))]
-            hot, archive = (kept.tally for kept in self._kept)
-        if not (hot.exact and archive.exact) or not hot.ids.isdisjoint(archive.ids):
+            # The archive first: the hot file's ids (a million of them, for the check
+            # below) are kept only when the archive has a row.
+            archived = tally.brought_up_to_date(self.archive, self._kept[1])
+            queued = tally.brought_up_to_date(self.table, self._kept[0], finished_rare=True,
+                                              with_ids=archived.tally.rows > 0)
+            self._kept = [queued, archived]
+            hot, archive = queued.tally, archived.tally
+        if not (hot.exact and archive.exact):
+            return None, None
+        if archive.rows and not hot.ids.isdisjoint(archive.ids):
             return None, None
         return hot, archive
 

@@ -27,7 +27,10 @@ _STATUSES = b'|'.join(status.value.encode() for status in Status)
 _HEAD = re.compile(rb'(?m)^([^\t\n]+)\t([^\t"\n]+)\t[^\t]*\t(' + _STATUSES +
                    rb')\t(\d*)\t([\d.]*)\t')
 _LINE = re.compile(_HEAD.pattern + rb'(?:[^\t]*\t){5}(\d*)[\d.]*\t')   # + finished_at
+# The same, when the ids are not kept: an empty group (b'', one shared object) for the id.
+_HEAD_NO_ID = re.compile(_HEAD.pattern.replace(rb'^([^\t\n]+)', rb'^()[^\t\n]+', 1))
 _ID, _TYPE, _STATUS, _CREATED, _RUN_AT, _FINISHED = map(operator.itemgetter, range(6))
+_STATUS_TYPE_CREATED = operator.itemgetter(2, 1, 3)
 _PENDING = Status.PENDING.value.encode()
 _FINAL_WORDS = {status.value.encode() for status in FINAL_STATUSES}
 
@@ -35,9 +38,9 @@ _FINAL_WORDS = {status.value.encode() for status in FINAL_STATUSES}
 class Tally:
     """What the lines of one file add up to; exact is False once a line was not read."""
 
-    def __init__(self):
+    def __init__(self, with_ids=True):
         self.counts = Counter()     # (status, type), as bytes -> jobs
-        self.ids = set()
+        self.ids = set() if with_ids else None   # None: not kept (see FileBackend._tallies)
         self.rows = 0
         self.oldest = None          # the earliest created_at of a pending job
         self.earliest = None        # the earliest run_at of a pending job
@@ -59,16 +62,18 @@ class Tally:
                     self.exact = False
         if not self.exact or start >= len(data):
             return
-        matches = (_HEAD if finished_rare else _LINE).findall(data, start)
+        pattern = _LINE if not finished_rare else _HEAD if self.ids is not None else _HEAD_NO_ID
+        matches = pattern.findall(data, start)
         lines = data.count(b'\n', start)
         if len(matches) != lines and len(matches) != lines - _blank_lines(data, start):
             self.exact = False
             return
         self.rows += len(matches)
-        self.ids.update(map(_ID, matches))
+        if self.ids is not None:
+            self.ids.update(map(_ID, matches))
         # Counted by (status, type, second) in C, then per distinct key.
-        for (status, job_type, created), jobs in Counter(zip(
-                map(_STATUS, matches), map(_TYPE, matches), map(_CREATED, matches))).items():
+        for (status, job_type, created), jobs in Counter(
+                map(_STATUS_TYPE_CREATED, matches)).items():
             self.counts[status, job_type] += jobs
             self.created[int(created or 0) // SECONDS_PER_MINUTE] += jobs
         finished = matches
@@ -79,7 +84,8 @@ class Tally:
                                                    map(_FINISHED, finished))).items():
             if seconds:
                 self.finished[status, int(seconds) // SECONDS_PER_MINUTE] += jobs
-        pending = [m for m in matches if m[2] == _PENDING]
+        pending = (matches if all(status == _PENDING for status, _ in self.counts)
+                   else [m for m in matches if m[2] == _PENDING])
         if pending:
             oldest = float(min(pending, key=_CREATED)[3] or 0)
             earliest = float(min(pending, key=_RUN_AT)[4] or 0)
@@ -114,10 +120,12 @@ class Kept(NamedTuple):
     tally: Tally
 
 
-def brought_up_to_date(table, kept, finished_rare=False):
+def brought_up_to_date(table, kept, finished_rare=False, with_ids=True):
     """kept (or None) brought up to date: only the bytes appended since are read, unless
-    the table was replaced or changed before kept.offset, when it is read whole.
-    finished_rare: see Tally.add."""
+    the table was replaced or changed before kept.offset, or its ids are wanted and were
+    not kept, when it is read whole. finished_rare: see Tally.add."""
+    if kept is not None and with_ids and kept.tally.ids is None:
+        kept = None
     if kept is not None and kept.ino is not None:
         got = table.bytes_after(kept.ino, kept.offset, kept.tail)
         if got is not None:
@@ -127,10 +135,10 @@ def brought_up_to_date(table, kept, finished_rare=False):
     while True:
         st = table.stat()
         if st is None:
-            return Kept(None, 0, b'', Tally())
+            return Kept(None, 0, b'', Tally(with_ids))
         got = table.bytes_after(st.st_ino, 0, b'')
         if got is not None:     # else it was replaced between the two: again
             _, data, offset, tail = got
-            tally = Tally()
+            tally = Tally(with_ids)
             tally.add(data, table.path, finished_rare)
             return Kept(st.st_ino, offset, tail, tally)

@@ -405,6 +405,24 @@ def test_stats_counts_a_job_found_in_both_files_once_as_the_archive_has_it(tmp_p
     assert queue.get_job(done)['status'] == 'completed'
 
 
+def test_stats_keeps_no_ids_until_the_archive_has_a_row_then_still_counts_once(tmp_path):
+    # With no archive, stats keeps no id of the hot file; when the archive gets its first
+    # row (here a crash's copy of a queued job), the same Queue reads the hot file again.
+    path = tmp_path / 'queue.tsv'
+    queue, observer = Queue(path), Queue(path)
+    job_id = queue.enqueue('t', {'n': 1})
+    queue.enqueue('t', {'n': 2})
+    assert observer.stats()['by_status']['pending'] == 2
+    assert observer.backend._kept[0].tally.ids is None
+    queue.process_jobs({'t': lambda p: None}, max_jobs=1)   # the archive's first row
+    line = next(l for l in queue.archive_path.read_text().splitlines() if l.startswith(job_id))
+    with open(path, 'a') as f:   # as a crash between the archive's append and the rename
+        f.write(line.replace('\tcompleted\t', '\tprocessing\t') + '\n')
+    stats = observer.stats()
+    assert stats['total'] == 2 == len(observer.jobs())
+    assert (stats['by_status']['completed'], stats['by_status']['pending']) == (1, 1)
+
+
 def test_stats_reads_lines_a_regex_cannot_and_agrees_with_the_jobs(tmp_path):
     path = tmp_path / 'queue.tsv'
     queue = Queue(path)
