@@ -255,7 +255,7 @@ class Index:
             os.close(self.fd)
         self.fd = fd
         self.header = None          # the header line's bytes, newline included
-        self.normal = True          # header COLUMNS and no CR: what a range rewrite keeps
+        self.normal = True          # header COLUMNS, no CRLF: what a range rewrite keeps
         self.older = None           # the header of a file with older columns
         self.segments = []
         self.offset = 0             # the end of the last whole line read
@@ -333,7 +333,7 @@ class Index:
             header_end = data.find(b'\n') + 1
             self._set_header(data[:header_end])
             self.offset, data = header_end, data[header_end:]
-        self.normal = self.normal and b'\r' not in data
+        self.normal = self.normal and b'\r\n' not in data
         self._add(summarize(data, self.offset, self.report_unparsable, self.older), data)
         self.offset += len(data)
 
@@ -393,7 +393,7 @@ class Index:
         # checks every segment's CRC first.
         self.seen = tuple(seen) if seen and tuple(seen) == version_of(os.fstat(self.fd)) else None
         if appended:
-            self.normal = self.normal and b'\r' not in appended
+            self.normal = self.normal and b'\r\n' not in appended
             self._add(summarize(appended, self.offset, self.report_unparsable, self.older),
                       appended)
             self.offset, self.tail = end, tail
@@ -486,7 +486,7 @@ class Index:
         self.fd, self.segments = fd, segments
         self.offset += delta
         if carried:
-            self.normal = self.normal and b'\r' not in carried
+            self.normal = self.normal and b'\r\n' not in carried
             self._add(summarize(carried, self.offset, self.report_unparsable), carried)
             self.offset += len(carried)
         last = min(TAIL_BYTES, self.offset)
