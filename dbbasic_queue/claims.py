@@ -107,8 +107,8 @@ class ClaimCycle:
                 if batch.outcomes or batch.unstarted or batch.archive_buffer:
                     self._write_back(run, batch)
                 batch.journal.close()
-            # The version this run wrote last: the next reader (a cron run, another
-            # worker) starts from its summary, not from every line.
+            # Each rewrite left its index already; this one adds the lines a poll read
+            # since (a no-op when there are none), for the next cron run.
             self.index.save_summary()
 
     def _claim_next(self, run, batch):
@@ -120,7 +120,7 @@ class ClaimCycle:
 
     def _nothing_due(self, types, run, batch_size):
         """Nothing to claim now by the rule of _claim_due for a worker joining others,
-        seen from the last snapshot; called only when there is nothing to record."""
+        seen from the index of the file; called only when there is nothing to record."""
         return self.index.nothing_due(types, run.worker, self.backend.clock,
                                       self.backend.lease_seconds, batch_size, CLAIM_WAIT_SECONDS)
 

@@ -304,7 +304,7 @@ class FileBackend(Backend):
             plan = edit(view, self.clock())
             if plan is None:
                 return None
-            changes = view.changes(plan.changes, format_line)
+            changes = view.changes(plan.changes)
             del view   # its lines and bytes: the commit needs only the new segments
             done = self.table.rewrite_ranges(index, changes, self._under_lock(plan, before_rename))
             if done is None:

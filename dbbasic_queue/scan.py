@@ -19,7 +19,8 @@ import zlib
 from typing import NamedTuple
 
 from . import liveness
-from .job import COLUMNS, Status, UnparsableLine, check_header, parse_line, split_line
+from .job import (COLUMNS, Status, UnparsableLine, check_header, format_line, parse_line,
+                  split_line)
 from .storage import (DECODE_ERRORS, ENCODING, TAIL_BYTES, TableSummary, close_in_background,
                       pread_all, split_header, storage_error, version_of)
 
@@ -458,13 +459,13 @@ class Index:
         return bool(others) and due_count < enough and now - next_due < patience_seconds
 
     # -- a rewrite ---------------------------------------------------------------------------
-    def after_rewrite(self, changes, fd, carried, renamed):
+    def after_rewrite(self, changes, fd, carried, renamed, tail):
         """Make this the Index of the version a rewrite just wrote: changes, sorted
         (segment start, segment end, its new bytes), as SegmentView.changes gives them;
-        fd, the new version; carried, the lines appended meanwhile; renamed, its
-        version_of(). Segments not rewritten move by the bytes changed before them;
-        rewritten ones are counted again from their new bytes (two small neighbours as
-        one)."""
+        fd, the new version; carried, the lines appended meanwhile; renamed and tail, its
+        version_of() and last TAIL_BYTES. Segments not rewritten move by the bytes changed
+        before them; rewritten ones are counted again from their new bytes (two small
+        neighbours as one)."""
         segments, delta, rewritten = [], 0, dict((start, new) for start, _, new in changes)
         rebuilt = None   # the bytes of the last segment rebuilt, while it is the last
         for segment in self.segments:
@@ -489,9 +490,7 @@ class Index:
             self.normal = self.normal and b'\r\n' not in carried
             self._add(summarize(carried, self.offset, self.report_unparsable), carried)
             self.offset += len(carried)
-        last = min(TAIL_BYTES, self.offset)
-        self.tail = pread_all(fd, last, self.offset - last)
-        self.seen = renamed
+        self.tail, self.seen = tail, renamed
         self.generation += 1
 
     # -- what a rewrite proves before it commits --------------------------------------------
@@ -597,7 +596,7 @@ class SegmentView:
         """The whole Job on the line at start, or None (reported once as not a job)."""
         return job_of_text(self.text(start), COLUMNS, self.index)
 
-    def changes(self, plan_changes, format_line):
+    def changes(self, plan_changes):
         """(start, end, new bytes) of each segment with a changed line (to a Job, to a
         line of text, or None: dropped), in file order: what storage.TableFile.
         rewrite_ranges writes."""

@@ -546,7 +546,8 @@ class TableFile:
         lock that its bytes are still the ones it read. changes: sorted (start, end,
         new bytes) within [0, offset). Atomic, and carrying lines appended meanwhile, as
         commit. Returns (the new file's fd, the bytes carried after offset, the new
-        file's version_of() as renamed), or None when the file is no longer that version.
+        file's version_of() as renamed, its last TAIL_BYTES), or None when the file is
+        no longer that version.
         """
         carried = []
 
@@ -568,8 +569,8 @@ class TableFile:
         replaced = self._replace(version, write_body, write_appended, under_lock)
         if replaced is None:
             return None
-        fd, _, renamed = replaced
-        return fd, b''.join(carried), renamed
+        fd, out, renamed = replaced
+        return fd, b''.join(carried), renamed, out.tail
 
     def rewrite(self, plan):
         """Rewrite the file as plan(snapshot) says: a Change (the new lines, and a hook to
