@@ -8,8 +8,45 @@ does. Jobs cross the contract as job.Job.
 """
 
 from collections import Counter
+from itertools import repeat
 
 from .job import FINAL_STATUSES, Status, quote_field
+
+
+class NewJobs:
+    """Checked new jobs for add_many, as columns: job i is add's arguments
+    (types[i], payloads[i], texts[i], created_at, run_ats[i], options[i]).
+
+    Columns rather than a tuple per job: a hundred thousand tuples kept alive wake the
+    garbage collector often enough to cost a sixth of enqueue_many's time.
+    """
+
+    def __init__(self, created_at, types=(), payloads=(), texts=(), run_ats=None,
+                 options=None):
+        self.created_at = created_at
+        self.types, self.payloads, self.texts = list(types), list(payloads), list(texts)
+        self.run_ats = [None] * len(self.types) if run_ats is None else list(run_ats)
+        self.options = [None] * len(self.types) if options is None else list(options)
+
+    def append(self, job_type, payload, text, run_at, options):
+        for column, value in zip((self.types, self.payloads, self.texts, self.run_ats,
+                                  self.options), (job_type, payload, text, run_at, options)):
+            column.append(value)
+
+    def __len__(self):
+        return len(self.types)
+
+    def __iter__(self):
+        """add's arguments for each job, in order."""
+        return zip(self.types, self.payloads, self.texts, repeat(self.created_at),
+                   self.run_ats, self.options)
+
+    def chunks(self, size):
+        """These jobs, size at a time, in order."""
+        for start in range(0, len(self), size):
+            part = slice(start, start + size)
+            yield NewJobs(self.created_at, self.types[part], self.payloads[part],
+                          self.texts[part], self.run_ats[part], self.options[part])
 
 
 class Backend:
@@ -29,8 +66,8 @@ class Backend:
         raise NotImplementedError
 
     def add_many(self, new_jobs, chunk_jobs):
-        """Store jobs, each given as add's arguments (all checked), and return their ids
-        in order: chunk_jobs at a time, each chunk atomically. A unique_key already
+        """Store new_jobs (NewJobs, all checked) and return their ids in order:
+        chunk_jobs at a time, each chunk atomically. A unique_key already
         active, or given earlier in new_jobs, gives that job's id."""
         raise NotImplementedError
 

@@ -81,8 +81,7 @@ class FileBackend(Backend):
     def add_many(self, new_jobs, chunk_jobs):
         """Every line is made before the first is written; then one locked append per
         chunk (with unique_keys in it, after one read of the hot file under the lock)."""
-        chunks = [self._lines_of(new_jobs[start:start + chunk_jobs])
-                  for start in range(0, len(new_jobs), chunk_jobs)]
+        chunks = [self._lines_of(chunk) for chunk in new_jobs.chunks(chunk_jobs)]
         if not self._header_current:
             self._upgrade_header()
         ids, holders = [], {}   # unique_key -> the id of its job, seen in this call
@@ -109,32 +108,30 @@ class FileBackend(Backend):
         return ids
 
     def _lines_of(self, new_jobs):
-        """(ids, unique_keys, lines ending in a newline, those lines encoded) of new
-        jobs: the common case (no options, due now) without a call per job."""
+        """(ids, unique_keys, lines ending in a newline, those lines encoded) of NewJobs:
+        the common case (no options, due now) without a call per job."""
         ids = new_job_ids(len(new_jobs))
-        keys, lines = [], []
-        middles = {}   # (type, now) -> format_new_line's text between payload and job id
-        for job_id, (job_type, payload, payload_text, now, run_at, options) in zip(ids, new_jobs):
-            if options is None and run_at is None:
-                if '"' in payload_text:
-                    payload_text = '"' + payload_text.replace('"', '""') + '"'
-                ends = middles.get((job_type, now))
-                if ends is None:
-                    ends = middles[job_type, now] = format_new_line(
-                        '', job_type, '\n', int(now), format_millis(due_now_millis(now))
-                    ).split('\n')
-                line = job_id + ends[0] + payload_text + ends[1]
-                keys.append(None)
-            else:
-                line = self._line(job_id, job_type, payload, payload_text, now, run_at, options)
-                keys.append(options and options['unique_key'])
-            lines.append(line + '\n')
+        now = new_jobs.created_at
+        due_now = format_millis(due_now_millis(now))
+        # job type -> format_new_line's text (before the payload, after it)
+        ends = {job_type: format_new_line('', job_type, '\n', int(now), due_now).split('\n')
+                for job_type in set(new_jobs.types)}
+        quote, quotes = '"', '""'   # quote_json, inlined: a call a job costs a tenth more
+        lines = [f'{job_id}{ends[job_type][0]}"{payload_text.replace(quote, quotes)}"'
+                 f'{ends[job_type][1]}\n' if quote in payload_text else
+                 f'{job_id}{ends[job_type][0]}{payload_text}{ends[job_type][1]}\n'
+                 for job_id, job_type, payload_text in zip(ids, new_jobs.types, new_jobs.texts)]
+        if new_jobs.run_ats.count(None) + new_jobs.options.count(None) < 2 * len(new_jobs):
+            for i, (job_id, new_job) in enumerate(zip(ids, new_jobs)):
+                if new_job[-2:] != (None, None):   # a run_at or options
+                    lines[i] = self._line(job_id, *new_job) + '\n'
         try:
             data = ''.join(lines).encode('utf-8')
         except UnicodeEncodeError:   # a payload with lone surrogates: _line_bytes escapes it
             lines = [self._line_bytes(job_id, *new_job).decode('utf-8')
                      for job_id, new_job in zip(ids, new_jobs)]
             data = ''.join(lines).encode('utf-8')
+        keys = [options and options['unique_key'] for options in new_jobs.options]
         return ids, keys, lines, data
 
     def _line_bytes(self, job_id, job_type, payload, payload_text, now, run_at, options):

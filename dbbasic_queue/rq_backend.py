@@ -157,20 +157,21 @@ class RedisBackend(Backend):
     def add_many(self, new_jobs, chunk_jobs):
         """One MULTI/EXEC per chunk; a job with a unique_key is added alone, by add."""
         ids = []
-        for start in range(0, len(new_jobs), chunk_jobs):
+        for chunk in new_jobs.chunks(chunk_jobs):
+            chunk_ids, alone = [], []
             with self.redis.pipeline() as pipe:
-                for job_type, payload, payload_text, now, run_at, options in \
-                        new_jobs[start:start + chunk_jobs]:
+                for new_job in chunk:
+                    options = new_job[-1]
                     if options and options['unique_key']:
-                        ids.append(None)   # after the chunk, in order
+                        chunk_ids.append(None)   # after the chunk, in order
+                        alone.append(new_job)
                         continue
-                    job_id, stage = self._staged(job_type, payload, now, run_at, options)
+                    job_id, stage = self._staged(*new_job[:2], *new_job[3:])
                     stage(pipe)
-                    ids.append(job_id)
+                    chunk_ids.append(job_id)
                 pipe.execute()
-            for i in range(start, min(start + chunk_jobs, len(new_jobs))):
-                if ids[i] is None:
-                    ids[i] = self.add(*new_jobs[i])
+            added_alone = (self.add(*new_job) for new_job in alone)
+            ids += [job_id or next(added_alone) for job_id in chunk_ids]
         self._wait_for_disk()
         return ids
 

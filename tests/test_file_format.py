@@ -71,6 +71,7 @@ BAD_ENQUEUES = [
     (('', {}), r'job_type must not be empty'),
     ((None, {}), r'job_type must be a str, got NoneType'),
     ((b'send', {}), r'job_type must be a str, got bytes'),
+    ((['send'], {}), r'job_type must be a str, got list'),
     (('send\temail', {}), r"job_type must be one line without tabs, got 'send\\temail'"),
     (('send\nemail', {}), r"job_type must be one line without tabs, got 'send\\nemail'"),
     (('t', {1, 2}), r'payload must be JSON-serializable .*set'),

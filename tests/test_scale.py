@@ -205,7 +205,7 @@ def test_enqueue_many_checks_every_item_first_and_names_the_bad_one(backend):
     for bad, words in [(('t', {1, 2}), 'JSON-serializable'), (('', {}), 'job_type'),
                        ({'type': 't', 'payload': {}, 'colour': 'red'}, 'colour'),
                        ({'type': 't', 'payload': {}, 'priority': 'high'}, 'priority'),
-                       (('t',), 'tuple'), ('t', 'tuple')]:
+                       ((['t'], {}), 'job_type'), (('t',), 'tuple'), ('t', 'tuple')]:
         with pytest.raises(InvalidJobError, match=f'item 5: .*{words}'):
             queue.enqueue_many(good + [bad] + good)
     assert queue.stats()['total'] == 0
@@ -229,11 +229,13 @@ def test_enqueue_many_writes_each_chunk_with_one_append(tmp_path, monkeypatch):
 def test_enqueue_many_writes_the_lines_enqueue_writes(tmp_path):
     queue = Queue(tmp_path / 'queue.tsv', clock=lambda: 1_800_000_000.1234)
     payloads = [{'to': 'a@example.com', 'quote': 'say "hi"'}, 'x\ud800y', [1, 2.5], None]
-    for payload in payloads:
-        queue.enqueue('t', payload)
-    queue.enqueue_many(('t', payload) for payload in payloads)
+    types = ['t', 'a "quoted" type', 't', 'u']
+    for job_type, payload in zip(types, payloads):
+        queue.enqueue(job_type, payload)
+    queue.enqueue_many(zip(types, payloads))
     lines = (tmp_path / 'queue.tsv').read_text(encoding='utf-8').splitlines()[1:]
     assert [line[16:] for line in lines[:4]] == [line[16:] for line in lines[4:]]
+    assert [queue.find_job(line[:16]).type for line in lines[4:]] == types
     assert [queue.get_job(line[:16])['payload'] for line in lines[4:]] == [
         payloads[0], 'x\ud800y', [1, 2.5], None]
 
