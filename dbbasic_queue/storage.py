@@ -437,6 +437,50 @@ class TableFile:
         at, the last TAIL_BYTES before it) if the file now is inode ino and its bytes
         before offset end with tail (and hold at most at_most bytes after it); else
         None."""
+        opened = self._opened_after(ino, offset, tail, at_most)
+        if opened is None:
+            return None
+        fd, size = opened
+        try:
+            with storage_errors(self.path, 'read'):
+                data = pread_all(fd, size - offset, offset)
+        finally:
+            os.close(fd)
+        whole = data.rfind(b'\n') + 1
+        if whole < len(data):   # (a copy: only for a last line still being written)
+            data = data[:whole]
+        tail = data[-TAIL_BYTES:] if whole >= TAIL_BYTES else (tail + data)[-TAIL_BYTES:]
+        return value, data, offset + whole, tail
+
+    def blocks_after(self, ino, offset, tail, block_bytes):
+        """bytes_after's bytes as an iterator of blocks of whole lines, each about
+        block_bytes (a longer line whole), so that memory stays near block_bytes
+        whatever the file's size; None when bytes_after would be."""
+        opened = self._opened_after(ino, offset, tail)
+        if opened is None:
+            return None
+        return self._blocks(*opened, offset, block_bytes)
+
+    def _blocks(self, fd, size, offset, block_bytes):
+        try:
+            while offset < size:
+                with storage_errors(self.path, 'read'):
+                    data = os.pread(fd, min(block_bytes, size - offset), offset)
+                    whole = data.rfind(b'\n') + 1
+                    if not whole and len(data) < size - offset:   # a line > a block
+                        data = pread_all(fd, size - offset, offset)
+                        whole = data.rfind(b'\n') + 1
+                if not whole:
+                    return   # a line still being written, or it shrank since
+                yield data if whole == len(data) else data[:whole]
+                offset += whole   # the next read starts at the line this one cut
+        finally:
+            os.close(fd)
+
+    def _opened_after(self, ino, offset, tail, at_most=None):
+        """(a descriptor, the size) of the file if it is now inode ino and its bytes
+        before offset end with tail (and it holds at most at_most bytes after it); else
+        None."""
         with storage_errors(self.path, 'read'):
             try:
                 fd = os.open(self._path_text, READ_FLAGS)
@@ -444,15 +488,15 @@ class TableFile:
                 return None
             try:
                 st = os.fstat(fd)
-                if (st.st_ino != ino or st.st_size < offset
-                        or (at_most is not None and st.st_size - offset > at_most)
-                        or os.pread(fd, len(tail), offset - len(tail)) != tail):
-                    return None
-                data = pread_all(fd, st.st_size - offset, offset)
-            finally:
+                if (st.st_ino == ino and st.st_size >= offset
+                        and (at_most is None or st.st_size - offset <= at_most)
+                        and os.pread(fd, len(tail), offset - len(tail)) == tail):
+                    return fd, st.st_size
+            except BaseException:
                 os.close(fd)
-        whole = data.rfind(b'\n') + 1
-        return value, data[:whole], offset + whole, (tail + data[:whole])[-TAIL_BYTES:]
+                raise
+            os.close(fd)
+            return None
 
     def stat(self):
         """The file's stat, or None if it is missing."""

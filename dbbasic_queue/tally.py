@@ -15,22 +15,27 @@ from collections import Counter
 from typing import NamedTuple
 
 from .job import COLUMNS, FINAL_STATUSES, Status, check_header
-from .storage import split_header
+from .storage import TAIL_BYTES, split_header
 
 SECONDS_PER_MINUTE = 60
+# Lines are read and matched this much at a time: a million matches kept at once would
+# cost ~270 MB, and the garbage collector's passes over them a third of the time.
+READ_BYTES = 1 << 20
 _STATUSES = b'|'.join(status.value.encode() for status in Status)
 # id, type, status, created_at, run_at: columns 1 to 6. Reading on to finished_at (12)
 # costs twice as much, so only the archive's pattern does; in the hot file the few
 # finished lines (cancelled since the last run) are found by a byte search.
 # A skipped field is [^\t]*, not [^\t\n]*: a third faster, and a line short of tabs that
 # runs into the next one leaves fewer matches than lines, which makes the Tally inexact.
+# created_at and run_at: ten whole digits (2001 to 2286), so that their text orders as
+# their number; a line with another time is not matched, and is counted the exact way.
 _HEAD = re.compile(rb'(?m)^([^\t\n]+)\t([^\t"\n]+)\t[^\t]*\t(' + _STATUSES +
-                   rb')\t(\d*)\t([\d.]*)\t')
+                   rb')\t(\d{10})\t(\d{10}(?:\.\d+)?)\t')
 _LINE = re.compile(_HEAD.pattern + rb'(?:[^\t]*\t){5}(\d*)[\d.]*\t')   # + finished_at
 # The same, when the ids are not kept: an empty group (b'', one shared object) for the id.
 _HEAD_NO_ID = re.compile(_HEAD.pattern.replace(rb'^([^\t\n]+)', rb'^()[^\t\n]+', 1))
-_ID, _TYPE, _STATUS, _CREATED, _RUN_AT, _FINISHED = map(operator.itemgetter, range(6))
-_STATUS_TYPE_CREATED = operator.itemgetter(2, 1, 3)
+_ID, _TYPE, _STATUS, _CREATED, _RUN_AT, _FINISHED = range(6)   # groups
+_STATUS_TYPE_CREATED = operator.itemgetter(_STATUS, _TYPE, _CREATED)
 _PENDING = Status.PENDING.value.encode()
 _FINAL_WORDS = {status.value.encode() for status in FINAL_STATUSES}
 
@@ -68,29 +73,38 @@ class Tally:
         if len(matches) != lines and len(matches) != lines - _blank_lines(data, start):
             self.exact = False
             return
+        self._count(matches)
+        if not finished_rare:
+            self._count_finished(matches)
+            return
+        words = {status for status, _ in self.counts} & _FINAL_WORDS
+        if words:
+            self._count_finished(_finished_lines(data, start, words))
+
+    def _count(self, matches):
         self.rows += len(matches)
         if self.ids is not None:
-            self.ids.update(map(_ID, matches))
+            self.ids.update(map(operator.itemgetter(_ID), matches))
         # Counted by (status, type, second) in C, then per distinct key.
         for (status, job_type, created), jobs in Counter(
                 map(_STATUS_TYPE_CREATED, matches)).items():
             self.counts[status, job_type] += jobs
-            self.created[int(created or 0) // SECONDS_PER_MINUTE] += jobs
-        finished = matches
-        if finished_rare:
-            words = {status for status, _ in self.counts} & _FINAL_WORDS
-            finished = _finished_lines(data, start, words) if words else []
-        for (status, seconds), jobs in Counter(zip(map(_STATUS, finished),
-                                                   map(_FINISHED, finished))).items():
+            created = int(created)
+            self.created[created // SECONDS_PER_MINUTE] += jobs
+            if status == _PENDING:
+                self.oldest = created if self.oldest is None else min(self.oldest, created)
+        pending = (matches if all(status == _PENDING for status, _ in self.counts)
+                   else [m for m in matches if m[_STATUS] == _PENDING])
+        if pending:
+            earliest = float(min(map(operator.itemgetter(_RUN_AT), pending)))
+            self.earliest = earliest if self.earliest is None else min(self.earliest, earliest)
+
+    def _count_finished(self, matches):
+        """Count matches of _LINE (finished_at read) by status and minute finished."""
+        by_finished = Counter(map(operator.itemgetter(_STATUS, _FINISHED), matches))
+        for (status, seconds), jobs in by_finished.items():
             if seconds:
                 self.finished[status, int(seconds) // SECONDS_PER_MINUTE] += jobs
-        pending = (matches if all(status == _PENDING for status, _ in self.counts)
-                   else [m for m in matches if m[2] == _PENDING])
-        if pending:
-            oldest = float(min(pending, key=_CREATED)[3] or 0)
-            earliest = float(min(pending, key=_RUN_AT)[4] or 0)
-            self.oldest = oldest if self.oldest is None else min(self.oldest, oldest)
-            self.earliest = earliest if self.earliest is None else min(self.earliest, earliest)
 
 
 def _blank_lines(data, start):
@@ -123,22 +137,35 @@ class Kept(NamedTuple):
 def brought_up_to_date(table, kept, finished_rare=False, with_ids=True):
     """kept (or None) brought up to date: only the bytes appended since are read, unless
     the table was replaced or changed before kept.offset, or its ids are wanted and were
-    not kept, when it is read whole. finished_rare: see Tally.add."""
+    not kept, when it is read whole. finished_rare: see Tally.add. The bytes are read
+    READ_BYTES at a time."""
     if kept is not None and with_ids and kept.tally.ids is None:
         kept = None
     if kept is not None and kept.ino is not None:
-        got = table.bytes_after(kept.ino, kept.offset, kept.tail)
-        if got is not None:
-            _, data, offset, tail = got
-            kept.tally.add(data, finished_rare=finished_rare)
-            return kept._replace(offset=offset, tail=tail)
+        blocks = table.blocks_after(kept.ino, kept.offset, kept.tail, READ_BYTES)
+        if blocks is not None:
+            return _added(kept, blocks, None, finished_rare)
     while True:
         st = table.stat()
         if st is None:
             return Kept(None, 0, b'', Tally(with_ids))
-        got = table.bytes_after(st.st_ino, 0, b'')
-        if got is not None:     # else it was replaced between the two: again
-            _, data, offset, tail = got
-            tally = Tally(with_ids)
-            tally.add(data, table.path, finished_rare)
-            return Kept(st.st_ino, offset, tail, tally)
+        blocks = table.blocks_after(st.st_ino, 0, b'', READ_BYTES)
+        if blocks is not None:     # else it was replaced between the two: again
+            return _added(Kept(st.st_ino, 0, b'', Tally(with_ids)), blocks, table.path,
+                          finished_rare)
+
+
+def _added(kept, blocks, path, finished_rare):
+    """kept with blocks (the whole lines after kept.offset) added to its Tally; path: the
+    first block starts with the header."""
+    offset, tail = kept.offset, kept.tail
+    try:
+        for data in blocks:
+            kept.tally.add(data, path, finished_rare)
+            path = None
+            offset += len(data)
+            tail = (tail + data[-TAIL_BYTES:])[-TAIL_BYTES:]
+    except BaseException:
+        kept.tally.exact = False   # counted in part: the caller counts the exact way
+        raise
+    return kept._replace(offset=offset, tail=tail)

@@ -14,6 +14,7 @@ from dbbasic_queue import InvalidArgumentError, InvalidJobError, Queue, StorageE
 from dbbasic_queue import queue as queue_module
 from dbbasic_queue import scan as scan_module
 from dbbasic_queue import storage as storage_module
+from dbbasic_queue import tally as tally_module
 from dbbasic_queue.storage import TableFile
 
 from .conftest import SUBPROCESS_TIMEOUT_SECONDS, spawn, wait_all
@@ -441,3 +442,66 @@ def test_stats_reads_lines_a_regex_cannot_and_agrees_with_the_jobs(tmp_path):
         assert stats['total'] == 6 == len(queue.jobs())
         assert stats['by_status']['completed'] == 2 and stats['by_status']['pending'] == 4
         assert stats['by_type']['a "quoted" type']['pending'] == 1
+
+
+def test_stats_finds_the_earliest_times_by_value_not_by_text(tmp_path):
+    # '80' sorts after '1500' as text; run_at 0 is a plausible hand edit ("run it now").
+    clock = [999.0]   # created_at '999' sorts after '10000' as text
+    queue = Queue(tmp_path / 'queue.tsv', clock=lambda: clock[0])
+    for run_at in (999.5, 1500, 80.25, 80.125, 80.5):
+        queue.enqueue('t', {}, run_at=run_at)
+    clock[0] = 10_000.0
+    queue.enqueue('t', {}, run_at=20_000)
+    stats = queue.stats()
+    assert stats['next_due_at'] == 80.125
+    assert stats['oldest_pending_seconds'] == 9001
+
+
+def test_stats_read_a_block_at_a_time_counts_every_line_once(tmp_path, monkeypatch):
+    # Blocks of 300 bytes: lines cross every block boundary, and one is longer than a block.
+    monkeypatch.setattr(tally_module, 'READ_BYTES', 300)
+    queue = Queue(tmp_path / 'queue.tsv')
+    ids = [queue.enqueue('t' if n % 3 else 'u', {'n': n}, run_at=2_000_000_000 - n)
+           for n in range(40)]
+    queue.enqueue('t', {'long': 'x' * 1000})
+    queue.cancel_job(ids[7])
+
+    def expected():
+        jobs = queue.list_jobs()
+        by_type = {}
+        for job in jobs:
+            counts = by_type.setdefault(job['type'], {})
+            counts[job['status']] = counts.get(job['status'], 0) + 1
+        due = min(job['run_at'] for job in jobs if job['status'] == 'pending')
+        return len(jobs), by_type, due
+
+    for _ in range(2):   # read whole, then only what was appended since
+        stats = queue.stats()
+        total, by_type, due = expected()
+        assert stats['total'] == total and stats['next_due_at'] == due
+        assert {t: {s: n for s, n in counts.items() if n}
+                for t, counts in stats['by_type'].items()} == by_type
+        queue.enqueue('u', {'later': 1}, run_at=1_900_000_000)
+    assert queue.backend._kept[0].tally.exact
+
+
+def test_stats_cut_short_while_reading_never_counts_a_line_twice(tmp_path, monkeypatch):
+    monkeypatch.setattr(tally_module, 'READ_BYTES', 300)
+    queue = Queue(tmp_path / 'queue.tsv')
+    for n in range(20):
+        queue.enqueue('t', {'n': n})
+    assert queue.stats()['total'] == 20
+    for n in range(20):
+        queue.enqueue('t', {'n': n})
+    add, calls = tally_module.Tally.add, []
+
+    def fails_on_the_second_block(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return add(self, *args, **kwargs)
+    monkeypatch.setattr(tally_module.Tally, 'add', fails_on_the_second_block)
+    with pytest.raises(KeyboardInterrupt):
+        queue.stats()
+    monkeypatch.setattr(tally_module.Tally, 'add', add)
+    assert queue.stats()['total'] == 40
