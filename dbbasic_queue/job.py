@@ -248,15 +248,13 @@ def new_job_id():
     try:
         return next(_ids)
     except StopIteration:
-        pool = os.urandom(8 * IDS_PER_READ).hex()
-        _ids = iter([pool[i:i + 16] for i in range(0, len(pool), 16)])
+        _ids = iter(new_job_ids(IDS_PER_READ))
         return next(_ids)
 
 
 def new_job_ids(count):
     """count ids as new_job_id makes them, from one read of os.urandom."""
-    pool = os.urandom(8 * count).hex()
-    return [pool[i:i + 16] for i in range(0, len(pool), 16)]
+    return os.urandom(8 * count).hex(' ', 8).split(' ') if count else []
 
 
 def _forget_ids():

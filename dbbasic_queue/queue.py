@@ -38,7 +38,7 @@ from .errors import InvalidArgumentError, InvalidJobError, JobNotFound, QueueErr
 from .backend import NewJobs, history_buckets
 from .file_backend import FileBackend
 from .job import FINAL_STATUSES, Job, JobDetails, JobDict, Status, format_line, number, split_line
-from .validate import (JSON, check_durable, check_file_mode, check_handlers, check_job_type,
+from .validate import (JSON_EACH, check_durable, check_file_mode, check_handlers, check_job_type,
                        check_limit, check_timeout, job_options, payload_json, run_at_from)
 
 log = logging.getLogger('dbbasic_queue')
@@ -181,7 +181,7 @@ class Queue:
                 check_job_type(job_type)
                 self._valid_types.add(job_type)
             payloads = list(map(itemgetter(1), items))
-            return NewJobs(now, types, payloads, map(JSON, payloads))
+            return NewJobs(now, types, payloads, JSON_EACH(payloads))
         except (TypeError, ValueError, RecursionError):   # InvalidArgumentError is both
             return None
 
