@@ -161,12 +161,12 @@ class RedisBackend(Backend):
             chunk_ids, alone = [], []
             with self.redis.pipeline() as pipe:
                 for new_job in chunk:
-                    options = new_job[-1]
+                    job_type, payload, _, now, run_at, options = new_job
                     if options and options['unique_key']:
                         chunk_ids.append(None)   # after the chunk, in order
                         alone.append(new_job)
                         continue
-                    job_id, stage = self._staged(*new_job[:2], *new_job[3:])
+                    job_id, stage = self._staged(job_type, payload, now, run_at, options)
                     stage(pipe)
                     chunk_ids.append(job_id)
                 pipe.execute()

@@ -40,7 +40,7 @@ def json_encoders(ensure_ascii):
 
 
 JSON, JSON_EACH = json_encoders(ensure_ascii=False)
-JSON_ASCII, _ = json_encoders(ensure_ascii=True)
+JSON_ASCII = json_encoders(ensure_ascii=True)[0]
 
 
 def parse_duration(text):
