@@ -19,7 +19,7 @@ from .storage import TAIL_BYTES, split_header
 
 SECONDS_PER_MINUTE = 60
 # Lines are read and matched this much at a time: a million matches kept at once would
-# cost ~270 MB, and the garbage collector's passes over them a third of the time.
+# cost ~270 MB, and the garbage collector's passes over them.
 READ_BYTES = 1 << 20
 _STATUSES = b'|'.join(status.value.encode() for status in Status)
 # id, type, status, created_at, run_at: columns 1 to 6. Reading on to finished_at (12)
