@@ -215,13 +215,13 @@ class ClaimCycle:
             return
         claimed_ids = set()
         for start in heapq.nsmallest(batch.size, due, key=order):
-            job = changes.get(start) or view.job(start)
+            text = None if start in changes else view.text(start)   # decoded once
+            job = changes.get(start) or view.job(start, text)
             # A line copied by a hand edit: one copy is claimed at a time.
             if job is not None and job.id not in claimed_ids:
                 claimed_ids.add(job.id)
                 # The line itself with three fields changed: a batch holds lines, not Jobs.
-                line = (None if start in changes
-                        else claimed_line(view.text(start), run.worker, now))
+                line = None if text is None else claimed_line(text, run.worker, now)
                 if line is None:
                     line = format_line(job.evolve(status=Status.PROCESSING, worker=run.worker,
                                                   claimed_at=now))

@@ -22,7 +22,7 @@ from . import liveness
 from .job import (COLUMNS, Status, UnparsableLine, check_header, format_line, parse_line,
                   split_line)
 from .storage import (DECODE_ERRORS, ENCODING, TAIL_BYTES, TableSummary, close_in_background,
-                      pread_all, split_header, storage_error, version_of)
+                      pread_all, split_header, storage_error, version_of, whole_line_blocks)
 
 log = logging.getLogger('dbbasic_queue')
 
@@ -312,16 +312,9 @@ class Index:
         """Read the whole lines after offset (the header first, in a new file), a chunk at
         a time: memory stays near SCAN_CHUNK_BYTES whatever the file's size."""
         size = st.st_size
-        while self.offset < size:
-            data = os.pread(self.fd, min(SCAN_CHUNK_BYTES, size - self.offset), self.offset)
-            whole = data.rfind(b'\n') + 1
-            if not whole and data and len(data) < size - self.offset:   # a line > a chunk
-                data = pread_all(self.fd, size - self.offset, self.offset)
-                whole = data.rfind(b'\n') + 1
-            if not whole:
-                break   # a line still being appended: the next read gets it whole
-            self.bytes_read += whole
-            self._take(data[:whole])
+        for data in whole_line_blocks(self.fd, self.offset, size, SCAN_CHUNK_BYTES):
+            self.bytes_read += len(data)
+            self._take(data)   # moves self.offset past data
         after = os.fstat(self.fd)
         self.seen = (version_of(after) if version_of(after) == version_of(st)
                      and size == self.offset else None)
@@ -592,9 +585,10 @@ class SegmentView:
                                                                               DECODE_ERRORS)
         return text[:-1] if text.endswith('\r') else text
 
-    def job(self, start):
-        """The whole Job on the line at start, or None (reported once as not a job)."""
-        return job_of_text(self.text(start), COLUMNS, self.index)
+    def job(self, start, text=None):
+        """The whole Job on the line at start (text: that line, if already read), or None
+        (reported once as not a job)."""
+        return job_of_text(self.text(start) if text is None else text, COLUMNS, self.index)
 
     def changes(self, plan_changes):
         """(start, end, new bytes) of each segment with a changed line (to a Job, to a

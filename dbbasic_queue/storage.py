@@ -463,17 +463,8 @@ class TableFile:
 
     def _blocks(self, fd, size, offset, block_bytes):
         try:
-            while offset < size:
-                with storage_errors(self.path, 'read'):
-                    data = os.pread(fd, min(block_bytes, size - offset), offset)
-                    whole = data.rfind(b'\n') + 1
-                    if not whole and len(data) < size - offset:   # a line > a block
-                        data = pread_all(fd, size - offset, offset)
-                        whole = data.rfind(b'\n') + 1
-                if not whole:
-                    return   # a line still being written, or it shrank since
-                yield data if whole == len(data) else data[:whole]
-                offset += whole   # the next read starts at the line this one cut
+            with storage_errors(self.path, 'read'):
+                yield from whole_line_blocks(fd, offset, size, block_bytes)
         finally:
             os.close(fd)
 
@@ -1035,6 +1026,22 @@ def split_header(text):
     """The column names of a header line. dbbasic-tsv ends the header it writes with
     CRLF (csv's default line terminator); our rewrites end it with LF."""
     return text.rstrip('\r').split('\t')
+
+
+def whole_line_blocks(fd, offset, size, block_bytes):
+    """The bytes of fd's whole lines from offset to size, in blocks of about block_bytes
+    (a longer line whole): memory stays near block_bytes whatever the file's size. A last
+    line without its newline (still being written) is left for the next read."""
+    while offset < size:
+        data = os.pread(fd, min(block_bytes, size - offset), offset)
+        whole = data.rfind(b'\n') + 1
+        if not whole and data and len(data) < size - offset:   # a line > a block
+            data = pread_all(fd, size - offset, offset)
+            whole = data.rfind(b'\n') + 1
+        if not whole:
+            return   # a line still being written, or it shrank since
+        yield data if whole == len(data) else data[:whole]
+        offset += whole   # the next read starts at the line this one cut
 
 
 def pread_all(fd, size, offset):
