@@ -268,7 +268,13 @@ os.register_at_fork(after_in_child=_forget_ids)
 def split_line(line):
     """The fields of one TSV line, unquoted as the csv module would."""
     fields = line.split('\t')
-    for i, field in enumerate(fields):
+    quotes = line.count('"')
+    if not quotes:
+        return fields
+    # Mostly only the payload (JSON) holds quotes: then it is the one field to look at.
+    suspects = (2,) if len(fields) > 2 and fields[2].count('"') == quotes else range(len(fields))
+    for i in suspects:
+        field = fields[i]
         if field.startswith('"'):
             if len(field) < 2 or not field.endswith('"') or '"' in field[1:-1].replace('""', ''):
                 # A quoted field with a tab inside, or odd quoting: let csv decide.
