@@ -23,8 +23,10 @@ from .validate import result_json
 MIN_BATCH_SECONDS = 0.05        # a batch holds at least this much measured work ...
 REWRITE_SHARE = 0.1             # ... or enough that rewrites are <= 10 % of the time
 BATCH_GROWTH = 64
-MAX_BATCH_JOBS = 1_200          # bounds a worker's memory: ~2.5 KB a job claimed ...
-FILE_BYTES_PER_BATCH_JOB = 25_000   # ... in a big file, a job per 25 KB of it ...
+BATCH_OVERRUN = 2               # a batch running past twice its planned time gives back
+                                # the jobs it has not started: slower jobs than learned
+MAX_BATCH_JOBS = 1_200          # bounds a worker's memory: ~1.4 KB a job of a batch ...
+FILE_BYTES_PER_BATCH_JOB = 16_000   # ... in a big file, a job per 16 KB of it ...
 MAX_BIG_BATCH_JOBS = 10_000     # ... up to this: memory stays under a tenth of the file
 CLAIM_WAIT_SECONDS = 0.05       # a due job waits at most this long for a busy worker
 ARCHIVE_FLUSH_SECONDS = 0.05    # finished jobs reach the archive at least this often
@@ -36,7 +38,7 @@ class Plan:
     claim): replace them by a Job or a line of text, or drop them (None)."""
     changes: dict = field(default_factory=dict)
     archive: list = field(default_factory=list)       # Jobs to append to the archive first
-    claimed: list = field(default_factory=list)       # (id, line) this rewrite claims
+    claimed: dict = field(default_factory=dict)       # id -> line, this rewrite's claims
     gone_workers: list = field(default_factory=list)  # dead workers: journals to remove
 
 
@@ -70,7 +72,7 @@ class Batch:
     archive_buffer: list = field(default_factory=list)  # lines of finished jobs, unwritten
     archive_unsynced: bool = False
     archive_flushed_at: float = 0.0
-    rewrite_seconds: float = 0.0
+    planned_seconds: float = 0.0   # how long the batch claimed is meant to run
 
 
 class ClaimCycle:
@@ -83,17 +85,17 @@ class ClaimCycle:
     def work(self, run):
         """Run due jobs until none is due or a limit is reached (see Backend.work)."""
         types = frozenset(run.handlers)
-        learned = self.backend.batch_sizes.get(types, 1)
-        first_size = learned if run.jobs_left is None else min(learned, run.jobs_left)
-        if self._nothing_due(types, run, first_size):
+        if self._nothing_due(types, run, self._first_batch_size(types, run)):
             return   # the idle poll: no signal handlers to swap, no journal, no pause read
+        # Again: a fresh process's poll read the size the last worker left (summary file).
+        first_size = self._first_batch_size(types, run)
         run.handlers = rules.unpaused(run.handlers, self.backend.paused_types())
         if len(run.handlers) < len(types) and self._nothing_due(
                 frozenset(run.handlers), run, first_size):
             return   # only paused types are due
         with deferred_signals(run):
             batch = Batch(WorkerJournal(self.backend.path, run.worker, self.backend.file_mode),
-                          learned)
+                          first_size)
             try:
                 while not run.stop_requested and run.jobs_left != 0:
                     if run.jobs_left is not None:
@@ -101,8 +103,9 @@ class ClaimCycle:
                     if not self._claim_next(run, batch):
                         break
                     self._run_batch(run, batch)
-                    # A looping worker's next call starts at the size learned, not at 1.
-                    self.backend.batch_sizes[types] = batch.size
+                    # The next call, or the next process (it is saved in the summary file),
+                    # starts at the size learned, not at 1.
+                    self.index.batch_sizes[types] = batch.size
             finally:
                 if batch.outcomes or batch.unstarted or batch.archive_buffer:
                     self._write_back(run, batch)
@@ -110,6 +113,11 @@ class ClaimCycle:
             # Each rewrite left its index already; this one adds the lines a poll read
             # since (a no-op when there are none), for the next cron run.
             self.index.save_summary()
+
+    def _first_batch_size(self, types, run):
+        """The size learned for these job types (1 if none), within the bounds of now."""
+        size = min(self.index.batch_sizes.get(types, 1), self._max_batch_jobs())
+        return size if run.jobs_left is None else min(size, run.jobs_left)
 
     def _claim_next(self, run, batch):
         """Record the last batch and claim the next one; returns how many were claimed."""
@@ -136,9 +144,11 @@ class ClaimCycle:
             lambda view, now: self._plan(run, batch, view, now, claim),
             before_rename=lambda: self._flush_archive(batch, fsync=True))
         batch.outcomes.clear()
-        batch.claimed = dict(plan.claimed if plan else ())
+        batch.claimed = plan.claimed if plan else {}
         batch.unstarted = deque(batch.claimed)
-        batch.rewrite_seconds = time.perf_counter() - started
+        # Rewrites stay <= REWRITE_SHARE of the time: the batch is sized to run this long.
+        batch.planned_seconds = max(MIN_BATCH_SECONDS,
+                                    (time.perf_counter() - started) / REWRITE_SHARE)
         return len(batch.claimed)
 
     def _plan(self, run, batch, view, now, claim):
@@ -213,20 +223,29 @@ class ClaimCycle:
         if (joining and len(due) < batch.size and min(
                 (order(start)[1] for start in due), default=now) > now - CLAIM_WAIT_SECONDS):
             return
-        claimed_ids = set()
-        for start in heapq.nsmallest(batch.size, due, key=order):
-            text = None if start in changes else view.text(start)   # decoded once
-            job = changes.get(start) or view.job(start, text)
+        chosen = heapq.nsmallest(batch.size, due, key=order)
+        # Claimed lines are made a segment at a time (each read once), then taken in
+        # claim order, the order the batch runs them in.
+        made = {}   # start -> (job id, the claimed line)
+        for start, text in view.texts([start for start in chosen if start not in changes]):
+            job = view.job_of(text)
+            if job is not None:
+                # The line itself with three fields changed: nothing is reformatted.
+                made[start] = (job.id, claimed_line(text, run.worker, now)
+                               or self._claim_of(run, job, now))
+        for start in chosen:
+            job = changes.get(start)   # a retry or a recovered job, pending again
+            found = made.pop(start, None) if job is None else (
+                job.id, self._claim_of(run, job, now))
             # A line copied by a hand edit: one copy is claimed at a time.
-            if job is not None and job.id not in claimed_ids:
-                claimed_ids.add(job.id)
-                # The line itself with three fields changed: a batch holds lines, not Jobs.
-                line = None if text is None else claimed_line(text, run.worker, now)
-                if line is None:
-                    line = format_line(job.evolve(status=Status.PROCESSING, worker=run.worker,
-                                                  claimed_at=now))
-                changes[start] = line
-                plan.claimed.append((job.id, line))
+            if found is not None and found[0] not in plan.claimed:
+                changes[start] = plan.claimed[found[0]] = found[1]
+
+    @staticmethod
+    def _claim_of(run, job, now):
+        """The line of job as claimed by this run, formatted from the Job."""
+        return format_line(job.evolve(status=Status.PROCESSING, worker=run.worker,
+                                      claimed_at=now))
 
     @staticmethod
     def _read_due(handlers, size, view, now, order, due):
@@ -234,7 +253,8 @@ class ClaimCycle:
         best job each can hold, until none left can beat the size-th best found."""
         unread = []
         for segment in view.index.segments:
-            bound = segment.due_bound(handlers, now) if segment.start not in view.raw else None
+            bound = (segment.due_bound(handlers, now) if segment.start not in view.loaded
+                     else None)
             if bound is not None:
                 unread.append((bound, segment))
         unread.sort(key=operator.itemgetter(0))
@@ -250,7 +270,7 @@ class ClaimCycle:
 
     def _apply_outcomes(self, batch, mine, plan):
         """Write back this run's outcomes and unstarted claims; returns the indexes of
-        jobs pending again (a retry may be due at once)."""
+        jobs pending again (a retry may be due at once; a claim given back is due)."""
         pending = []
         for job_id, outcome in batch.outcomes.items():
             if job_id in mine:
@@ -264,6 +284,7 @@ class ClaimCycle:
             if job_id in mine:
                 plan.changes[mine[job_id]] = parse_line(batch.claimed[job_id]).evolve(
                     status=Status.PENDING, worker='', claimed_at=0.0)
+                pending.append(mine[job_id])
         return pending
 
     def _recover(self, run, worker, indexes, plan, view, now):
@@ -275,7 +296,7 @@ class ClaimCycle:
         lost with the worker: they return to pending as they were. A worker of an older
         version kept no journal: the first claim in run order is charged, as it then was.
         """
-        claims = [(i, job) for i, job in ((i, view.job(i)) for i in indexes) if job]
+        claims = [(i, job) for i, job in view.jobs(indexes) if job]
         archived = self.backend.archived_ids({job.id for _, job in claims})
         unfinished = []
         for i, job in sorted(claims, key=lambda c: (-c[1].priority, c[1].run_at, c[0])):
@@ -303,12 +324,15 @@ class ClaimCycle:
     def _run_batch(self, run, batch):
         started, ran = time.perf_counter(), 0
         batch.archive_flushed_at = started
+        overrun_at = started + BATCH_OVERRUN * batch.planned_seconds
         for line in batch.claimed.values():
-            job = parse_line(line)
             if run.deadline is not None and time.monotonic() >= run.deadline:
                 run.stop_requested = True
             if run.stop_requested:
                 break
+            if ran and time.perf_counter() > overrun_at:
+                break   # the next rewrite gives the rest back, for any worker to claim
+            job = parse_line(line)
             batch.unstarted.popleft()
             if job.error and rules.killed_a_worker(job) and batch.archive_buffer:
                 self._flush_archive(batch)
@@ -322,8 +346,7 @@ class ClaimCycle:
             batch.claimed = {}   # all ran: drop the lines before the next rewrite plans
         if ran:
             seconds_per_job = max((time.perf_counter() - started) / ran, 1e-6)
-            batch_seconds = max(MIN_BATCH_SECONDS, batch.rewrite_seconds / REWRITE_SHARE)
-            batch.size = max(1, min(int(batch_seconds / seconds_per_job),
+            batch.size = max(1, min(int(batch.planned_seconds / seconds_per_job),
                                     batch.size * BATCH_GROWTH, self._max_batch_jobs()))
 
     def _max_batch_jobs(self):

@@ -20,8 +20,8 @@ from .job import (ACTIVE_STATUSES, COLUMNS, FINAL_STATUSES, Job, Status, Unparsa
                   format_line, format_millis, format_new_line, format_time, job_or_none,
                   new_job_id, new_job_ids, parse_line, quote_field)
 from .scan import Index, SegmentView, full_view
-from .storage import (RETRY, Change, FileLock, SmallFile, TableFile, WordsFile, WorkerJournal,
-                      abandoned_temp_files, split_header)
+from .storage import (RETRY, Change, EditedInPlace, FileLock, SmallFile, TableFile, WordsFile,
+                      WorkerJournal, abandoned_temp_files, split_header)
 from .validate import JSON_ASCII, due_now_millis, payload_json
 
 log = logging.getLogger('dbbasic_queue')
@@ -57,7 +57,6 @@ class FileBackend(Backend):
         self._tally_lock = threading.Lock()
         self.state_lock = threading.RLock()   # one rewrite at a time in this process
         self._header_current = False
-        self.batch_sizes = {}                 # frozenset of job types -> jobs a claim takes
 
     # -- add, find, cancel --------------------------------------------------------------
     def add(self, job_type, payload, payload_text, now, run_at, options):
@@ -298,16 +297,20 @@ class FileBackend(Backend):
                 self.normalize()
                 index = self.index.current()
             view = SegmentView(index)
-            plan = edit(view, self.clock())
+            try:
+                plan = edit(view, self.clock())
+            except EditedInPlace:
+                index.forget()   # read it anew
+                return RETRY
             if plan is None:
                 return None
-            changes = view.changes(plan.changes)
-            del view   # its lines and bytes: the commit needs only the new segments
-            done = self.table.rewrite_ranges(index, changes, self._under_lock(plan, before_rename))
+            rebuild = index.rebuild(view.changes(plan.changes))
+            del view   # rebuild holds it, and lets its lines go before it writes
+            done = self.table.rewrite_ranges(index, rebuild, self._under_lock(plan, before_rename))
             if done is None:
                 index.forget()   # changed other than by appends: read it anew
                 return RETRY
-            index.after_rewrite(changes, *done)
+            index.after_rewrite(rebuild, *done)
             index.save_summary()   # the next worker reads it, not the file
             return plan
 
@@ -370,7 +373,7 @@ class FileBackend(Backend):
 
     def archive_finished(self, finished, plan, view):
         """Move finished rows (a cancel, a 1.0.0 file) to the archive, exactly once."""
-        rows = [(i, job) for i, job in ((i, view.job(i)) for i in finished) if job]
+        rows = [(i, job) for i, job in view.jobs(finished) if job]
         if not rows:
             return
         already = self.archived_ids({job.id for _, job in rows})

@@ -21,8 +21,9 @@ from typing import NamedTuple
 from . import liveness
 from .job import (COLUMNS, Status, UnparsableLine, check_header, format_line, parse_line,
                   split_line)
-from .storage import (DECODE_ERRORS, ENCODING, TAIL_BYTES, TableSummary, close_in_background,
-                      pread_all, split_header, storage_error, version_of, whole_line_blocks)
+from .storage import (DECODE_ERRORS, ENCODING, TAIL_BYTES, EditedInPlace, TableSummary,
+                      close_in_background, pread_all, split_header, storage_error, version_of,
+                      whole_line_blocks)
 
 log = logging.getLogger('dbbasic_queue')
 
@@ -73,7 +74,8 @@ def entry_of_line(line):
             claimed_at = float(every[10]) if len(every) > 10 and every[10] else 0.0
         except ValueError:
             return None
-        claim = Claim(fields[0], every[9] if len(every) > 9 else '', claimed_at)
+        # interned: the thousands of claims of one batch share one str
+        claim = Claim(fields[0], sys.intern(every[9]) if len(every) > 9 else '', claimed_at)
     return Entry(status, sys.intern(job_type), run_at, claim, priority)
 
 
@@ -247,6 +249,9 @@ class Index:
         self.bytes_read = 0
         self._saved_generation = None
         self._whole_next = False    # forget(): no summary file at the next read
+        # frozenset of job types -> jobs a claim takes, as learned by the workers (see
+        # claims.ClaimCycle): kept in the summary file for the next process
+        self.batch_sizes = {}
         self.fd = None
         self._reset(None)
 
@@ -361,13 +366,16 @@ class Index:
             return
         self._saved_generation = self.generation
         summary = {'header': self.header.hex(), 'normal': self.normal, 'seen': self.seen,
-                   'segments': [segment.as_json() for segment in self.segments]}
+                   'segments': [segment.as_json() for segment in self.segments],
+                   'batch_sizes': [[sorted(types), size]
+                                   for types, size in self.batch_sizes.items()]}
         self.summary_file.write(summary, os.fstat(self.fd).st_ino, self.offset, self.tail)
 
     def _load_summary(self):
         """Start from the summary file, if it is of the version open; then read what was
-        appended after it."""
-        found = self.summary_file.read()
+        appended after it. The batch sizes it names are learned whatever its version."""
+        saved, found = self.summary_file.read()
+        self._learn_batch_sizes(saved)
         if found is None:
             return False
         summary, appended, end, tail = found
@@ -393,6 +401,16 @@ class Index:
             self.offset, self.tail = end, tail
         self._saved_generation = self.generation = self.generation + 1
         return True
+
+    def _learn_batch_sizes(self, summary):
+        """The batch sizes summary (a dict, or None) names, for job types this process
+        has not learned a size of itself; a size of the wrong shape is ignored."""
+        try:
+            learned = {frozenset(types): size for types, size in summary['batch_sizes']
+                       if isinstance(types, list) and type(size) is int and size > 0}
+        except (KeyError, TypeError, ValueError):
+            return   # none, or not of this shape (an older version's summary)
+        self.batch_sizes = {**learned, **self.batch_sizes}
 
     # -- what the segments add up to ------------------------------------------------------
     def claims(self):
@@ -452,30 +470,23 @@ class Index:
         return bool(others) and due_count < enough and now - next_due < patience_seconds
 
     # -- a rewrite ---------------------------------------------------------------------------
-    def after_rewrite(self, changes, fd, carried, renamed, tail):
-        """Make this the Index of the version a rewrite just wrote: changes, sorted
-        (segment start, segment end, its new bytes), as SegmentView.changes gives them;
-        fd, the new version; carried, the lines appended meanwhile; renamed and tail, its
-        version_of() and last TAIL_BYTES. Segments not rewritten move by the bytes changed
-        before them; rewritten ones are counted again from their new bytes (two small
-        neighbours as one)."""
-        segments, delta, rewritten = [], 0, dict((start, new) for start, _, new in changes)
-        rebuilt = None   # the bytes of the last segment rebuilt, while it is the last
+    def rebuild(self, changes):
+        """A Rebuild of changes (see Rebuild) for after_rewrite."""
+        return Rebuild(changes, self.report_unparsable)
+
+    def after_rewrite(self, rebuild, fd, carried, renamed, tail):
+        """Make this the Index of the version a rewrite just wrote: rebuild, the Rebuild
+        it wrote; fd, the new version; carried, the lines appended meanwhile; renamed and
+        tail, its version_of() and last TAIL_BYTES. Segments not rewritten move by the
+        bytes changed before them; rewritten ones are replaced by what rebuild counted."""
+        segments, delta = [], 0
         for segment in self.segments:
-            new = rewritten.get(segment.start)
-            if new is None:
+            change = rebuild.changed.get(segment.start)
+            if change is None:
                 segments.append(segment.moved(delta) if delta else segment)
-                rebuilt = None
-                continue
-            start = segment.start + delta
-            delta += len(new) - (segment.end - segment.start)
-            if not new:
-                continue
-            if rebuilt is not None and len(rebuilt) + len(new) <= SEGMENT_BYTES:
-                start, new = segments.pop().start, rebuilt + new
-            made = summarize(new, start, self.report_unparsable)
-            segments.extend(made)
-            rebuilt = new if len(made) == 1 else None
+            else:
+                delta += change[0]
+                segments += change[1]
         close_in_background(self.fd)
         self.fd, self.segments = fd, segments
         self.offset += delta
@@ -560,54 +571,101 @@ def job_of_text(text, header, reporter):
         return None
 
 
+class Rebuild:
+    """The changed segments of a rewrite, (start, end, new bytes) in file order, passed on
+    to the writer one at a time and counted as they pass: a rewrite never holds the new
+    bytes of more than a segment or two, however many lines it changes. Rewritten
+    segments are counted again from their new bytes, two small neighbours as one."""
+
+    def __init__(self, changes, report):
+        self.changes, self.report = changes, report
+        self.changed = {}   # old segment start -> (bytes added, its new Segments)
+
+    def __iter__(self):
+        delta, last_end = 0, None
+        small = None   # (old start, new start, bytes) of the last rebuilt, one small segment
+        for start, end, new in self.changes:
+            yield start, end, new
+            new_start, delta = start + delta, delta + len(new) - (end - start)
+            if last_end != start:
+                small = None   # an unchanged segment lies between
+            last_end = end
+            self.changed[start] = (len(new) - (end - start), [])
+            if not new:
+                continue
+            if small is not None and len(small[2]) + len(new) <= SEGMENT_BYTES:
+                start, new_start, new = small[0], small[1], small[2] + new
+            made = summarize(new, new_start, self.report)
+            self.changed[start] = (self.changed[start][0], made)
+            small = (start, new_start, new) if len(made) == 1 else None
+
+
 class SegmentView:
-    """The segments of the hot file one rewrite read, and their lines by byte offset."""
+    """The segments of the hot file one rewrite read, and their lines by byte offset. It
+    keeps the Entries of their lines, not their bytes: the bytes of the few segments a
+    rewrite changes are read again, and checked to be those read first."""
 
     def __init__(self, index):
         self.index = index
         self.lines = {}    # start offset -> Line, in file order within each segment
-        self.raw = {}      # segment start -> its bytes as read
+        self.loaded = {}   # segment start -> the Segment read
 
     def load(self, segment):
         """Read segment's lines (once); returns those newly read."""
-        if segment.start in self.raw:
+        if segment.start in self.loaded:
             return []
-        data, lines = self.index.read_segment(segment)
-        self.raw[segment.start] = (segment, data)
+        _, lines = self.index.read_segment(segment)
+        self.loaded[segment.start] = segment
         self.lines.update((line.start, line) for line in lines)
         return lines
 
-    def text(self, start):
-        """The text of the line at start, without its newline."""
-        line = self.lines[start]
-        segment, data = self.raw[line.segment]
-        text = data[start - segment.start:line.end - segment.start - 1].decode(ENCODING,
-                                                                              DECODE_ERRORS)
-        return text[:-1] if text.endswith('\r') else text
+    def _read_again(self, segment_start):
+        """(the Segment loaded at segment_start, its bytes), or EditedInPlace when they
+        are not the bytes the Index counted."""
+        segment = self.loaded[segment_start]
+        data = pread_all(self.index.fd, segment.end - segment.start, segment.start)
+        if zlib.crc32(data) != segment.crc:
+            raise EditedInPlace(f'{self.index.table.path} changed in place')
+        return segment, data
 
-    def job(self, start, text=None):
-        """The whole Job on the line at start (text: that line, if already read), or None
-        (reported once as not a job)."""
-        return job_of_text(self.text(start) if text is None else text, COLUMNS, self.index)
+    def texts(self, starts):
+        """(start, the line's text without its newline) of the lines at starts, in file
+        order, each segment read once."""
+        by_segment = {}
+        for start in sorted(starts):
+            by_segment.setdefault(self.lines[start].segment, []).append(start)
+        for segment_start, in_segment in by_segment.items():
+            segment, data = self._read_again(segment_start)
+            for start in in_segment:
+                text = data[start - segment.start:self.lines[start].end - segment.start - 1
+                            ].decode(ENCODING, DECODE_ERRORS)
+                yield start, text[:-1] if text.endswith('\r') else text
+
+    def job_of(self, text):
+        """The whole Job on a line of text, or None (reported once as not a job)."""
+        return job_of_text(text, COLUMNS, self.index)
+
+    def jobs(self, starts):
+        """(start, the whole Job there or None) of the lines at starts, in file order."""
+        return [(start, self.job_of(text)) for start, text in self.texts(starts)]
 
     def changes(self, plan_changes):
         """(start, end, new bytes) of each segment with a changed line (to a Job, to a
-        line of text, or None: dropped), in file order: what storage.TableFile.
-        rewrite_ranges writes."""
+        line of text, or None: dropped), in file order, made one at a time: what storage.
+        TableFile.rewrite_ranges writes. The Lines are let go first: this view is spent."""
         by_segment = {}
         for start, job in sorted(plan_changes.items()):
             line = self.lines[start]
-            by_segment.setdefault(line.segment, []).append((line, job))
-        rewritten = []
+            by_segment.setdefault(line.segment, []).append((line.start, line.end, job))
+        self.lines.clear()
         for segment_start, lines in by_segment.items():
-            segment, data = self.raw[segment_start]
+            segment, data = self._read_again(segment_start)
             pieces, pos = [], segment.start
-            for line, job in lines:
-                pieces.append(data[pos - segment.start:line.start - segment.start])
+            for start, end, job in lines:
+                pieces.append(data[pos - segment.start:start - segment.start])
                 if job is not None:
                     text = job if isinstance(job, str) else format_line(job)
                     pieces.append((text + '\n').encode(ENCODING, DECODE_ERRORS))
-                pos = line.end
+                pos = end
             pieces.append(data[pos - segment.start:])
-            rewritten.append((segment.start, segment.end, b''.join(pieces)))
-        return rewritten
+            yield segment.start, segment.end, b''.join(pieces)

@@ -578,9 +578,9 @@ class TableFile:
 
         version is what scan.Index holds: the version open (fd), offset (the end of the
         whole lines it read), prove() and proven_unchanged(st), which check under the
-        lock that its bytes are still the ones it read. changes: sorted (start, end,
-        new bytes) within [0, offset). Atomic, and carrying lines appended meanwhile, as
-        commit. Returns (the new file's fd, the bytes carried after offset, the new
+        lock that its bytes are still the ones it read. changes: (start, end, new bytes)
+        within [0, offset), in order, iterated once as it is written. Atomic, and
+        carrying lines appended meanwhile, as commit. Returns (the new file's fd, the bytes carried after offset, the new
         file's version_of() as renamed, its last TAIL_BYTES), or None when the file is
         no longer that version.
         """
@@ -711,7 +711,7 @@ class TableFile:
             out = _Output(fd)
             try:
                 write_body(out)
-            except _Shrank:
+            except EditedInPlace:
                 return None   # truncated in place (an editor saving): read it anew
             os.fsync(fd)
             snap.prove()   # the costly check, before the lock: enqueues wait less
@@ -778,25 +778,30 @@ class TableSummary:
         self.path = table.path.with_name(f'.{table.path.name}.summary')
 
     def read(self):
-        """TableFile.bytes_after for the version it covers, with its data as the value;
-        None when it is missing or stale."""
+        """(the summary, or None when it is missing or too old to trust; TableFile.
+        bytes_after for the version it covers, with the summary as the value, or None
+        when that is stale or not worth it)."""
         try:
             fd = os.open(self.path, READ_FLAGS)
             try:
                 if time.time() - os.fstat(fd).st_mtime > SUMMARY_TRUST_SECONDS:
-                    return None
+                    return None, None
                 summary = json.loads(os.read(fd, SUMMARY_MAX_BYTES))
             finally:
                 os.close(fd)
-            # Only if it covers at least half the file: else one regex pass is as quick.
-            return self.table.bytes_after(summary['ino'], summary['offset'],
-                                          bytes.fromhex(summary['tail']), summary,
-                                          at_most=summary['offset'])
         except FileNotFoundError:
-            return None
+            return None, None
+        except (OSError, ValueError) as exc:
+            log.info('ignoring %s: %s', self.path, exc)
+            return None, None
+        try:
+            # Only if it covers at least half the file: else one regex pass is as quick.
+            return summary, self.table.bytes_after(summary['ino'], summary['offset'],
+                                                   bytes.fromhex(summary['tail']), summary,
+                                                   at_most=summary['offset'])
         except (OSError, ValueError, KeyError, TypeError) as exc:
             log.info('ignoring %s: %s', self.path, exc)
-            return None
+            return summary, None
 
     def write(self, summary, ino, offset, tail):
         """summary: a dict of JSON values; ino, offset, tail: the version it covers."""
@@ -851,7 +856,7 @@ class _Output:
             if not copied:
                 data = os.pread(fd, min(READ_CHUNK_BYTES, end - start), start)
                 if not data:
-                    raise _Shrank
+                    raise EditedInPlace
                 _write_all(self.fd, data)
                 copied = len(data)
             start += copied
@@ -866,8 +871,9 @@ class _Output:
             self.write(('\n'.join(chunk) + '\n').encode(ENCODING, DECODE_ERRORS))
 
 
-class _Shrank(Exception):
-    """The file being copied is shorter than the version read: edited in place."""
+class EditedInPlace(Exception):
+    """The version being copied is no longer the bytes read from it: shorter, or a
+    segment's bytes changed (an editor saving in place). The rewrite starts over."""
 
 
 _COPY_IN_KERNEL = [hasattr(os, 'copy_file_range')]

@@ -505,3 +505,90 @@ def test_stats_cut_short_while_reading_never_counts_a_line_twice(tmp_path, monke
         queue.stats()
     monkeypatch.setattr(tally_module.Tally, 'add', add)
     assert queue.stats()['total'] == 40
+
+
+def processing_lines(path):
+    return path.read_bytes().count(b'\tprocessing\t')
+
+
+def test_a_fresh_worker_starts_at_the_batch_size_the_last_one_learned(tmp_path):
+    # A cron run's worker is a new process each minute: it reads the batch size the last
+    # one learned from the summary file, instead of claiming one job, then 64, ...
+    path = tmp_path / 'queue.tsv'
+    queue = Queue(path)
+    queue.enqueue_many(('t', {'n': n}) for n in range(3000))
+    assert queue.process_jobs({'t': lambda p: None}, max_jobs=2000)['completed'] == 2000
+    claimed = []
+
+    def handler(payload):
+        claimed.append(processing_lines(path))
+    assert Queue(path).process_jobs({'t': handler})['completed'] == 1000
+    assert claimed[0] > 64
+    # Other job types learn their own size: a worker of another set starts at one.
+    queue.enqueue_many(('u', {'n': n}) for n in range(10))
+    claimed.clear()
+    assert Queue(path).process_jobs({'t': handler, 'u': handler})['completed'] == 10
+    assert claimed[0] == 1
+
+
+def test_a_learned_batch_size_is_bounded_however_the_summary_says_it(tmp_path):
+    import json
+    from dbbasic_queue.claims import MAX_BATCH_JOBS
+    path = tmp_path / 'queue.tsv'
+    queue = Queue(path)
+    queue.enqueue('t', {})
+    assert queue.process_jobs({'t': lambda p: None})['completed'] == 1   # leaves a summary
+    summary_path = path.with_name('.queue.tsv.summary')
+    for sizes, first_claim in (([[['t'], 10 ** 9]], MAX_BATCH_JOBS), ([[['t'], -5]], 1),
+                               ([[['t'], 'many']], 1)):
+        summary = json.loads(summary_path.read_text())
+        summary['batch_sizes'] = sizes
+        summary_path.write_text(json.dumps(summary))
+        queue.enqueue_many(('t', {'n': n}) for n in range(MAX_BATCH_JOBS + 100))
+        claimed = []
+
+        def handler(payload):
+            claimed.append(processing_lines(path))
+        assert Queue(path).process_jobs({'t': handler})['completed'] == MAX_BATCH_JOBS + 100
+        assert claimed[0] == first_claim
+
+
+def test_a_batch_that_runs_long_gives_back_the_jobs_it_has_not_started(tmp_path):
+    # A size learned on fast jobs must not keep slow ones from other workers: once a
+    # batch has run for twice its planned time, the rest go back to pending.
+    path = tmp_path / 'queue.tsv'
+    queue = Queue(path)
+    queue.enqueue_many(('t', {}) for _ in range(1000))
+    assert queue.process_jobs({'t': lambda p: None})['completed'] == 1000   # learns
+    queue.enqueue_many(('t', {'slow': True}) for _ in range(5))
+    claimed = []
+
+    def slow(payload):
+        claimed.append(processing_lines(path))
+        time.sleep(0.3)   # > BATCH_OVERRUN x MIN_BATCH_SECONDS: a batch planned small
+    assert Queue(path).process_jobs({'t': slow})['completed'] == 5
+    assert claimed == [5, 1, 1, 1, 1]
+
+
+def test_a_file_edited_in_place_while_a_claim_plans_is_read_anew(tmp_path, monkeypatch):
+    # A claim keeps no bytes of the segments it read: it reads those it changes again,
+    # checked against the index. An editor saving in place in between (same size) sends
+    # the rewrite back to the start: the edit is kept, and its job runs as edited.
+    path = tmp_path / 'queue.tsv'
+    queue = Queue(path)
+    job_id = queue.enqueue('t', {'to': 'alice'})
+    load = scan_module.SegmentView.load
+    loads = []
+
+    def load_then_edit(view, segment):
+        lines = load(view, segment)
+        loads.append(segment.start)
+        if len(loads) == 1:
+            path.write_bytes(path.read_bytes().replace(b'alice', b'carol'))   # in place
+        return lines
+    monkeypatch.setattr(scan_module.SegmentView, 'load', load_then_edit)
+    seen = []
+    assert queue.process_jobs({'t': seen.append})['completed'] == 1
+    assert seen == [{'to': 'carol'}]
+    assert len(loads) == 3   # the claim, the claim again, the rewrite recording the job
+    assert queue.get_job(job_id)['status'] == 'completed'
