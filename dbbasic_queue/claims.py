@@ -25,9 +25,10 @@ REWRITE_SHARE = 0.1             # ... or enough that rewrites are <= 10 % of the
 BATCH_GROWTH = 64
 BATCH_OVERRUN = 2               # a batch running past twice its planned time gives back
                                 # the jobs it has not started: slower jobs than learned
-MAX_BATCH_JOBS = 1_200          # bounds a worker's memory: ~1.4 KB a job of a batch ...
-FILE_BYTES_PER_BATCH_JOB = 16_000   # ... in a big file, a job per 16 KB of it ...
-MAX_BIG_BATCH_JOBS = 10_000     # ... up to this: memory stays under a tenth of the file
+MAX_BATCH_JOBS = 1_200          # bounds a worker's memory, ~0.8 KB a line a rewrite
+                                # changes (twice this: it records a batch, claims one) ...
+FILE_BYTES_PER_BATCH_JOB = 8_000    # ... in a big file, a job per 8 KB of it ...
+MAX_BIG_BATCH_JOBS = 20_000     # ... up to this, which is also the most lines it changes
 CLAIM_WAIT_SECONDS = 0.05       # a due job waits at most this long for a busy worker
 ARCHIVE_FLUSH_SECONDS = 0.05    # finished jobs reach the archive at least this often
 
@@ -73,6 +74,7 @@ class Batch:
     archive_unsynced: bool = False
     archive_flushed_at: float = 0.0
     planned_seconds: float = 0.0   # how long the batch claimed is meant to run
+    working: bool = False          # it has run jobs: its claims are not a joiner's
 
 
 class ClaimCycle:
@@ -120,17 +122,27 @@ class ClaimCycle:
         return size if run.jobs_left is None else min(size, run.jobs_left)
 
     def _claim_next(self, run, batch):
-        """Record the last batch and claim the next one; returns how many were claimed."""
-        if (not batch.outcomes and not batch.unstarted
-                and self._nothing_due(frozenset(run.handlers), run, batch.size)):
+        """Record the last batch and claim the next one; returns how many were claimed.
+        The lines a rewrite changes bound the memory it takes: a batch too big to be
+        recorded in the rewrite that claims the next (in a big file) is recorded by a
+        rewrite of its own. That costs what two batches half its size would, and a run
+        that ends after it saves a rewrite."""
+        recording = len(batch.outcomes) + len(batch.unstarted)
+        if recording and recording + batch.size > max(2 * MAX_BATCH_JOBS,
+                                                      self._max_batch_jobs()):
+            self._write_back(run, batch)
+            recording = 0
+        if not recording and self._nothing_due(frozenset(run.handlers), run,
+                                               1 if batch.working else batch.size):
             return 0
         return self._rewrite(run, batch, claim=True)
 
-    def _nothing_due(self, types, run, batch_size):
-        """Nothing to claim now by the rule of _claim_due for a worker joining others,
-        seen from the index of the file; called only when there is nothing to record."""
+    def _nothing_due(self, types, run, enough):
+        """Nothing to claim now, seen from the index of the file; called only when there
+        is nothing to record. enough: a joining worker's batch size, by the rule of
+        _claim_due; 1 for a worker that works (nothing due at all)."""
         return self.index.nothing_due(types, run.worker, self.backend.clock,
-                                      self.backend.lease_seconds, batch_size, CLAIM_WAIT_SECONDS)
+                                      self.backend.lease_seconds, enough, CLAIM_WAIT_SECONDS)
 
     def _write_back(self, run, batch):
         """Record the last batch and give back its claims not started, claiming nothing."""
@@ -193,10 +205,10 @@ class ClaimCycle:
             candidates.extend(self._recover(run, worker, starts, plan, view, now))
         plan.gone_workers = list(dead) + self.backend.idle_dead_journals(alive)
         if claim:
-            # A rewrite made only to claim (this worker has nothing to record) while
+            # A rewrite made only to claim (this worker has not worked yet) while
             # another worker works is one the other's next rewrite may make unneeded.
-            joining = not recording and any(alive[worker] for worker in alive
-                                            if worker != run.worker)
+            joining = not batch.working and any(alive[worker] for worker in alive
+                                                if worker != run.worker)
             self._claim_due(run, batch, view, candidates, plan, now, joining)
         return plan if plan.changes or plan.archive else None
 
@@ -345,6 +357,7 @@ class ClaimCycle:
         if not batch.unstarted:
             batch.claimed = {}   # all ran: drop the lines before the next rewrite plans
         if ran:
+            batch.working = True
             seconds_per_job = max((time.perf_counter() - started) / ran, 1e-6)
             batch.size = max(1, min(int(batch.planned_seconds / seconds_per_job),
                                     batch.size * BATCH_GROWTH, self._max_batch_jobs()))

@@ -592,3 +592,33 @@ def test_a_file_edited_in_place_while_a_claim_plans_is_read_anew(tmp_path, monke
     assert seen == [{'to': 'carol'}]
     assert len(loads) == 3   # the claim, the claim again, the rewrite recording the job
     assert queue.get_job(job_id)['status'] == 'completed'
+
+
+def test_a_rewrite_changes_at_most_a_batch_of_lines(tmp_path, monkeypatch):
+    # A worker's memory grows with the lines one rewrite changes: in a big file, a batch
+    # as big as the cap is recorded by a rewrite of its own, then the next is claimed.
+    from dbbasic_queue import claims as claims_module
+    monkeypatch.setattr(claims_module, 'MAX_BATCH_JOBS', 5)
+    monkeypatch.setattr(claims_module, 'MAX_BIG_BATCH_JOBS', 10)
+    monkeypatch.setattr(claims_module, 'FILE_BYTES_PER_BATCH_JOB', 1)   # a "big" file
+    changes = scan_module.SegmentView.changes
+    changed = []
+
+    def counted(view, plan_changes):
+        changed.append(len(plan_changes))
+        return changes(view, plan_changes)
+    monkeypatch.setattr(scan_module.SegmentView, 'changes', counted)
+    path = tmp_path / 'queue.tsv'
+    queue = Queue(path)
+    queue.enqueue_many(('t', {'n': n}) for n in range(200))
+    # Another live worker holds a claim: once this one works, a rewrite of its own to
+    # claim is not a joiner's, which would leave the last few jobs to the other.
+    from dbbasic_queue import liveness
+    from dbbasic_queue.job import claimed_line
+    busy = queue.enqueue('busy', {})
+    other = f'{liveness.HOST}:{os.getppid()}:{liveness.start_marker(os.getppid())}'
+    line = next(line for line in path.read_text().splitlines() if line.startswith(busy))
+    path.write_text(path.read_text().replace(line, claimed_line(line, other, time.time())))
+    now = time.time()
+    assert Queue(path, clock=lambda: now).process_jobs({'t': lambda p: None})['completed'] == 200
+    assert max(changed) == 10 and sum(changed) == 400   # each job claimed, then recorded
