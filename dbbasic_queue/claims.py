@@ -26,9 +26,10 @@ BATCH_GROWTH = 64
 BATCH_OVERRUN = 2               # a batch running past twice its planned time gives back
                                 # the jobs it has not started: slower jobs than learned
 MAX_BATCH_JOBS = 1_200          # bounds a worker's memory, ~0.8 KB a line a rewrite
-                                # changes (twice this: it records a batch, claims one) ...
+                                # changes (two batches: it records one, claims one) ...
 FILE_BYTES_PER_BATCH_JOB = 8_000    # ... in a big file, a job per 8 KB of it ...
-MAX_BIG_BATCH_JOBS = 20_000     # ... up to this, which is also the most lines it changes
+MAX_BIG_BATCH_JOBS = 20_000     # ... up to this, which is also the most lines a rewrite
+                                # changes: a batch this big is recorded on its own
 CLAIM_WAIT_SECONDS = 0.05       # a due job waits at most this long for a busy worker
 ARCHIVE_FLUSH_SECONDS = 0.05    # finished jobs reach the archive at least this often
 
@@ -126,10 +127,9 @@ class ClaimCycle:
         The lines a rewrite changes bound the memory it takes: a batch too big to be
         recorded in the rewrite that claims the next (in a big file) is recorded by a
         rewrite of its own. That costs what two batches half its size would, and a run
-        that ends after it saves a rewrite."""
+        that ends after it saves a rewrite (see _max_lines_changed)."""
         recording = len(batch.outcomes) + len(batch.unstarted)
-        if recording and recording + batch.size > max(2 * MAX_BATCH_JOBS,
-                                                      self._max_batch_jobs()):
+        if recording and recording + batch.size > self._max_lines_changed():
             self._write_back(run, batch)
             recording = 0
         if not recording and self._nothing_due(frozenset(run.handlers), run,
@@ -365,8 +365,15 @@ class ClaimCycle:
     def _max_batch_jobs(self):
         """The most jobs a batch may hold: more in a big file, whose every rewrite copies
         all of it, so that a bigger batch shares that cost out."""
-        return min(MAX_BIG_BATCH_JOBS,
-                   max(MAX_BATCH_JOBS, self.index.offset // FILE_BYTES_PER_BATCH_JOB))
+        return min(MAX_BIG_BATCH_JOBS, self._file_batch_jobs())
+
+    def _max_lines_changed(self):
+        """The most lines a rewrite may change: two batches (it records one and claims
+        the next), but no more than MAX_BIG_BATCH_JOBS, for memory."""
+        return min(MAX_BIG_BATCH_JOBS, 2 * self._file_batch_jobs())
+
+    def _file_batch_jobs(self):
+        return max(MAX_BATCH_JOBS, self.index.offset // FILE_BYTES_PER_BATCH_JOB)
 
     def _execute(self, run, batch, job):
         """Run one claimed job and record its outcome (finished jobs go to the archive)."""
