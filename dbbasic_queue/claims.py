@@ -14,7 +14,8 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 
 from . import liveness, rules
-from .job import FINAL_STATUSES, Status, claimed_line, format_line, parse_line
+from .job import (FINAL_STATUSES, Status, claimed_line, completed_line, format_line,
+                  parse_line)
 from .scan import PENDING, PROCESSING
 from .signals import deferred_signals
 from .storage import WorkerJournal
@@ -348,7 +349,7 @@ class ClaimCycle:
             batch.unstarted.popleft()
             if job.error and rules.killed_a_worker(job) and batch.archive_buffer:
                 self._flush_archive(batch)
-            self._execute(run, batch, job)
+            self._execute(run, batch, job, line)
             ran += 1
             if run.jobs_left is not None:
                 run.jobs_left -= 1
@@ -375,8 +376,9 @@ class ClaimCycle:
     def _file_batch_jobs(self):
         return max(MAX_BATCH_JOBS, self.index.offset // FILE_BYTES_PER_BATCH_JOB)
 
-    def _execute(self, run, batch, job):
-        """Run one claimed job and record its outcome (finished jobs go to the archive)."""
+    def _execute(self, run, batch, job, line):
+        """Run one claimed job (line: as claimed) and record its outcome (finished jobs
+        go to the archive)."""
         attempts = job.attempts + 1
         max_attempts = job.max_attempts or run.max_attempts
         started = time.perf_counter()
@@ -392,22 +394,32 @@ class ClaimCycle:
         finally:
             batch.journal.finished()
         now = self.backend.clock()
-        if error:
+        if not error:
+            word = Status.COMPLETED.value
+            batch.archive_buffer.append(
+                self._completed_line(job, line, attempts, result_json(result, job), now))
+            batch.outcomes[job.id] = None
+        else:
             outcome = rules.after_failure(job, attempts, error, max_attempts, now,
                                           self.backend.backoff_base_seconds)
             rules.report_failure(run.on_failure, outcome, exc)
-        else:
-            outcome = job.evolve(status=Status.COMPLETED, attempts=attempts, error='',
-                                 result_json=result_json(result, job), finished_at=now)
-        if outcome.status in FINAL_STATUSES:
-            batch.archive_buffer.append(format_line(outcome))
-            batch.outcomes[job.id] = None
-        else:
-            batch.outcomes[job.id] = outcome
-        word = rules.outcome_word(outcome)
+            word = rules.outcome_word(outcome)
+            if outcome.status in FINAL_STATUSES:
+                batch.archive_buffer.append(format_line(outcome))
+                batch.outcomes[job.id] = None
+            else:
+                batch.outcomes[job.id] = outcome
         run.summary[word] += 1
         rules.log_outcome(job.id, job.type, word, time.perf_counter() - started, attempts,
                           max_attempts)
+
+    @staticmethod
+    def _completed_line(job, line, attempts, result_text, now):
+        """The archive line of job (claimed as line) completed: the line with the
+        outcome's fields changed (job.completed_line), else formatted from the Job."""
+        return completed_line(line, attempts, result_text, now) or format_line(job.evolve(
+            status=Status.COMPLETED, attempts=attempts, error='', result_json=result_text,
+            finished_at=now))
 
     def _flush_archive(self, batch, fsync=False):
         """Append the finished jobs of this run to the archive (fsync before a rewrite)."""

@@ -194,16 +194,17 @@ def quote_field(field):
 
 
 def format_line(job):
-    """The TSV line (without newline) that stores job, in COLUMNS order."""
-    fields = (job.id, job.type, job.payload_json, job.status.value, str(job.created_at),
-              format_time(job.run_at), str(job.attempts), one_line(job.error),
-              job.result_json, job.worker,
-              format_time(job.claimed_at) if job.claimed_at else '',
-              format_time(job.finished_at) if job.finished_at else '',
-              job.unique_key, format_time(job.timeout) if job.timeout else '',
-              str(job.max_attempts) if job.max_attempts else '',
-              str(job.priority) if job.priority else '')
-    return '\t'.join(map(quote_field, fields))
+    """The TSV line (without newline) that stores job, in COLUMNS order. Only the text
+    fields can need quoting: numbers and the status word never do."""
+    return '\t'.join((
+        quote_field(job.id), quote_field(job.type), quote_field(job.payload_json),
+        job.status.value, str(job.created_at), format_time(job.run_at), str(job.attempts),
+        quote_field(one_line(job.error)), quote_field(job.result_json), quote_field(job.worker),
+        format_time(job.claimed_at) if job.claimed_at else '',
+        format_time(job.finished_at) if job.finished_at else '',
+        quote_field(job.unique_key), format_time(job.timeout) if job.timeout else '',
+        str(job.max_attempts) if job.max_attempts else '',
+        str(job.priority) if job.priority else ''))
 
 
 def claimed_line(line, worker, claimed_at):
@@ -215,6 +216,18 @@ def claimed_line(line, worker, claimed_at):
     if len(fields) != len(COLUMNS) or fields[3] != 'pending' or fields[9] or fields[10]:
         return None
     fields[3], fields[9], fields[10] = 'processing', quote_field(worker), format_time(claimed_at)
+    return '\t'.join(fields)
+
+
+def completed_line(line, attempts, result_json, finished_at):
+    """The line of the claimed job on line (as claimed_line made it) once completed:
+    the same text with status, attempts, error, result and finished_at changed, so
+    nothing else is reformatted. None when line is not simply that."""
+    fields = line.split('\t')
+    if len(fields) != len(COLUMNS) or fields[3] != 'processing':
+        return None
+    fields[3], fields[6], fields[7] = 'completed', str(attempts), ''
+    fields[8], fields[11] = quote_field(result_json), format_time(finished_at)
     return '\t'.join(fields)
 
 
