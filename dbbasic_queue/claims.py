@@ -3,8 +3,11 @@ outcomes back, and how it recovers the jobs of workers that died.
 
 One rewrite of the hot file does all the bookkeeping at once: it writes back the last
 batch's outcomes, gives back claims not started, recovers dead workers' jobs, archives
-finished rows, and claims the next batch. Between rewrites, finished jobs are appended to
-the archive; the worker's journal names the job whose handler is running.
+finished rows, and claims the next batch (a batch too big to share a rewrite's memory
+with the next is recorded by a rewrite of its own first). Between rewrites, finished
+jobs are appended to the archive; the worker's journal names the job whose handler is
+running. Batches are sized by the time measured per job; a batch that runs past twice
+its planned time gives back what it has not started.
 """
 
 import heapq
