@@ -729,17 +729,11 @@ class _Holding:
             self.found = self._hits(data)   # (start, status) in file order
 
     def _hits(self, data):
-        found, lowered, needle = [], self.lowered, self.needle
-        pos = lowered.find(needle)
-        while pos >= 0:
-            line_start = lowered.rfind(b'\n', 0, pos) + 1
-            line_end = lowered.find(b'\n', pos)
+        found, needle = [], self.needle
+        for line_start in _line_starts(self.lowered, needle):
             match = self.pattern.match(data, self.header_end + line_start)
             if match and (needle in match[1].lower() or needle in match[3].lower()):
                 found.append((self.header_end + line_start, match[2]))
-            if line_end < 0:
-                break
-            pos = lowered.find(needle, line_end + 1)
         return found
 
     def count(self, words):

@@ -580,9 +580,9 @@ class TableFile:
         whole lines it read), prove() and proven_unchanged(st), which check under the
         lock that its bytes are still the ones it read. changes: (start, end, new bytes)
         within [0, offset), in order, iterated once as it is written. Atomic, and
-        carrying lines appended meanwhile, as commit. Returns (the new file's fd, the bytes carried after offset, the new
-        file's version_of() as renamed, its last TAIL_BYTES), or None when the file is
-        no longer that version.
+        carrying lines appended meanwhile, as commit. Returns (the new file's fd, the
+        bytes carried after offset, the new file's version_of() as renamed, its last
+        TAIL_BYTES), or None when the file is no longer that version.
         """
         carried = []
 
@@ -712,7 +712,7 @@ class TableFile:
             try:
                 write_body(out)
             except EditedInPlace:
-                return None   # truncated in place (an editor saving): read it anew
+                return None   # edited in place (an editor saving): read it anew
             os.fsync(fd)
             snap.prove()   # the costly check, before the lock: enqueues wait less
             with self.lock:
