@@ -419,8 +419,8 @@ class FileBackend(Backend):
         return list(found.values())
 
     def job_totals(self):
-        """From the Tallies (tally.py), in C; a line they could not read, or a job found
-        in both files, sends it to the exact way: every line split."""
+        """From the Tallies (tally.py), in C; a line they could not read sends it to the
+        exact way: every line split."""
         hot, archive = self._tallies()
         if hot is None:
             return totals_of(self._job_fields())
@@ -448,7 +448,7 @@ class FileBackend(Backend):
         and processing jobs, last enqueued first; then finished jobs, last finished first:
         those still in the hot file (cancelled since the last run), then the archive's."""
         hot, archive = self._tallies()
-        if hot is None:
+        if hot is None or hot.skipped:   # a job in both files: the lines would list it twice
             return super().page_jobs(status, job_type, text, offset, limit)
         statuses = tuple(w.value for w in Status) if status is None else (status,)
         active = tuple(w for w in statuses if Status(w) in ACTIVE_STATUSES)
@@ -492,20 +492,22 @@ class FileBackend(Backend):
 
     def _tallies(self):
         """(the hot file's Tally, the archive's), both kept and brought up to date, or
-        (None, None) when they are not exact or share a job (a crash's copy)."""
+        (None, None) when they are not exact."""
         with self._tally_lock:
-            # The archive first: the hot file's ids (a million of them, for the check
-            # below) are kept only when the archive has a row.
-            archived = tally.brought_up_to_date(self.archive, self._kept[1])
-            queued = tally.brought_up_to_date(self.table, self._kept[0], finished_rare=True,
-                                              with_ids=archived.tally.rows > 0)
+            kept_queued, kept_archived = self._kept
+            archived = tally.brought_up_to_date(self.archive, kept_archived,
+                                                lambda: tally.Tally(keep_ids=True))
+            # The hot file's lines were checked against the archive's ids as they were:
+            # when the archive changed, they are checked again.
+            if kept_archived is None or archived[:2] != kept_archived[:2]:
+                kept_queued = None
+            queued = tally.brought_up_to_date(
+                self.table, kept_queued,
+                lambda: tally.Tally(counted_elsewhere=archived.tally.ids), finished_rare=True)
             self._kept = [queued, archived]
-            hot, archive = queued.tally, archived.tally
-        if not (hot.exact and archive.exact):
+        if not (queued.tally.exact and archived.tally.exact):
             return None, None
-        if archive.rows and not hot.ids.isdisjoint(archive.ids):
-            return None, None
-        return hot, archive
+        return queued.tally, archived.tally
 
     def _job_fields(self):
         """(status, type, created_at, run_at) of each job, each once, the archive's copy

@@ -35,17 +35,23 @@ _LINE = re.compile(_HEAD.pattern + rb'(?:[^\t]*\t){5}(\d*)[\d.]*\t')   # + finis
 # The same, when the ids are not kept: an empty group (b'', one shared object) for the id.
 _HEAD_NO_ID = re.compile(_HEAD.pattern.replace(rb'^([^\t\n]+)', rb'^()[^\t\n]+', 1))
 _ID, _TYPE, _STATUS, _CREATED, _RUN_AT, _FINISHED = range(6)   # groups
+_ID_OF = operator.itemgetter(_ID)
 _STATUS_TYPE_CREATED = operator.itemgetter(_STATUS, _TYPE, _CREATED)
 _PENDING = Status.PENDING.value.encode()
 _FINAL_WORDS = {status.value.encode() for status in FINAL_STATUSES}
 
 
 class Tally:
-    """What the lines of one file add up to; exact is False once a line was not read."""
+    """What the lines of one file add up to; exact is False once a line was not read.
 
-    def __init__(self, with_ids=True):
+    A job found in both files is counted as the archive has it: the hot file's Tally
+    skips the lines whose id is in counted_elsewhere (the archive's ids)."""
+
+    def __init__(self, keep_ids=False, counted_elsewhere=frozenset()):
         self.counts = Counter()     # (status, type), as bytes -> jobs
-        self.ids = set() if with_ids else None   # None: not kept (see FileBackend._tallies)
+        self.ids = set() if keep_ids else None   # the archive's: see counted_elsewhere
+        self.counted_elsewhere = counted_elsewhere
+        self.skipped = 0            # lines of jobs counted_elsewhere
         self.rows = 0
         self.oldest = None          # the earliest created_at of a pending job
         self.earliest = None        # the earliest run_at of a pending job
@@ -67,24 +73,33 @@ class Tally:
                     self.exact = False
         if not self.exact or start >= len(data):
             return
-        pattern = _LINE if not finished_rare else _HEAD if self.ids is not None else _HEAD_NO_ID
+        ids_wanted = self.ids is not None or self.counted_elsewhere
+        pattern = _LINE if not finished_rare else _HEAD if ids_wanted else _HEAD_NO_ID
         matches = pattern.findall(data, start)
         lines = data.count(b'\n', start)
         if len(matches) != lines and len(matches) != lines - _blank_lines(data, start):
             self.exact = False
             return
-        self._count(matches)
+        counted = self._not_elsewhere(matches)
+        self.skipped += len(matches) - len(counted)
+        self._count(counted)
         if not finished_rare:
-            self._count_finished(matches)
+            self._count_finished(counted)
             return
         words = {status for status, _ in self.counts} & _FINAL_WORDS
         if words:
-            self._count_finished(_finished_lines(data, start, words))
+            self._count_finished(self._not_elsewhere(_finished_lines(data, start, words)))
+
+    def _not_elsewhere(self, matches):
+        """matches but those of jobs counted_elsewhere (checked in C: usually none is)."""
+        if not self.counted_elsewhere or self.counted_elsewhere.isdisjoint(map(_ID_OF, matches)):
+            return matches
+        return [m for m in matches if m[_ID] not in self.counted_elsewhere]
 
     def _count(self, matches):
         self.rows += len(matches)
         if self.ids is not None:
-            self.ids.update(map(operator.itemgetter(_ID), matches))
+            self.ids.update(map(_ID_OF, matches))
         # Counted by (status, type, second) in C, then per distinct key.
         for (status, job_type, created), jobs in Counter(
                 map(_STATUS_TYPE_CREATED, matches)).items():
@@ -134,13 +149,11 @@ class Kept(NamedTuple):
     tally: Tally
 
 
-def brought_up_to_date(table, kept, finished_rare=False, with_ids=True):
+def brought_up_to_date(table, kept, fresh, finished_rare=False):
     """kept (or None) brought up to date: only the bytes appended since are read, unless
-    the table was replaced or changed before kept.offset, or its ids are wanted and were
-    not kept, when it is read whole. finished_rare: see Tally.add. The bytes are read
-    READ_BYTES at a time."""
-    if kept is not None and with_ids and kept.tally.ids is None:
-        kept = None
+    the table was replaced or changed before kept.offset, when it is read whole into
+    fresh(), a new Tally. finished_rare: see Tally.add. The bytes are read READ_BYTES at
+    a time."""
     if kept is not None and kept.ino is not None:
         blocks = table.blocks_after(kept.ino, kept.offset, kept.tail, READ_BYTES)
         if blocks is not None:
@@ -148,10 +161,10 @@ def brought_up_to_date(table, kept, finished_rare=False, with_ids=True):
     while True:
         st = table.stat()
         if st is None:
-            return Kept(None, 0, b'', Tally(with_ids))
+            return Kept(None, 0, b'', fresh())
         blocks = table.blocks_after(st.st_ino, 0, b'', READ_BYTES)
         if blocks is not None:     # else it was replaced between the two: again
-            return _added(Kept(st.st_ino, 0, b'', Tally(with_ids)), blocks, table.path,
+            return _added(Kept(st.st_ino, 0, b'', fresh()), blocks, table.path,
                           finished_rare)
 
 
