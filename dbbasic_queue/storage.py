@@ -453,9 +453,10 @@ class TableFile:
         return value, data, offset + whole, tail
 
     def blocks_after(self, ino, offset, tail, block_bytes):
-        """bytes_after's bytes as an iterator of blocks of whole lines, each about
-        block_bytes (a longer line whole), so that memory stays near block_bytes
-        whatever the file's size; None when bytes_after would be."""
+        """bytes_after's bytes as an iterator of line_blocks (data, start, end), each
+        about block_bytes (a longer line whole), data[start - 1] the newline before its
+        lines but at the file's start: memory stays near block_bytes whatever the file's
+        size. None when bytes_after would be."""
         opened = self._opened_after(ino, offset, tail)
         if opened is None:
             return None
@@ -464,7 +465,7 @@ class TableFile:
     def _blocks(self, fd, size, offset, block_bytes):
         try:
             with storage_errors(self.path, 'read'):
-                yield from whole_line_blocks(fd, offset, size, block_bytes)
+                yield from line_blocks(fd, offset, size, block_bytes, before=1)
         finally:
             os.close(fd)
 
@@ -1038,16 +1039,25 @@ def whole_line_blocks(fd, offset, size, block_bytes):
     """The bytes of fd's whole lines from offset to size, in blocks of about block_bytes
     (a longer line whole): memory stays near block_bytes whatever the file's size. A last
     line without its newline (still being written) is left for the next read."""
+    for data, _, end in line_blocks(fd, offset, size, block_bytes):
+        yield data if end == len(data) else data[:end]
+
+
+def line_blocks(fd, offset, size, block_bytes, before=0):
+    """whole_line_blocks' blocks as (data, start, end), not copied: the lines are
+    data[start:end], and data[:start] the `before` bytes ahead of them (fewer at the
+    file's start)."""
     while offset < size:
-        data = os.pread(fd, min(block_bytes, size - offset), offset)
-        whole = data.rfind(b'\n') + 1
-        if not whole and data and len(data) < size - offset:   # a line > a block
-            data = pread_all(fd, size - offset, offset)
-            whole = data.rfind(b'\n') + 1
-        if not whole:
+        ahead = min(before, offset)
+        data = os.pread(fd, ahead + min(block_bytes, size - offset), offset - ahead)
+        end = data.rfind(b'\n', ahead) + 1
+        if not end and ahead < len(data) < ahead + size - offset:   # a line > a block
+            data = pread_all(fd, ahead + size - offset, offset - ahead)
+            end = data.rfind(b'\n', ahead) + 1
+        if not end:
             return   # a line still being written, or it shrank since
-        yield data if whole == len(data) else data[:whole]
-        offset += whole   # the next read starts at the line this one cut
+        yield data, ahead, end
+        offset += end - ahead   # the next read starts at the line this one cut
 
 
 def pread_all(fd, size, offset):
