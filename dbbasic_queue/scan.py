@@ -15,6 +15,7 @@ import operator
 import os
 import re
 import sys
+import weakref
 import zlib
 from typing import NamedTuple
 
@@ -252,14 +253,24 @@ class Index:
         # frozenset of job types -> jobs a claim takes, as learned by the workers (see
         # claims.ClaimCycle): kept in the summary file for the next process
         self.batch_sizes = {}
-        self.fd = None
+        self.fd, self._closer = None, None
         self._reset(None)
+
+    def _hold(self, fd, close=os.close):
+        """Read the version open as fd (None: no file) from now on; the one read before
+        is closed with close. An Index let go closes its own: an app that makes a Queue
+        per request leaks no descriptor."""
+        if fd == self.fd:
+            return
+        if self.fd is not None:
+            self._closer.detach()
+            close(self.fd)
+        self.fd = fd
+        self._closer = None if fd is None else weakref.finalize(self, os.close, fd)
 
     def _reset(self, fd):
         """Start over on the version open as fd (None: no file)."""
-        if self.fd is not None and self.fd != fd:
-            os.close(self.fd)
-        self.fd = fd
+        self._hold(fd)
         self.header = None          # the header line's bytes, newline included
         self.normal = True          # header COLUMNS, no CRLF: what a range rewrite keeps
         self.older = None           # the header of a file with older columns
@@ -487,8 +498,8 @@ class Index:
             else:
                 delta += change[0]
                 segments += change[1]
-        close_in_background(self.fd)
-        self.fd, self.segments = fd, segments
+        self._hold(fd, close_in_background)
+        self.segments = segments
         self.offset += delta
         if carried:
             self.normal = self.normal and b'\r\n' not in carried

@@ -672,3 +672,20 @@ def test_a_completed_line_is_its_claimed_line_with_the_outcome_fields_changed(tm
     fields[11] = archived[11]
     assert archived == fields and float(archived[11]) >= float(fields[10])
     assert queue.get_job(job_id)['result'] == {'sent': True}
+
+
+def test_a_queue_let_go_leaves_no_descriptor_open(tmp_path):
+    # An app may make a Queue per request: the index each one keeps of the hot file
+    # (a worker's, a stats call's) holds a descriptor, closed when the Queue is let go.
+    import gc
+    path = tmp_path / 'queue.tsv'
+    Queue(path).enqueue('t', {})
+    Queue(path).stats()   # the first of each makes the files
+    Queue(path).process_jobs({'t': lambda p: None})
+    before = len(os.listdir('/proc/self/fd'))
+    for n in range(50):
+        Queue(path).enqueue('t', {'n': n})
+        Queue(path).stats()
+        Queue(path).process_jobs({'t': lambda p: None})
+    gc.collect()
+    assert len(os.listdir('/proc/self/fd')) <= before
