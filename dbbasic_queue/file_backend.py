@@ -53,7 +53,10 @@ class FileBackend(Backend):
         self.schedule_state = SmallFile(self.path.with_name(self.path.stem + '.schedule.tsv'),
                                         lock)
         self._reported_state_lines = set()
-        self._kept = [None, None]             # tally.Kept of both files: stats() reads bytes once
+        # What stats and the dashboard count, kept: each file's bytes are read once.
+        self._kept_archive = None             # tally.Kept of the archive
+        self._kept_hot = (None, None)         # (the archive's version it was checked against, Kept)
+        self._inspection = None               # an Index of the hot file, apart from the worker's
         self._tally_lock = threading.Lock()
         self.state_lock = threading.RLock()   # one rewrite at a time in this process
         self._header_current = False
@@ -419,10 +422,15 @@ class FileBackend(Backend):
         return list(found.values())
 
     def job_totals(self):
-        """From the Tallies (tally.py), in C; a line they could not read sends it to the
-        exact way: every line split."""
-        hot, archive = self._tallies()
-        if hot is None:
+        """The hot file as its Index has it (tally.of_index: only segments holding claims
+        or finished lines are read), the archive from its kept Tally; a line they could
+        not read sends it to the exact way: every line split."""
+        with self._tally_lock:
+            archive = self._archive_tally()
+            if self._inspection is None:
+                self._inspection = Index(self.table)
+            hot = tally.of_index(self._inspection.current_and_saved(), archive.ids)
+        if hot is None or not (hot.exact and archive.exact):
             return totals_of(self._job_fields())
         counts = hot.counts + archive.counts
         pending = [t for t in (hot, archive) if t.oldest is not None]
@@ -494,20 +502,24 @@ class FileBackend(Backend):
         """(the hot file's Tally, the archive's), both kept and brought up to date, or
         (None, None) when they are not exact."""
         with self._tally_lock:
-            kept_queued, kept_archived = self._kept
-            archived = tally.brought_up_to_date(self.archive, kept_archived,
-                                                lambda: tally.Tally(keep_ids=True))
+            archive = self._archive_tally()
+            checked_against, kept = self._kept_hot
             # The hot file's lines were checked against the archive's ids as they were:
             # when the archive changed, they are checked again.
-            if kept_archived is None or archived[:2] != kept_archived[:2]:
-                kept_queued = None
-            queued = tally.brought_up_to_date(
-                self.table, kept_queued,
-                lambda: tally.Tally(counted_elsewhere=archived.tally.ids), finished_rare=True)
-            self._kept = [queued, archived]
-        if not (queued.tally.exact and archived.tally.exact):
+            version = self._kept_archive[:2]
+            kept = tally.brought_up_to_date(
+                self.table, kept if checked_against == version else None,
+                lambda: tally.Tally(counted_elsewhere=archive.ids), finished_rare=True)
+            self._kept_hot = (version, kept)
+        if not (kept.tally.exact and archive.exact):
             return None, None
-        return queued.tally, archived.tally
+        return kept.tally, archive
+
+    def _archive_tally(self):
+        """The archive's Tally, its ids kept, brought up to date (under _tally_lock)."""
+        self._kept_archive = tally.brought_up_to_date(self.archive, self._kept_archive,
+                                                      lambda: tally.Tally(keep_ids=True))
+        return self._kept_archive.tally
 
     def _job_fields(self):
         """(status, type, created_at, run_at) of each job, each once, the archive's copy

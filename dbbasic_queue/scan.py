@@ -23,8 +23,8 @@ from . import liveness
 from .job import (COLUMNS, Status, UnparsableLine, check_header, format_line, parse_line,
                   split_line)
 from .storage import (DECODE_ERRORS, ENCODING, TAIL_BYTES, EditedInPlace, TableSummary,
-                      close_in_background, pread_all, split_header, storage_error, version_of,
-                      whole_line_blocks)
+                      close_in_background, pread_all, split_header, storage_error, storage_errors,
+                      version_of, whole_line_blocks)
 
 log = logging.getLogger('dbbasic_queue')
 
@@ -49,6 +49,7 @@ class Entry(NamedTuple):
     run_at: float
     claim: object        # a Claim for processing rows, else None
     priority: int
+    created_at: float
 
 
 def entry_of_line(line):
@@ -59,7 +60,7 @@ def entry_of_line(line):
         return None
     status = _STATUS_WORDS.get(fields[3])
     try:
-        run_at = float(fields[5] or 0)
+        created_at, run_at = float(fields[4] or 0), float(fields[5] or 0)
         priority = int(line[line.rfind('\t') + 1:] or 0)
     except ValueError:
         return None
@@ -77,7 +78,7 @@ def entry_of_line(line):
             return None
         # interned: the thousands of claims of one batch share one str
         claim = Claim(fields[0], sys.intern(every[9]) if len(every) > 9 else '', claimed_at)
-    return Entry(status, sys.intern(job_type), run_at, claim, priority)
+    return Entry(status, sys.intern(job_type), run_at, claim, priority, created_at)
 
 
 class Line(NamedTuple):
@@ -90,22 +91,24 @@ class Line(NamedTuple):
 
 class Segment:
     """What the whole lines in bytes [start, end) of one version add up to."""
-    __slots__ = ('start', 'end', 'crc', 'pending', 'claims', 'finished', 'top_priority')
+    __slots__ = ('start', 'end', 'crc', 'pending', 'claims', 'finished', 'top_priority',
+                 'oldest')
 
-    def __init__(self, start, end, crc, pending, claims, finished, top_priority):
+    def __init__(self, start, end, crc, pending, claims, finished, top_priority, oldest):
         self.start, self.end, self.crc = start, end, crc   # crc: zlib.crc32 of the bytes
         self.pending = pending            # type -> [earliest run_at, count, latest run_at]
         self.claims = claims              # worker -> its latest claimed_at here
         self.finished = finished          # lines with a final status (a cancel, 1.0.0)
         self.top_priority = top_priority  # no line here has a higher priority
+        self.oldest = oldest              # the earliest created_at of a pending line, or None
 
     def moved(self, delta):
         return Segment(self.start + delta, self.end + delta, self.crc, self.pending,
-                       self.claims, self.finished, self.top_priority)
+                       self.claims, self.finished, self.top_priority, self.oldest)
 
     def as_json(self):
         return [self.start, self.end, self.crc, self.pending, self.claims, self.finished,
-                self.top_priority]
+                self.top_priority, self.oldest]
 
     def due_bound(self, types, now):
         """The smallest claim order key (-priority, run_at, offset) a due job of these
@@ -128,18 +131,18 @@ def summarize(data, start, report, older=None):
     return segments
 
 
-# A pending line, read as far as run_at: tab-free first columns, status pending, and a
-# run_at of 10 integer digits (2001-2286), so that the smallest run_at as bytes is the
-# earliest. As many matches as lines means every line matched (a match running into the
-# next line would leave that line without one).
-_PENDING_LINE = re.compile(rb'(?m)^[^\t\n]+\t([^\t"\n]+)\t[^\t]*\tpending\t\d*\t'
+# A pending line, read as far as run_at: tab-free first columns, status pending, and
+# created_at and run_at of 10 integer digits (2001-2286), so that the smallest as bytes
+# is the earliest. As many matches as lines means every line matched (a match running
+# into the next line would leave that line without one).
+_PENDING_LINE = re.compile(rb'(?m)^[^\t\n]+\t([^\t"\n]+)\t[^\t]*\tpending\t(\d{10})\t'
                            rb'(\d{10}(?:\.\d{1,3})?)\t')
-# Any line of COLUMNS: type, status, run_at, worker, claimed_at, priority.
+# Any line of COLUMNS: type, status, created_at, run_at, worker, claimed_at, priority.
 _ANY_LINE = re.compile(rb'(?m)^[^\t\n]+\t([^\t"\n]+)\t[^\t]*\t(' +
                        b'|'.join(s.value.encode() for s in Status) +
-                       rb')\t[^\t]*\t(\d{10}(?:\.\d{1,3})?)\t[^\t]*\t[^\t]*\t[^\t]*\t'
+                       rb')\t(\d*(?:\.\d+)?)\t(\d{10}(?:\.\d{1,3})?)\t[^\t]*\t[^\t]*\t[^\t]*\t'
                        rb'([^\t"\n]*)\t([\d.]*)\t[^\t]*\t[^\t]*\t[^\t]*\t[^\t]*\t(-?\d*)$')
-_TYPE, _RUN_AT = operator.itemgetter(0), operator.itemgetter(1)
+_TYPE, _CREATED, _RUN_AT = (operator.itemgetter(n) for n in range(3))
 _PENDING_BYTES, _PROCESSING_BYTES = PENDING.encode(), PROCESSING.encode()
 
 
@@ -153,29 +156,32 @@ def _segment(data, start, report, older=None):
     if data.count(b'\t\n') == lines:   # every priority empty: 0
         matches = _PENDING_LINE.findall(data)
         if len(matches) == lines:
-            return Segment(start, start + len(data), crc, _pending_by_type(matches), {}, 0, 0)
+            return Segment(start, start + len(data), crc, _pending_by_type(matches), {}, 0, 0,
+                           float(min(map(_CREATED, matches))))
     matches = _ANY_LINE.findall(data)
     if len(matches) == lines:
-        pending = [(m[0], m[2]) for m in matches if m[1] == _PENDING_BYTES]
+        pending = [(m[0], float(m[2] or 0), m[3]) for m in matches if m[1] == _PENDING_BYTES]
         claims, processing = {}, 0
         for m in matches:
             if m[1] == _PROCESSING_BYTES:
-                worker = m[3].decode(ENCODING, DECODE_ERRORS)
-                claims[worker] = max(claims.get(worker, 0.0), float(m[4] or 0))
+                worker = m[4].decode(ENCODING, DECODE_ERRORS)
+                claims[worker] = max(claims.get(worker, 0.0), float(m[5] or 0))
                 processing += 1
         return Segment(start, start + len(data), crc, _pending_by_type(pending), claims,
-                       lines - len(pending) - processing, max(int(m[5] or 0) for m in matches))
+                       lines - len(pending) - processing, max(int(m[6] or 0) for m in matches),
+                       min(map(_CREATED, pending), default=None))
     return _segment_of_lines(read_lines(data, start, report), start, start + len(data), crc)
 
 
 def _segment_of_lines(lines, start, end, crc):
-    pending, claims, finished, top = {}, {}, 0, 0
+    pending, claims, finished, top, oldest = {}, {}, 0, 0, None
     for line in lines:
         entry = line.entry
         if entry is None:
             continue
         top = max(top, entry.priority)
         if entry.status == PENDING:
+            oldest = entry.created_at if oldest is None else min(oldest, entry.created_at)
             found = pending.get(entry.type)
             if found is None:
                 pending[entry.type] = [entry.run_at, 1, entry.run_at]
@@ -187,11 +193,12 @@ def _segment_of_lines(lines, start, end, crc):
             claims[worker] = max(claims.get(worker, 0.0), entry.claim.claimed_at)
         else:
             finished += 1
-    return Segment(start, end, crc, pending, claims, finished, top)
+    return Segment(start, end, crc, pending, claims, finished, top, oldest)
 
 
 def _pending_by_type(matches):
-    """{type: [earliest, count, latest]} of (type, run_at) matches, in C per type."""
+    """{type: [earliest, count, latest]} of (type, created_at, run_at) matches, in C per
+    type."""
     by_type = {}
     types = set(map(_TYPE, matches))
     for job_type in types:
@@ -228,8 +235,10 @@ def _merged(first, second, data):
     claims = dict(first.claims)
     for worker, claimed_at in second.claims.items():
         claims[worker] = max(claims.get(worker, 0.0), claimed_at)
+    oldest = min((s.oldest for s in (first, second) if s.oldest is not None), default=None)
     return Segment(first.start, second.end, zlib.crc32(data, first.crc), pending, claims,
-                   first.finished + second.finished, max(first.top_priority, second.top_priority))
+                   first.finished + second.finished, max(first.top_priority, second.top_priority),
+                   oldest)
 
 
 class Index:
@@ -299,6 +308,15 @@ class Index:
                 self._open(use_summary_file=False)
         return self
 
+    def current_and_saved(self):
+        """current(), leaving a summary file when that read much: the next process (a
+        cron run's worker, a stats call) reads it instead of the file."""
+        read_before = self.bytes_read
+        self.current()
+        if self.bytes_read - read_before >= SUMMARY_MIN_BYTES:
+            self.save_summary()
+        return self
+
     def forget(self):
         """Read the file whole (not from a summary) at the next current(): a rewrite
         found it other than this Index says."""
@@ -328,9 +346,10 @@ class Index:
         """Read the whole lines after offset (the header first, in a new file), a chunk at
         a time: memory stays near SCAN_CHUNK_BYTES whatever the file's size."""
         size = st.st_size
-        for data in whole_line_blocks(self.fd, self.offset, size, SCAN_CHUNK_BYTES):
-            self.bytes_read += len(data)
-            self._take(data)   # moves self.offset past data
+        with storage_errors(self.table.path, 'read'):
+            for data in whole_line_blocks(self.fd, self.offset, size, SCAN_CHUNK_BYTES):
+                self.bytes_read += len(data)
+                self._take(data)   # moves self.offset past data
         after = os.fstat(self.fd)
         self.seen = (version_of(after) if version_of(after) == version_of(st)
                      and size == self.offset else None)
@@ -464,10 +483,7 @@ class Index:
         claims.ClaimCycle._claim_due). Costs one stat() when the file did not change, else
         a read of the lines appended since (or of the summary file a fresh process finds).
         """
-        read_before = self.bytes_read
-        self.current()
-        if self.bytes_read - read_before >= SUMMARY_MIN_BYTES:
-            self.save_summary()   # read whole: the next process need not
+        self.current_and_saved()
         now = now_of()
         next_due, due_count, claims, finished = self.due_summary(types, now)
         if finished:
@@ -571,7 +587,7 @@ def _entry_of_older(line, header):
     except UnparsableLine:
         return None
     claim = Claim(job.id, job.worker, job.claimed_at) if job.status is Status.PROCESSING else None
-    return Entry(job.status.value, job.type, job.run_at, claim, job.priority)
+    return Entry(job.status.value, job.type, job.run_at, claim, job.priority, job.created_at)
 
 
 def job_of_text(text, header, reporter):

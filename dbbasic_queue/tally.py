@@ -1,12 +1,12 @@
-"""The file backend's inspection figures, at C speed: what stats() and the dashboard's
-history charts count, read with one regex pass over each file.
+"""The file backend's inspection figures, at C speed: what stats(), the dashboard's
+counts and its history charts add up, read with one regex pass over each file, or (for
+stats of the hot file) from the Index the workers keep of it (of_index).
 
 A file only grows between rewrites (and a rewrite is a new inode), so a Tally is kept and
 brought up to date from the bytes appended since: a dashboard that redraws every few
 seconds reads a 100,000-job archive once, and the hot file again only when a worker
-rewrote it. A line the regex does not read (a
-quoted tab, older columns, a hand edit) makes the Tally inexact, and the caller counts
-the exact way instead.
+rewrote it. A line the regex does not read (a quoted tab, older columns, a hand edit)
+makes the Tally inexact, and the caller counts the exact way instead.
 """
 
 import operator
@@ -15,7 +15,7 @@ from collections import Counter
 from typing import NamedTuple
 
 from .job import COLUMNS, FINAL_STATUSES, Status, check_header
-from .storage import TAIL_BYTES, split_header
+from .storage import DECODE_ERRORS, ENCODING, TAIL_BYTES, pread_all, split_header
 
 SECONDS_PER_MINUTE = 60
 # Lines are read and matched this much at a time: a million matches kept at once would
@@ -111,12 +111,12 @@ class Tally:
             created = int(created)
             self.created[created // SECONDS_PER_MINUTE] += jobs
             if status == _PENDING:
-                self.oldest = created if self.oldest is None else min(self.oldest, created)
+                self.oldest = _earliest(self.oldest, created)
         pending = (matches if all(status == _PENDING for status, _ in self.counts)
                    else [m for m in matches if m[_STATUS_CREATED].startswith(_PENDING_CREATED)])
         if pending:
-            earliest = float(min(map(operator.itemgetter(_RUN_AT), pending)))
-            self.earliest = earliest if self.earliest is None else min(self.earliest, earliest)
+            self.earliest = _earliest(self.earliest,
+                                      float(min(map(operator.itemgetter(_RUN_AT), pending))))
 
     def _count_finished(self, matches):
         """Count matches of _LINE (finished_at read) by status and minute finished."""
@@ -144,6 +144,34 @@ def _finished_lines(data, start, end, words):
     found = (_LINE.match(data, newline, end) for newline in sorted(newlines_before))
     matches = [m.groups() for m in found if m]
     return [m for m in matches if m[_STATUS_CREATED].partition(b'\t')[0] in _FINAL_WORDS]
+
+
+def of_index(index, counted_elsewhere):
+    """The Tally of the hot file (its counts, oldest and earliest) from its scan.Index,
+    brought up to date: a segment of pending lines only is added up as the workers
+    counted it; the others (holding claims or finished lines) are read and counted line
+    by line, a job found in the archive (counted_elsewhere) skipped. None when the file
+    has older columns. A pending line whose job is also in the archive (a retry cut short
+    by a crash, a hand edit, which check reports) is counted in both: finding it would
+    take every id of the file."""
+    if index.older is not None:
+        return None
+    counted = Tally(counted_elsewhere=counted_elsewhere)
+    for segment in index.segments:
+        if segment.claims or segment.finished:
+            data = pread_all(index.fd, segment.end - segment.start + 1, segment.start - 1)
+            counted.add(data, 1, len(data), finished_rare=True)
+            continue
+        for job_type, (earliest, jobs, _) in segment.pending.items():
+            counted.counts[_PENDING, job_type.encode(ENCODING, DECODE_ERRORS)] += jobs
+            counted.rows += jobs
+            counted.earliest = _earliest(counted.earliest, earliest)
+        counted.oldest = _earliest(counted.oldest, segment.oldest)
+    return counted
+
+
+def _earliest(time, other):
+    return other if time is None else time if other is None else min(time, other)
 
 
 class Kept(NamedTuple):

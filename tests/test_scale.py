@@ -6,6 +6,7 @@ mechanisms the speed comes from, so that losing one fails a test.
 
 import fcntl
 import os
+import threading
 import time
 
 import pytest
@@ -390,6 +391,54 @@ def test_a_summary_of_the_wrong_shape_is_ignored(tmp_path, caplog):
     assert queue.get_job(due)['status'] == 'completed' and 'ignoring' in caplog.text
 
 
+def test_stats_reads_the_workers_summary_and_only_the_segments_not_all_pending(
+        tmp_path, monkeypatch):
+    # stats of a big backlog adds up the segments the workers' summary counts: only a
+    # segment holding claims or finished lines is read. With no summary it reads the file
+    # and leaves one, as a worker's poll does.
+    from dbbasic_queue.backend import Backend
+    path = tmp_path / 'queue.tsv'
+    queue = Queue(path)
+    cancelled = queue.enqueue('u', {'n': 'cancelled'})   # in the first segment
+    queue.enqueue_many({'type': 't', 'payload': {'n': n, 'to': 'x' * 100},
+                        'run_at': 2_000_000_000 + n}
+                       for n in range(8000))
+    assert path.stat().st_size > scan_module.SUMMARY_MIN_BYTES
+    summary = path.with_name('.queue.tsv.summary')
+    assert not summary.exists()
+    first = Queue(path).stats()
+    assert summary.exists()
+    waiting = queue.enqueue('t', {'n': 'due'})
+    queue.enqueue('c', {'n': 'claimed'})   # in the last
+    read, started, release = [], threading.Event(), threading.Event()
+
+    def counted_pread(fd, size, offset):
+        read.append(size)
+        return storage_module.pread_all(fd, size, offset)
+
+    def held(payload):
+        started.set()
+        release.wait(SUBPROCESS_TIMEOUT_SECONDS)
+    worker = threading.Thread(target=Queue(path).process_jobs, args=({'c': held},))
+    worker.start()
+    try:
+        assert started.wait(SUBPROCESS_TIMEOUT_SECONDS)
+        queue.cancel_job(cancelled)   # while the worker holds a claim: not archived yet
+        monkeypatch.setattr(tally_module, 'pread_all', counted_pread)
+        fresh = Queue(path)
+        stats, read_bytes = fresh.stats(), sum(read)
+        assert fresh.backend.job_totals() == Backend.job_totals(fresh.backend)
+    finally:
+        release.set()
+        worker.join(SUBPROCESS_TIMEOUT_SECONDS)
+    assert read_bytes < scan_module.SEGMENT_BYTES * 2 < path.stat().st_size / 4
+    assert first['by_type']['t'] == {**stats['by_type']['t'], 'pending': 8000}
+    assert first['by_type']['u']['pending'] == 1
+    assert stats['by_type']['t']['pending'] == 8001 and stats['by_status']['cancelled'] == 1
+    assert stats['by_type']['c']['processing'] == 1
+    assert stats['next_due_at'] == fresh.get_job(waiting)['run_at']
+
+
 def test_stats_counts_a_job_found_in_both_files_once_as_the_archive_has_it(tmp_path):
     # A crash between the archive's append and the hot file's rename leaves a finished
     # job in both files; stats reads lines, not Jobs, and must still count it once.
@@ -435,21 +484,21 @@ def test_stats_counts_a_job_in_both_files_once_on_the_fast_way_without_the_hot_i
     assert fast[0] == exact[0] == 2 and [j.id for j in fast[1]] == [j.id for j in exact[1]]
 
 
-def test_stats_checks_the_hot_file_again_when_the_archive_grew(tmp_path):
+def test_counts_check_the_hot_file_again_when_the_archive_grew(tmp_path):
     # The hot file's lines were checked against the archive's ids as they were then: a
     # job archived since, whose line is still in the unchanged hot file, counts once.
+    from dbbasic_queue.backend import Backend
     path = tmp_path / 'queue.tsv'
     queue = Queue(path)
     queue.enqueue('t', {'n': 1})
     queue.process_jobs({'t': lambda p: None})
     job_id = queue.enqueue('t', {'n': 2})
-    assert queue.stats()['by_status'] == {**queue.stats()['by_status'], 'pending': 1}
+    assert queue.backend.minute_counts() == Backend.minute_counts(queue.backend)
     line = next(l for l in path.read_text().splitlines() if l.startswith(job_id))
     with open(queue.archive_path, 'a') as f:
         f.write(line.replace('\tpending\t', '\tcompleted\t') + '\n')
-    stats = queue.stats()
-    assert stats['total'] == 2 == len(queue.jobs())
-    assert (stats['by_status']['completed'], stats['by_status']['pending']) == (2, 0)
+    assert queue.backend.minute_counts() == Backend.minute_counts(queue.backend)
+    assert queue.find_jobs(limit=0)[0] == 2 == len(queue.jobs())
 
 
 def test_stats_reads_lines_a_regex_cannot_and_agrees_with_the_jobs(tmp_path):
@@ -483,8 +532,10 @@ def test_stats_finds_the_earliest_times_by_value_not_by_text(tmp_path):
     assert stats['oldest_pending_seconds'] == 9001
 
 
-def test_stats_read_a_block_at_a_time_counts_every_line_once(tmp_path, monkeypatch):
-    # Blocks of 300 bytes: lines cross every block boundary, and one is longer than a block.
+def test_counts_read_a_block_at_a_time_count_every_line_once(tmp_path, monkeypatch):
+    # The dashboard's counts (tally.py), and stats: blocks of 300 bytes, so lines cross
+    # every block boundary, and one is longer than a block.
+    from dbbasic_queue.backend import Backend
     monkeypatch.setattr(tally_module, 'READ_BYTES', 300)
     queue = Queue(tmp_path / 'queue.tsv')
     ids = [queue.enqueue('t' if n % 3 else 'u', {'n': n}, run_at=2_000_000_000 - n)
@@ -507,16 +558,18 @@ def test_stats_read_a_block_at_a_time_counts_every_line_once(tmp_path, monkeypat
         assert stats['total'] == total and stats['next_due_at'] == due
         assert {t: {s: n for s, n in counts.items() if n}
                 for t, counts in stats['by_type'].items()} == by_type
+        assert queue.find_jobs(limit=0)[0] == total
+        assert queue.backend.minute_counts() == Backend.minute_counts(queue.backend)
         queue.enqueue('u', {'later': 1}, run_at=1_900_000_000)
-    assert queue.backend._kept[0].tally.exact
+    assert queue.backend._tallies()[0].exact
 
 
-def test_stats_cut_short_while_reading_never_counts_a_line_twice(tmp_path, monkeypatch):
+def test_counts_cut_short_while_reading_never_count_a_line_twice(tmp_path, monkeypatch):
     monkeypatch.setattr(tally_module, 'READ_BYTES', 300)
     queue = Queue(tmp_path / 'queue.tsv')
     for n in range(20):
         queue.enqueue('t', {'n': n})
-    assert queue.stats()['total'] == 20
+    assert queue.find_jobs(limit=0)[0] == 20
     for n in range(20):
         queue.enqueue('t', {'n': n})
     add, calls = tally_module.Tally.add, []
@@ -528,9 +581,9 @@ def test_stats_cut_short_while_reading_never_counts_a_line_twice(tmp_path, monke
         return add(self, *args, **kwargs)
     monkeypatch.setattr(tally_module.Tally, 'add', fails_on_the_second_block)
     with pytest.raises(KeyboardInterrupt):
-        queue.stats()
+        queue.find_jobs(limit=0)
     monkeypatch.setattr(tally_module.Tally, 'add', add)
-    assert queue.stats()['total'] == 40
+    assert queue.find_jobs(limit=0)[0] == 40
 
 
 def processing_lines(path):
