@@ -49,7 +49,7 @@ class Entry(NamedTuple):
     run_at: float
     claim: object        # a Claim for processing rows, else None
     priority: int
-    created_at: float
+    created_at: str      # as written: parsed only when a segment is counted line by line
 
 
 def entry_of_line(line):
@@ -60,7 +60,7 @@ def entry_of_line(line):
         return None
     status = _STATUS_WORDS.get(fields[3])
     try:
-        created_at, run_at = float(fields[4] or 0), float(fields[5] or 0)
+        run_at = float(fields[5] or 0)
         priority = int(line[line.rfind('\t') + 1:] or 0)
     except ValueError:
         return None
@@ -78,7 +78,7 @@ def entry_of_line(line):
             return None
         # interned: the thousands of claims of one batch share one str
         claim = Claim(fields[0], sys.intern(every[9]) if len(every) > 9 else '', claimed_at)
-    return Entry(status, sys.intern(job_type), run_at, claim, priority, created_at)
+    return Entry(status, sys.intern(job_type), run_at, claim, priority, fields[4])
 
 
 class Line(NamedTuple):
@@ -181,7 +181,7 @@ def _segment_of_lines(lines, start, end, crc):
             continue
         top = max(top, entry.priority)
         if entry.status == PENDING:
-            oldest = entry.created_at if oldest is None else min(oldest, entry.created_at)
+            oldest = _earlier(oldest, entry.created_at)
             found = pending.get(entry.type)
             if found is None:
                 pending[entry.type] = [entry.run_at, 1, entry.run_at]
@@ -194,6 +194,15 @@ def _segment_of_lines(lines, start, end, crc):
         else:
             finished += 1
     return Segment(start, end, crc, pending, claims, finished, top, oldest)
+
+
+def _earlier(oldest, created_at):
+    """oldest (a number or None), or created_at (a line's text) if it is a time before."""
+    try:
+        created = float(created_at or 0)
+    except ValueError:
+        return oldest   # not a time: the line is not a job to the exact way either
+    return created if oldest is None else min(oldest, created)
 
 
 def _pending_by_type(matches):
@@ -587,7 +596,8 @@ def _entry_of_older(line, header):
     except UnparsableLine:
         return None
     claim = Claim(job.id, job.worker, job.claimed_at) if job.status is Status.PROCESSING else None
-    return Entry(job.status.value, job.type, job.run_at, claim, job.priority, job.created_at)
+    return Entry(job.status.value, job.type, job.run_at, claim, job.priority,
+                 repr(job.created_at))
 
 
 def job_of_text(text, header, reporter):
