@@ -571,7 +571,7 @@ def main(argv=None):
 
     def row(figure, value, unit, target, ok, note=''):
         met = '-' if ok is None else 'yes' if ok else 'NO'
-        digits = 2 if unit == 'x' else 1   # a ratio of 1.79 must not print as 1.8
+        digits = 2 if unit == 'x' or value < 1 else 1   # a ratio of 1.79 must not print as 1.8
         rows.append((figure, f'{value:,.{digits}f} {unit}', target, met, note))
 
     with tempfile.TemporaryDirectory(prefix='dbbasic-queue-bench-') as workdir:
