@@ -423,13 +423,17 @@ class FileBackend(Backend):
 
     def job_totals(self):
         """The hot file as its Index has it (tally.of_index: only segments holding claims
-        or finished lines are read), the archive from its kept Tally; a line they could
-        not read sends it to the exact way: every line split."""
-        with self._tally_lock:
-            archive = self._archive_tally()
-            if self._inspection is None:
-                self._inspection = Index(self.table)
-            hot = tally.of_index(self._inspection.current_and_saved(), archive.ids)
+        or finished lines are read), or, in a process that keeps its Tally for the charts
+        (the dashboard), from that; the archive from its kept Tally. A line they could not
+        read sends it to the exact way: every line split."""
+        if self._kept_hot[1] is not None:
+            hot, archive = self._tallies()
+        else:
+            with self._tally_lock:
+                archive = self._archive_tally()
+                if self._inspection is None:
+                    self._inspection = Index(self.table)
+                hot = tally.of_index(self._inspection.current_and_saved(), archive.ids)
         if hot is None or not (hot.exact and archive.exact):
             return totals_of(self._job_fields())
         counts = hot.counts + archive.counts

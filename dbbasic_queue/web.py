@@ -258,7 +258,9 @@ class Dashboard:
     # -- pages ----------------------------------------------------------------------------
     def _overview(self, request):
         queue = self.queue
-        stats, claims, history = queue.stats(), queue.claims(), queue.history()
+        # The charts first: they keep the Tallies that stats then counts from.
+        history = queue.history()
+        stats, claims = queue.stats(), queue.claims()
         now = time.time()
         cards = ''.join(
             f'<a class="card" href="{e(request.url("/jobs", status=status))}">'

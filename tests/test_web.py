@@ -300,6 +300,29 @@ def test_web_serves_until_sigterm(tmp_path):
     assert f'on http://127.0.0.1:{port}/ (read-only)' in err and 'Traceback' not in err
 
 
+def test_the_overview_counts_each_file_once(tmp_path, monkeypatch):
+    # Its counts and its charts come from the same Tallies: a first render reads the hot
+    # file once, not once for stats and once for the charts (bytes read by the process;
+    # the searches for claims map the file, and are not counted).
+    from dbbasic_queue import storage
+    monkeypatch.setattr(storage, 'MAP_MIN_BYTES', 0)
+    queue = Queue(tmp_path / 'queue.tsv')
+    queue.enqueue_many({'type': 't', 'payload': {'n': n, 'to': 'x' * 100},
+                        'run_at': 2_000_000_000} for n in range(8000))
+    environ = {'PATH_INFO': '/'}
+    setup_testing_defaults(environ)
+    before = bytes_read_by_this_process()
+    body = b''.join(application(queue)(environ, lambda status, headers: None))
+    read = bytes_read_by_this_process() - before
+    assert b'8,000' in body
+    assert read < 1.5 * queue.path.stat().st_size
+
+
+def bytes_read_by_this_process():
+    with open('/proc/self/io') as io:
+        return int(next(line for line in io if line.startswith('rchar:')).split()[1])
+
+
 def test_the_files_fast_lists_and_counts_agree_with_the_exact_way(queue_path, clock):
     """find_jobs and history on the file read lines by pattern (and stats by tally); the
     generic Backend code reads every Job. Both must give the same pages and counts."""
