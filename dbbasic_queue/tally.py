@@ -29,12 +29,12 @@ _STATUSES = b'|'.join(status.value.encode() for status in Status)
 # runs into the next one leaves fewer matches than lines, which makes the Tally inexact.
 # created_at and run_at: ten whole digits (2001 to 2286), so that their text orders as
 # their number; a line with another time is not matched, and is counted the exact way.
-# A match starts at the newline before its line: a literal the search skips to in C (a
-# quarter quicker than ^). Status and created_at are one group: one object less a line.
+# A match starts at the newline before its line: a literal the search skips to in C (~8 %
+# quicker than ^). Status and created_at are one group: one object less a line.
 _HEAD = re.compile(rb'\n([^\t\n]+)\t([^\t"\n]+)\t[^\t]*\t((?:' + _STATUSES +
                    rb')\t\d{10})\t(\d{10}(?:\.\d+)?)\t')
 _LINE = re.compile(_HEAD.pattern + rb'(?:[^\t]*\t){5}(\d*)[\d.]*\t')   # + finished_at
-# The same, when the ids are not kept: an empty group (b'', one shared object) for the id.
+# The same, when no id is wanted: an empty group (b'', one shared object) for the id.
 _HEAD_NO_ID = re.compile(_HEAD.pattern.replace(rb'\n([^\t\n]+)', rb'\n()[^\t\n]+', 1))
 _ID, _TYPE, _STATUS_CREATED, _RUN_AT, _FINISHED = range(5)   # groups
 _ID_OF = operator.itemgetter(_ID)
