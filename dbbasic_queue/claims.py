@@ -187,7 +187,7 @@ class ClaimCycle:
         for start, line in view.lines.items():
             if line.entry is None:
                 continue
-            status, job_type, run_at, claim_of, _, _ = line.entry   # unpacked: the fastest read
+            status, job_type, run_at, claim_of, _ = line.entry   # unpacked: the fastest read
             if status == PENDING:
                 if claim and run_at <= now and job_type in handlers:
                     candidates.append(start)

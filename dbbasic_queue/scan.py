@@ -49,7 +49,6 @@ class Entry(NamedTuple):
     run_at: float
     claim: object        # a Claim for processing rows, else None
     priority: int
-    created_at: str      # as written: parsed only when a segment is counted line by line
 
 
 def entry_of_line(line):
@@ -78,7 +77,7 @@ def entry_of_line(line):
             return None
         # interned: the thousands of claims of one batch share one str
         claim = Claim(fields[0], sys.intern(every[9]) if len(every) > 9 else '', claimed_at)
-    return Entry(status, sys.intern(job_type), run_at, claim, priority, fields[4])
+    return Entry(status, sys.intern(job_type), run_at, claim, priority)
 
 
 class Line(NamedTuple):
@@ -151,8 +150,7 @@ def _segment(data, start, report, older=None):
     every line is a plain job, else line by line."""
     crc, lines = zlib.crc32(data), data.count(b'\n')
     if older is not None:
-        return _segment_of_lines(read_lines(data, start, report, older), start,
-                                 start + len(data), crc)
+        return _segment_of_lines(data, start, read_lines(data, start, report, older), crc)
     if data.count(b'\t\n') == lines:   # every priority empty: 0
         matches = _PENDING_LINE.findall(data)
         if len(matches) == lines:
@@ -170,10 +168,11 @@ def _segment(data, start, report, older=None):
         return Segment(start, start + len(data), crc, _pending_by_type(pending), claims,
                        lines - len(pending) - processing, max(int(m[6] or 0) for m in matches),
                        min(map(_CREATED, pending), default=None))
-    return _segment_of_lines(read_lines(data, start, report), start, start + len(data), crc)
+    return _segment_of_lines(data, start, read_lines(data, start, report), crc)
 
 
-def _segment_of_lines(lines, start, end, crc):
+def _segment_of_lines(data, start, lines, crc):
+    """The Segment of data's Lines, counted one by one."""
     pending, claims, finished, top, oldest = {}, {}, 0, 0, None
     for line in lines:
         entry = line.entry
@@ -181,7 +180,7 @@ def _segment_of_lines(lines, start, end, crc):
             continue
         top = max(top, entry.priority)
         if entry.status == PENDING:
-            oldest = _earlier(oldest, entry.created_at)
+            oldest = _earlier(oldest, _created_at(data, start, line))
             found = pending.get(entry.type)
             if found is None:
                 pending[entry.type] = [entry.run_at, 1, entry.run_at]
@@ -193,7 +192,15 @@ def _segment_of_lines(lines, start, end, crc):
             claims[worker] = max(claims.get(worker, 0.0), entry.claim.claimed_at)
         else:
             finished += 1
-    return Segment(start, end, crc, pending, claims, finished, top, oldest)
+    return Segment(start, start + len(data), crc, pending, claims, finished, top, oldest)
+
+
+def _created_at(data, start, line):
+    """The created_at text of a job's Line of data (at offset start). Read again only
+    here, on the rare lines a regex does not count: an Entry does not keep it, as the
+    thousands of a claim would cost memory."""
+    text = data[line.start - start:line.end - start - 1].decode(ENCODING, DECODE_ERRORS)
+    return split_line(text.rstrip('\r'))[4]
 
 
 def _earlier(oldest, created_at):
@@ -596,8 +603,7 @@ def _entry_of_older(line, header):
     except UnparsableLine:
         return None
     claim = Claim(job.id, job.worker, job.claimed_at) if job.status is Status.PROCESSING else None
-    return Entry(job.status.value, job.type, job.run_at, claim, job.priority,
-                 repr(job.created_at))
+    return Entry(job.status.value, job.type, job.run_at, claim, job.priority)
 
 
 def job_of_text(text, header, reporter):
