@@ -193,7 +193,8 @@ def test_segments_counted_in_c_agree_with_a_parse_of_every_line(lines, segment_b
             text_lines.append(junk.replace('\n', '') or 'x')
         else:
             text_lines.append(format_line(Job(
-                'ab' * 8, job_type, '{"k": "pending"}', status, 1, run_at, unique_key=unique_key,
+                'ab' * 8, job_type, '{"k": "pending"}', status, int(run_at), run_at,
+                unique_key=unique_key,
                 max_attempts=1_800_000_000, priority=priority,
                 worker=worker if status is Status.PROCESSING else '',
                 claimed_at=run_at if status is Status.PROCESSING else 0)))
@@ -207,17 +208,35 @@ def test_segments_counted_in_c_agree_with_a_parse_of_every_line(lines, segment_b
         scan_module.SEGMENT_BYTES = kept
     assert [(s.start, s.end) for s in segments] == list(zip(
         [7] + [s.end for s in segments[:-1]], [s.start for s in segments[1:]] + [7 + len(data)]))
-    exact = scan_module._segment_of_lines(scan_module.read_lines(data, 7, lambda line: None),
-                                          7, 7 + len(data), 0)
+    exact = scan_module._segment_of_lines(data, 7, scan_module.read_lines(
+        data, 7, lambda line: None), 0)
     together = segments[0] if segments else exact
     for segment in segments[1:]:
         together = scan_module._merged(together, segment, b'')
     assert ({t: tuple(v) for t, v in together.pending.items()}
             == {t: tuple(v) for t, v in exact.pending.items()})
     assert (together.claims, together.finished) == (exact.claims, exact.finished)
+    assert together.oldest == exact.oldest   # the earliest created_at of a pending job
     top = max((p for status, _, _, _, p, _, _ in lines if status is not None), default=0)
     assert together.top_priority >= top   # a bound: no job in it has a higher priority
     assert [s.crc for s in segments] == [zlib.crc32(data[s.start - 7:s.end - 7]) for s in segments]
+
+
+@pytest.mark.parametrize('other', [None, 'processing', 'a "quoted" type'])
+def test_a_segment_keeps_the_oldest_created_at_of_its_pending_lines(other):
+    # stats adds it up (tally.of_index). Each way of counting a segment: a regex for
+    # pending lines only, one for any line (a claim here), and line by line (a quoted type).
+    def line(created_at, status=Status.PENDING, job_type='t'):
+        return format_line(Job('ab' * 8, job_type, '{}', status, created_at, 1_900_000_000,
+                               worker='h:1:a' if status is Status.PROCESSING else ''))
+    lines = [line(1_800_000_005), line(1_800_000_001), line(1_800_000_009)]
+    if other == 'processing':
+        lines.append(line(1_700_000_000, Status.PROCESSING))
+    elif other:
+        lines.append(line(1_700_000_000, job_type=other))
+    data = ''.join(text + '\n' for text in lines).encode()
+    [segment] = scan_module.summarize(data, 7, lambda line: None)
+    assert segment.oldest == (1_700_000_000 if other == 'a "quoted" type' else 1_800_000_001)
 
 
 @pytest.mark.parametrize('exit_by', ['max_seconds', 'a second Ctrl-C'])
