@@ -104,17 +104,19 @@ class Tally:
         if self.ids is not None:
             self.ids.update(map(_ID_OF, matches))
         # Counted by (status and second created, type) in C, then per distinct key.
+        statuses = set()
         for (status_created, job_type), jobs in Counter(
                 map(_STATUS_CREATED_TYPE, matches)).items():
             status, created = status_created.split(b'\t')
+            statuses.add(status)
             self.counts[status, job_type] += jobs
             created = int(created)
             self.created[created // SECONDS_PER_MINUTE] += jobs
             if status == _PENDING:
                 self.oldest = _earliest(self.oldest, created)
-        pending = (matches if all(status == _PENDING for status, _ in self.counts)
-                   else [m for m in matches if m[_STATUS_CREATED].startswith(_PENDING_CREATED)])
-        if pending:
+        if _PENDING in statuses:   # the archive has none: its lines are not looked at again
+            pending = (matches if len(statuses) == 1 else
+                       [m for m in matches if m[_STATUS_CREATED].startswith(_PENDING_CREATED)])
             self.earliest = _earliest(self.earliest,
                                       float(min(map(operator.itemgetter(_RUN_AT), pending))))
 
