@@ -485,10 +485,14 @@ class Index:
         due_count = sum(found[1] if found[2] <= now else found[0] <= now for found in by_segment)
         return next_due, due_count, claims, finished
 
-    def read_segment(self, segment):
-        """(the segment's bytes, its Lines)."""
-        data = pread_all(self.fd, segment.end - segment.start, segment.start)
-        return data, read_lines(data, segment.start, self.report_unparsable, self.older)
+    def segment_bytes(self, segment):
+        """The bytes of segment in the version open."""
+        return pread_all(self.fd, segment.end - segment.start, segment.start)
+
+    def segment_lines(self, segment):
+        """The Lines of segment."""
+        return read_lines(self.segment_bytes(segment), segment.start, self.report_unparsable,
+                          self.older)
 
     # -- the idle poll ----------------------------------------------------------------------
     def nothing_due(self, types, worker, now_of, lease_seconds, enough=1, patience_seconds=0.0):
@@ -567,8 +571,7 @@ class Index:
     def _bytes_match(self):
         if pread_all(self.fd, len(self.header), 0) != self.header:
             return False
-        return all(zlib.crc32(pread_all(self.fd, s.end - s.start, s.start)) == s.crc
-                   for s in self.segments)
+        return all(zlib.crc32(self.segment_bytes(s)) == s.crc for s in self.segments)
 
 
 class View(NamedTuple):
@@ -657,7 +660,7 @@ class SegmentView:
         """Read segment's lines (once); returns those newly read."""
         if segment.start in self.loaded:
             return []
-        _, lines = self.index.read_segment(segment)
+        lines = self.index.segment_lines(segment)
         self.loaded[segment.start] = segment
         self.lines.update((line.start, line) for line in lines)
         return lines
@@ -666,7 +669,7 @@ class SegmentView:
         """(the Segment loaded at segment_start, its bytes), or EditedInPlace when they
         are not the bytes the Index counted."""
         segment = self.loaded[segment_start]
-        data = pread_all(self.index.fd, segment.end - segment.start, segment.start)
+        data = self.index.segment_bytes(segment)
         if zlib.crc32(data) != segment.crc:
             raise EditedInPlace(f'{self.index.table.path} changed in place')
         return segment, data

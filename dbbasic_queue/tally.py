@@ -15,7 +15,7 @@ from collections import Counter
 from typing import NamedTuple
 
 from .job import COLUMNS, FINAL_STATUSES, Status, check_header
-from .storage import DECODE_ERRORS, ENCODING, TAIL_BYTES, pread_all, split_header
+from .storage import DECODE_ERRORS, ENCODING, TAIL_BYTES, split_header
 
 SECONDS_PER_MINUTE = 60
 # Lines are read and matched this much at a time: a million matches kept at once would
@@ -150,7 +150,7 @@ def _finished_lines(data, start, end, words):
 
 def of_index(index, counted_elsewhere):
     """The Tally of the hot file (its counts, oldest and earliest) from its scan.Index,
-    brought up to date: a segment of pending lines only is added up as the workers
+    as current as the caller made it: a segment of pending lines only is added up as the workers
     counted it; the others (holding claims or finished lines) are read and counted line
     by line, a job found in the archive (counted_elsewhere) skipped. None when the file
     has older columns. A pending line whose job is also in the archive (a retry cut short
@@ -161,7 +161,7 @@ def of_index(index, counted_elsewhere):
     counted = Tally(counted_elsewhere=counted_elsewhere)
     for segment in index.segments:
         if segment.claims or segment.finished:
-            data = pread_all(index.fd, segment.end - segment.start + 1, segment.start - 1)
+            data = b'\n' + index.segment_bytes(segment)   # add reads from the newline before
             counted.add(data, 1, len(data), finished_rare=True)
             continue
         for job_type, (earliest, jobs, _) in segment.pending.items():

@@ -412,9 +412,11 @@ def test_stats_reads_the_workers_summary_and_only_the_segments_not_all_pending(
     queue.enqueue('c', {'n': 'claimed'})   # in the last
     read, started, release = [], threading.Event(), threading.Event()
 
-    def counted_pread(fd, size, offset):
-        read.append(size)
-        return storage_module.pread_all(fd, size, offset)
+    segment_bytes = scan_module.Index.segment_bytes
+
+    def counted_read(index, segment):
+        read.append(segment.end - segment.start)
+        return segment_bytes(index, segment)
 
     def held(payload):
         started.set()
@@ -424,7 +426,7 @@ def test_stats_reads_the_workers_summary_and_only_the_segments_not_all_pending(
     try:
         assert started.wait(SUBPROCESS_TIMEOUT_SECONDS)
         queue.cancel_job(cancelled)   # while the worker holds a claim: not archived yet
-        monkeypatch.setattr(tally_module, 'pread_all', counted_pread)
+        monkeypatch.setattr(scan_module.Index, 'segment_bytes', counted_read)
         fresh = Queue(path)
         stats, read_bytes = fresh.stats(), sum(read)
         assert fresh.backend.job_totals() == Backend.job_totals(fresh.backend)
