@@ -22,7 +22,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from .errors import QueueError
+from .errors import QueueError, error_text
 from .queue import DEFAULT_PATH, ENV_VAR, MAX_ATTEMPTS, Queue, is_redis_url
 from .schedule import check_schedule
 from .schedule import removed as schedules_removed
@@ -141,7 +141,7 @@ def load_attr(spec, directory=None, what='handlers'):
     try:
         module = importlib.import_module(module_name)
     except Exception as exc:
-        raise UsageError(f'cannot import {module_name}: {type(exc).__name__}: {exc}') from None
+        raise UsageError(f'cannot import {module_name}: {error_text(exc)}') from None
     finally:
         sys.path.pop(0)
     try:
@@ -875,7 +875,7 @@ def main(argv=None):
         return _fail(str(exc), EXIT_USAGE)
     except Exception as exc:
         log.debug('unexpected error', exc_info=True)
-        return _fail(f'unexpected {type(exc).__name__}: {exc}', EXIT_PROBLEM)
+        return _fail(f'unexpected {error_text(exc)}', EXIT_PROBLEM)
 
 
 def _fail(message, code):

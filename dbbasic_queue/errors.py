@@ -1,6 +1,7 @@
 """The errors dbbasic_queue raises on purpose. Every one a caller can see derives from
 QueueError (the README has the table); JobTimedOut is not one: it is raised inside a
-handler to stop it, and never reaches the caller of process_jobs."""
+handler to stop it, and never reaches the caller of process_jobs. error_text and
+safe_repr describe what a user's code raised or returned without trusting its methods."""
 
 
 class QueueError(Exception):
@@ -40,3 +41,24 @@ class JobTimedOut(BaseException):
     A BaseException, like KeyboardInterrupt, so that a handler's `except Exception`
     cannot swallow it; the worker records the attempt as 'TimeoutError: ...'.
     """
+
+
+def error_text(exc):
+    """'Type: message' of an exception, whatever its __str__ does (a failing one gives
+    the type and its args)."""
+    name = type(exc).__name__
+    try:
+        message = str(exc)
+    except Exception:
+        message = f'<str() failed; args {safe_repr(getattr(exc, "args", ()))}>'
+    return f'{name}: {message}'
+
+
+def safe_repr(value, limit=None):
+    """repr(value), cut to limit characters (None: whole); a placeholder naming its type
+    where repr raises."""
+    try:
+        text = repr(value)
+    except Exception:
+        text = f'<{type(value).__name__} object; repr() failed>'
+    return text if limit is None or len(text) <= limit else text[:limit] + '...'

@@ -107,7 +107,7 @@ def dispatch(job_type, payload):
             Status.PENDING if job.retries_left else Status.FAILED, job.meta.get('created_at', 0),
             job.meta.get('run_at') or 0.0, attempts, one_line(error)), exc)
         raise AttemptFailed(error)
-    return json.loads(result_json(result, job))
+    return json.loads(result_json(result, job.id, job_type))
 
 
 class RedisBackend(Backend):

@@ -2,10 +2,13 @@
 outcome is, the backoff after a failure, what a crash costs, what a run returns. Both
 backends call these, so no rule and no error text exists twice."""
 
+import concurrent.futures
+import inspect
 import logging
 import random
+import types
 
-from .errors import JobTimedOut
+from .errors import JobTimedOut, error_text, safe_repr
 from .job import Status
 from .signals import time_limit
 
@@ -17,6 +20,9 @@ BACKOFF_CAP_SECONDS = 3600
 BACKOFF_JITTER_FRACTION = 0.25  # up to +25 %, so failed jobs do not retry in lockstep
 WORKER_LOST = 'WorkerLost'      # the error of an attempt its worker did not survive
 OUTCOMES = ('completed', 'retried', 'failed', 'recovered')
+# What a handler returns when it was called but its work was not done (awaitables too).
+NOT_DONE_TYPES = (types.GeneratorType, types.AsyncGeneratorType, concurrent.futures.Future)
+PLAIN_RESULT_TYPES = frozenset({type(None), bool, int, float, str, dict, list, tuple})
 
 
 def attempt(call, timeout, described, interrupted=None):
@@ -24,16 +30,23 @@ def attempt(call, timeout, described, interrupted=None):
     limit). Returns (its result, '', None) or (None, the error text, the exception).
 
     Any exception the handler raises, SystemExit and KeyboardInterrupt included, is a
-    failed attempt: logged with its traceback, returned as 'Type: message'; a timeout is
-    a TimeoutError. Only an interruption of the worker itself (interrupted() true: a
-    second Ctrl-C) propagates. described is (job id, type, attempt, max_attempts), for
-    the log, formatted only when the attempt fails.
+    failed attempt: logged with its traceback, returned as 'Type: message' (error_text:
+    even an exception whose str() raises); a timeout is a TimeoutError. A result that
+    stands for work not done (a generator, a coroutine, an awaitable, a Future) is a
+    failed attempt too, never a completion. Only an interruption of the worker itself
+    (interrupted() true: a second Ctrl-C) propagates. described is (job id, type,
+    attempt, max_attempts), for the log, formatted only when the attempt fails.
     """
     try:
         if not timeout:   # no timer to set: the common case, kept cheap
-            return call(), '', None
-        with time_limit(timeout):
-            return call(), '', None
+            result = call()
+        else:
+            with time_limit(timeout):
+                result = call()
+        if type(result) not in PLAIN_RESULT_TYPES and (
+                isinstance(result, NOT_DONE_TYPES) or inspect.isawaitable(result)):
+            raise TypeError(not_done_error(result))
+        return result, '', None
     except JobTimedOut:
         exc = TimeoutError(f'job ran longer than its timeout of {timeout:g} s')
         error = f'TimeoutError: {exc}'
@@ -43,7 +56,21 @@ def attempt(call, timeout, described, interrupted=None):
         if interrupted is not None and interrupted():
             raise
         log.exception('job %s (%s) failed on attempt %d of %d', *described)
-        return None, f'{type(exc).__name__}: {exc}', exc
+        return None, error_text(exc), exc
+
+
+def not_done_error(result):
+    """The error of an attempt whose handler returned work not done (result), which is
+    closed so that no 'never awaited' warning follows."""
+    if inspect.iscoroutine(result) or inspect.isgenerator(result):
+        result.close()
+    kind = ('a generator' if inspect.isgenerator(result)
+            else 'an async generator' if inspect.isasyncgen(result)
+            else 'a coroutine' if inspect.iscoroutine(result)
+            else 'a Future' if isinstance(result, concurrent.futures.Future)
+            else 'an awaitable')
+    return (f'handler returned {kind}: {safe_repr(result, 200)} (its work never ran; '
+            f'a handler must do the work and return its result)')
 
 
 def report_failure(on_failure, job, exc):

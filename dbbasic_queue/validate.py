@@ -8,7 +8,7 @@ import re
 from datetime import datetime, timedelta
 from itertools import repeat
 
-from .errors import InvalidArgumentError, InvalidJobError
+from .errors import InvalidArgumentError, InvalidJobError, safe_repr
 from .job import one_line
 
 log = logging.getLogger('dbbasic_queue')
@@ -81,7 +81,9 @@ def payload_json(payload, encode=JSON):
                               f'finite float, bool, None): {exc}') from None
 
 
-def result_json(result, job):
+def result_json(result, job_id, job_type):
+    """The JSON text stored as a job's result; the repr of one that is not JSON, with a
+    warning."""
     try:
         text = JSON(result)
         text.encode('utf-8')
@@ -89,9 +91,9 @@ def result_json(result, job):
     except UnicodeEncodeError:
         return JSON_ASCII(result)
     except (TypeError, ValueError, RecursionError) as exc:
-        log.warning('job %s (%s) returned a result that is not JSON (%r); stored its repr',
-                    job.id, job.type, exc)
-        return JSON_ASCII(repr(result))
+        log.warning('job %s (%s) returned a result that is not JSON (%s); stored its repr',
+                    job_id, job_type, safe_repr(exc))
+        return JSON_ASCII(safe_repr(result))
 
 
 def run_at_from(now, run_at, delay):
