@@ -59,6 +59,7 @@ UNIQUE_CLAIM_GRACE_SECONDS = 60            # a unique key set, its job not yet s
 KEEP_FOREVER = -1                          # results and failures stay until purge
 LEASE_SECONDS = 60                         # a dead worker's job is recovered this long after
 HEARTBEATS_PER_LEASE = 3                   # ... its last heartbeat; renewed 3 times a lease
+COMMAND_POLL_SECONDS = 1                   # a long-running worker's wait for RQ commands
 DISPATCH = 'dbbasic_queue.rq_backend.dispatch'
 STATUSES = {
     JobStatus.QUEUED: Status.PENDING, JobStatus.SCHEDULED: Status.PENDING,
@@ -322,6 +323,7 @@ class RedisBackend(Backend):
         worker = _Worker([self._rq(t) for t in handlers], connection=self.redis,
                          serializer=JSONSerializer)
         worker.lease_seconds = max(1, math.ceil(self.lease_seconds))
+        worker.takes_commands = not burst
         if max_seconds is not None:
             worker.deadline = time.monotonic() + max_seconds
         try:
@@ -442,13 +444,27 @@ def _parsed_records(stored):
 
 
 class _Worker(SimpleWorker):
-    """RQ's in-process worker, with three rules of ours: it runs only dispatch() jobs;
+    """RQ's in-process worker, with four rules of ours: it runs only dispatch() jobs;
     its claim on a running job lasts lease_seconds past its last heartbeat, renewed from a
     thread while the handler runs (RQ's SimpleWorker would hold it 7 minutes, or forever);
-    and it takes no job after its deadline (max_seconds), nor waits for one past it."""
+    it takes no job after its deadline (max_seconds), nor waits for one past it; and its
+    exit never waits on RQ's command channel: a burst run (process_jobs) listens to none,
+    a long-running one polls it every COMMAND_POLL_SECONDS."""
 
     lease_seconds = LEASE_SECONDS
     deadline = None         # time.monotonic() after which it stops; None: no limit
+    takes_commands = False  # whether it listens to RQ's commands (send_shutdown_command)
+
+    def subscribe(self):
+        # RQ's listener blocks 60 s in a read that holds the channel, and its teardown
+        # joins it with no bound: a burst run's exit hung up to 60 s (rq issue 1613).
+        if not self.takes_commands:
+            return
+        self.pubsub = self.connection.pubsub()
+        self.pubsub.subscribe(**{self.pubsub_channel_name: self.handle_payload})
+        self.pubsub_thread = self.pubsub.run_in_thread(
+            sleep_time=COMMAND_POLL_SECONDS, daemon=True,
+            exception_handler=self._pubsub_exception_handler)
 
     def dequeue_job_and_maintain_ttl(self, timeout, max_idle_time=None):
         # Not RQ's request_stop from a timer: it sets signal handlers, which only the main

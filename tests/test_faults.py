@@ -1,13 +1,16 @@
 """Faults, round 3: nothing a handler, a cache file or a client does may stop the queue,
 fake a completion or stall a worker. Each test reproduces one finding."""
 
-import asyncio
 import concurrent.futures
 import datetime
+import subprocess
+import sys
+import time
 
 import pytest
 
 from dbbasic_queue import Queue
+from tests.conftest import SUBPROCESS_TIMEOUT_SECONDS, python_env, spawn, wait_all
 
 ZERO = {'completed': 0, 'retried': 0, 'failed': 0, 'recovered': 0}
 
@@ -84,3 +87,78 @@ def test_results_that_are_not_json_are_stored_as_their_repr(backend):
     moment = datetime.datetime(2026, 1, 2, 3, 4, 5)
     queue.process_jobs({'t': lambda p: {'at': moment}})
     assert queue.get_job(job_id)['result'] == repr({'at': moment})
+
+
+# -- D. The RQ backend ------------------------------------------------------------------
+HANG_SECONDS = 10   # a burst run with nothing due takes well under a second
+
+RQ_HOLDER = '''
+import sys, time
+from dbbasic_queue import Queue
+from pathlib import Path
+def slow(payload):
+    Path(sys.argv[2]).touch()
+    time.sleep(payload['seconds'])
+print(Queue(sys.argv[1]).process_jobs({'slow': slow}))
+'''
+
+
+RQ_CALLS = '''
+import sys, time
+from dbbasic_queue import Queue
+queue = Queue(sys.argv[1])
+for _ in range(int(sys.argv[2])):
+    started = time.monotonic()
+    queue.process_jobs({'slow': lambda p: None, 'other': len})
+    print(time.monotonic() - started, flush=True)
+'''
+
+
+def lines_each_within(proc, count, hang_seconds):
+    """count lines of proc's stdout, or fail (killing proc) as soon as one has not come
+    within hang_seconds."""
+    import queue as queues
+    import threading
+    lines = queues.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()
+    got = []
+    for n in range(count):
+        try:
+            got.append(lines.get(timeout=hang_seconds))
+        except queues.Empty:
+            proc.kill()
+            pytest.fail(f'call {n + 1} of {count} hung over {hang_seconds} s '
+                        f'(the others took {", ".join(line.strip() for line in got)} s)')
+    return got
+
+
+def test_rq_process_jobs_never_waits_on_a_pubsub_beside_a_long_job(redis_url, tmp_path):
+    queue = Queue(redis_url)
+    queue.enqueue('slow', {'seconds': 3})
+    started = tmp_path / 'started'
+    holder = spawn(RQ_HOLDER, redis_url, started)
+    try:
+        deadline = time.monotonic() + SUBPROCESS_TIMEOUT_SECONDS
+        while not started.exists():
+            assert time.monotonic() < deadline and holder.poll() is None
+            time.sleep(0.05)
+        calls = spawn(RQ_CALLS, redis_url, 20)
+        try:
+            assert len(lines_each_within(calls, 20, HANG_SECONDS)) == 20
+        finally:
+            wait_all([calls])
+    finally:
+        wait_all([holder])
+
+
+def test_two_cli_workers_on_rq_started_at_once_both_exit(redis_url, tmp_path):
+    (tmp_path / 'handlers.py').write_text('HANDLERS = {"t": lambda p: p}\n')
+    Queue(redis_url).enqueue_many([('t', {'n': n}) for n in range(20)])
+    command = [sys.executable, '-m', 'dbbasic_queue', '--queue', redis_url, 'work',
+               'handlers:HANDLERS']
+    for _ in range(3):
+        pair = [subprocess.Popen(command, cwd=tmp_path, env=python_env(), text=True,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                for _ in range(2)]
+        results = wait_all(pair, timeout=HANG_SECONDS * 3)   # the interpreter's start too
+        assert [code for code, _, _ in results] == [0, 0], results
