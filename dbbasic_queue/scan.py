@@ -386,7 +386,7 @@ class Index:
         header = split_header(header_bytes[:-1].decode(ENCODING, DECODE_ERRORS))
         check_header(self.table.path, header)
         self.header = header_bytes
-        self.normal = header_bytes.rstrip(b'\r\n') == _HEADER_BYTES   # dbbasic-tsv's: CRLF
+        self.normal = header_bytes == _HEADER_BYTES + b'\n'   # a CRLF one is normalized
         self.older = None if tuple(header) == COLUMNS else tuple(header)
 
     def _add(self, segments, data):

@@ -276,6 +276,7 @@ class TableFile:
         self.lock = lock
         self.rewrite_lock = rewrite_lock
         self.header_line = '\t'.join(self.columns)
+        self.header_bytes = (self.header_line + '\n').encode(ENCODING)
         self._snapshot = None
         self._appended_end = None   # the file's size after this process's last append
 
@@ -288,8 +289,9 @@ class TableFile:
         stat() per append to notice that, and on Linux >= 6.13 a stat() marks the
         timestamps as seen, so the next write must update them: measured, stat + write
         costs more than open + write + close. A last line without its newline (a hand
-        edit) gets one first, so a job is never glued onto it: that costs a one-byte read
-        only when the file's size is not the one this process's last append left.
+        edit) gets one first, so a job is never glued onto it, and an emptied file gets
+        its header: that costs a one-byte read only when the file's size is not the one
+        this process's last append left.
         """
         with self.lock:
             try:
@@ -300,9 +302,8 @@ class TableFile:
                     fd = os.open(self._path_text, APPEND_FLAGS)
                 try:
                     size = os.lseek(fd, 0, os.SEEK_END)
-                    if (size != self._appended_end and size
-                            and os.pread(fd, 1, size - 1) != b'\n'):
-                        data = b'\n' + data
+                    if size != self._appended_end:
+                        data = self._joinable(fd, size, data)
                     written = os.write(fd, data)
                     if written < len(data):
                         # Disk full or a size limit mid-line: leave no half line behind.
@@ -316,6 +317,16 @@ class TableFile:
                     os.close(fd)
             except OSError as exc:   # no context manager here: this is enqueue's hot path
                 raise storage_error(self.path, 'append to', exc) from exc
+
+    def _joinable(self, fd, size, data):
+        """data as it may be appended to a file of size bytes: after the header where the
+        file is empty (a user's `: > data/queue.tsv`), after a newline where its last
+        line lacks one (a hand edit), so a job is never glued onto another line."""
+        if not size:
+            return self.header_bytes + data
+        if os.pread(fd, 1, size - 1) != b'\n':
+            return b'\n' + data
+        return data
 
     def append_lines(self, lines, fsync=False):
         """Append these lines (str, without newlines); bytes that are not UTF-8 (read from
@@ -338,6 +349,9 @@ class TableFile:
                                         suffix='.tmp'))
         try:
             TSV(self.path.stem, list(self.columns), data_dir=private)
+            # Its header ends in CRLF (csv's line terminator), its lines would not: ours
+            # end in LF throughout, so `cut -f16` prints the column, not 'priority\r'.
+            (private / self.path.name).write_bytes(self.header_bytes)
             for made in sorted(private.iterdir(), key=lambda p: p.suffix != '.tsv'):
                 fd = os.open(made, READ_FLAGS)
                 try:
@@ -1030,8 +1044,8 @@ def version_of(st):
 
 
 def split_header(text):
-    """The column names of a header line. dbbasic-tsv ends the header it writes with
-    CRLF (csv's default line terminator); our rewrites end it with LF."""
+    """The column names of a header line. Files made before 2.2 have dbbasic-tsv's
+    header, ending in CRLF (csv's default line terminator); ours end in LF."""
     return text.rstrip('\r').split('\t')
 
 

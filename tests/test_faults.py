@@ -162,3 +162,75 @@ def test_two_cli_workers_on_rq_started_at_once_both_exit(redis_url, tmp_path):
                 for _ in range(2)]
         results = wait_all(pair, timeout=HANG_SECONDS * 3)   # the interpreter's start too
         assert [code for code, _, _ in results] == [0, 0], results
+
+
+# -- B. The files -----------------------------------------------------------------------
+def dbbasic_queue_cli(workdir, *args):
+    return subprocess.run([sys.executable, '-m', 'dbbasic_queue', *args], cwd=workdir,
+                          capture_output=True, text=True, env=python_env(),
+                          timeout=SUBPROCESS_TIMEOUT_SECONDS)
+
+
+@pytest.mark.parametrize('emptied', ['queue.tsv', 'queue.done.tsv', 'both'])
+def test_an_emptied_queue_file_is_an_empty_queue(tmp_path, emptied):
+    (tmp_path / 'handlers.py').write_text('HANDLERS = {"t": lambda p: p["n"]}\n')
+    queue = Queue(tmp_path / 'data' / 'queue.tsv')
+    queue.enqueue('t', {'n': 0})
+    queue.process_jobs({'t': lambda p: p['n']})
+    queue.enqueue('t', {'n': 1})
+    for name in (['queue.tsv', 'queue.done.tsv'] if emptied == 'both' else [emptied]):
+        (tmp_path / 'data' / name).write_bytes(b'')   # : > data/queue.tsv
+    fresh = Queue(tmp_path / 'data' / 'queue.tsv')
+    assert sum(fresh.stats()['by_status'].values()) in (0, 1)
+    job_id = fresh.enqueue('t', {'n': 2})
+    assert fresh.get_job(job_id)['status'] == 'pending'
+    hot = (tmp_path / 'data' / 'queue.tsv').read_bytes()
+    assert hot.startswith(b'id\ttype\tpayload')
+    for command in (['check'], ['stats'], ['show', job_id], ['list']):
+        done = dbbasic_queue_cli(tmp_path, *command)
+        assert done.returncode == 0, (command, done.stderr)
+    done = dbbasic_queue_cli(tmp_path, 'work', 'handlers:HANDLERS')
+    assert done.returncode == 0, done.stderr
+    assert fresh.get_job(job_id)['status'] == 'completed'
+    assert fresh.check() == []
+
+
+def test_a_loop_worker_goes_on_after_its_queue_file_is_emptied(tmp_path):
+    (tmp_path / 'handlers.py').write_text('HANDLERS = {"t": lambda p: p["n"]}\n')
+    queue = Queue(tmp_path / 'data' / 'queue.tsv')
+    first = queue.enqueue('t', {'n': 0})
+    worker = subprocess.Popen([sys.executable, '-m', 'dbbasic_queue', 'work', 'handlers:HANDLERS',
+                               '--loop', '--sleep', '0.1'], cwd=tmp_path, env=python_env(),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + SUBPROCESS_TIMEOUT_SECONDS
+        while queue.get_job(first)['status'] != 'completed':
+            assert time.monotonic() < deadline and worker.poll() is None
+            time.sleep(0.05)
+        for name in ('queue.tsv', 'queue.done.tsv'):
+            (tmp_path / 'data' / name).write_bytes(b'')
+        later = [queue.enqueue('t', {'n': n}) for n in range(1, 4)]
+        while any((queue.get_job(job_id) or {}).get('status') != 'completed' for job_id in later):
+            assert time.monotonic() < deadline and worker.poll() is None, worker.stderr.read()
+            time.sleep(0.05)
+    finally:
+        worker.terminate()
+        wait_all([worker])
+
+
+def test_queue_files_are_lf_throughout_and_an_older_crlf_header_still_reads(tmp_path):
+    queue = Queue(tmp_path / 'data' / 'queue.tsv')
+    queue.enqueue('t', {'n': 0})
+    queue.process_jobs({'t': lambda p: p})
+    for name in ('queue.tsv', 'queue.done.tsv'):
+        data = (tmp_path / 'data' / name).read_bytes()
+        assert b'\r' not in data and data.split(b'\n', 1)[0].endswith(b'\tpriority')
+    # A file made by 2.1 and before: dbbasic-tsv's header, ending in CRLF.
+    hot = tmp_path / 'data' / 'queue.tsv'
+    header, rest = hot.read_bytes().split(b'\n', 1)
+    hot.write_bytes(header + b'\r\n' + rest)
+    older = Queue(hot)
+    job_id = older.enqueue('t', {'n': 1})
+    assert older.get_job(job_id)['status'] == 'pending'
+    assert older.process_jobs({'t': lambda p: p})['completed'] == 1
+    assert b'\r' not in hot.read_bytes() and older.check() == []
