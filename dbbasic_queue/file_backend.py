@@ -613,7 +613,8 @@ class FileBackend(Backend):
 
     def check(self, now):
         """Lines that are not jobs or not UTF-8, duplicate ids, jobs still claimed by a
-        worker that is gone, temp files left by a crashed rewrite."""
+        worker that is gone, temp files left by a crashed rewrite, a summary whose counts
+        are not the file's."""
         rows = [(f'{path.name}:{number}', line, job)
                 for path, number, line, job in self.file_lines()]
         problems = editing.line_problems(rows)
@@ -627,6 +628,11 @@ class FileBackend(Backend):
                      for number, line, problem in bad]
         for leftover in sorted(abandoned_temp_files(self.table.lock.path)):
             problems.append(f'{leftover.name}: temp file left by an interrupted rewrite')
+        mismatch = Index(self.table).summary_mismatch()
+        if mismatch is not None:
+            problems.append(f'{self.index.summary_file.path.name}: its counts do not match '
+                            f'{self.path.name} from byte {mismatch} on (a cache: delete it, '
+                            f'and the next reader counts the file anew)')
         return problems
 
     def mark_migrated(self, job_ids):

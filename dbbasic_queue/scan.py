@@ -15,6 +15,7 @@ import operator
 import os
 import re
 import sys
+import time
 import weakref
 import zlib
 from typing import NamedTuple
@@ -34,6 +35,7 @@ SUMMARY_MIN_BYTES = 1 << 20   # an idle poll that read this much leaves a summar
 _STATUS_WORDS = {status.value: status.value for status in Status}
 PENDING, PROCESSING = Status.PENDING.value, Status.PROCESSING.value
 _HEADER_BYTES = '\t'.join(COLUMNS).encode()
+MIN_LINE_BYTES = len(COLUMNS)  # a job line has a tab between each two columns, and a newline
 
 
 class Claim(NamedTuple):
@@ -242,6 +244,41 @@ def read_lines(data, start, report, older=None):
     return lines
 
 
+def segments_problem(segments, header_end, offset, starts_a_line):
+    """Why segments, loaded from a summary, cannot be those of the file whose header ends
+    at header_end and whose whole lines read end at offset; None when they can: they
+    cover it exactly, each from a line start (starts_a_line(offset)), and each counts
+    at least one line and no more than its bytes can hold."""
+    pos = header_end
+    for segment in segments:
+        if segment.start != pos or segment.end <= segment.start or segment.end > offset:
+            return f'a segment covers {segment.start}-{segment.end}, not from {pos} on'
+        if not starts_a_line(segment.start):
+            return f'the segment at {segment.start} starts inside a line'
+        lines = _lines_counted(segment)
+        if not 1 <= lines <= (segment.end - segment.start) // MIN_LINE_BYTES:
+            return f'the segment at {segment.start} counts {lines} lines'
+        pos = segment.end
+    if pos != offset:
+        return f'the segments end at {pos}, not at {offset}'
+    return None
+
+
+def _lines_counted(segment):
+    """The fewest lines segment's counts stand for (each worker with a claim: one)."""
+    numbers = [*segment.claims.values(), segment.top_priority,
+               0 if segment.oldest is None else segment.oldest]
+    if (type(segment.finished) is not int or segment.finished < 0 or type(segment.crc) is not int
+            or not all(isinstance(n, (int, float)) and not isinstance(n, bool) for n in numbers)):
+        return 0
+    counted = segment.finished + len(segment.claims)
+    for earliest, count, latest in segment.pending.values():
+        if type(count) is not int or count < 1 or not earliest <= latest:
+            return 0
+        counted += count
+    return counted
+
+
 def _merged(first, second, data):
     """first and the segment right after it (whose bytes are data), as one."""
     pending = {t: list(v) for t, v in first.pending.items()}
@@ -303,6 +340,7 @@ class Index:
         self.offset = 0             # the end of the last whole line read
         self.tail = b''             # the TAIL_BYTES before offset
         self.seen = None            # a version_of() of the file known to match it all
+        self.counted_at = None      # when a summary loaded made its counts (None: all ours)
         self.generation += 1
 
     # -- bringing it up to date ------------------------------------------------------
@@ -310,6 +348,8 @@ class Index:
         """This Index, brought up to date with the file as it is now: the lines appended
         since are read; a new version of the file is read from the summary its writer
         left, else whole; a version changed in place is read whole."""
+        if self.counted_at is not None and not self.summary_file.trusted(self.counted_at):
+            self.forget()   # counts loaded from a summary are trusted only so long
         st = self.table.stat()
         if st is None:
             if self.fd is not None:
@@ -415,7 +455,8 @@ class Index:
                    'segments': [segment.as_json() for segment in self.segments],
                    'batch_sizes': [[sorted(types), size]
                                    for types, size in self.batch_sizes.items()]}
-        self.summary_file.write(summary, os.fstat(self.fd).st_ino, self.offset, self.tail)
+        self.summary_file.write(summary, os.fstat(self.fd).st_ino, self.offset, self.tail,
+                                time.time() if self.counted_at is None else self.counted_at)
 
     def _load_summary(self):
         """Start from the summary file, if it is of the version open; then read what was
@@ -433,10 +474,15 @@ class Index:
             self.segments = [Segment(*fields) for fields in summary['segments']]
             self.offset, self.tail = summary['offset'], bytes.fromhex(summary['tail'])
             seen = summary['seen']
+            problem = segments_problem(self.segments, len(self.header), self.offset,
+                                       self._starts_a_line)
         except (KeyError, TypeError, ValueError) as exc:
-            log.info('ignoring %s: %r', self.summary_file.path, exc)
+            problem = repr(exc)
+        if problem is not None:
+            log.debug('ignoring %s: %s', self.summary_file.path, problem)
             self._reset(self.fd)
             return False
+        self.counted_at = summary['counted_at']
         # Proven only while the file is the version its writer had proven: else a rewrite
         # checks every segment's CRC first.
         self.seen = tuple(seen) if seen and tuple(seen) == version_of(os.fstat(self.fd)) else None
@@ -447,6 +493,23 @@ class Index:
             self.offset, self.tail = end, tail
         self._saved_generation = self.generation = self.generation + 1
         return True
+
+    def summary_mismatch(self):
+        """The first byte offset from which the summary file's counts differ from the
+        file's bytes, or None when it matches (or is not one a reader would trust): for
+        check. Reads every segment the summary counts."""
+        self.current()
+        if self.counted_at is None:
+            return None
+        for segment in self.segments:
+            recounted = _segment(self.segment_bytes(segment), segment.start, lambda line: None,
+                                 self.older)
+            if recounted.as_json() != segment.as_json():
+                return segment.start
+        return None
+
+    def _starts_a_line(self, offset):
+        return os.pread(self.fd, 1, offset - 1) == b'\n'
 
     def _learn_batch_sizes(self, summary):
         """The batch sizes summary (a dict, or None) names, for job types this process

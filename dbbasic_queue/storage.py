@@ -49,7 +49,8 @@ READ_CHUNK_BYTES = 1 << 20
 CONFLICTS_BEFORE_LOCKING = 3    # after that many lost races, rewrite holding the lock
 MAP_MIN_BYTES = 4 << 20         # files this big are searched mapped, not copied
 SUMMARY_MAX_BYTES = 1 << 20     # a table summary larger than this is not one
-SUMMARY_TRUST_SECONDS = 300     # an older summary is not read: the file is scanned anew
+SUMMARY_TRUST_SECONDS = 300     # counts older than this are not trusted: they are made anew
+SUMMARY_CLOCK_SLACK_SECONDS = 1  # a summary this far in the future is not fresh but forged
 
 
 @contextmanager
@@ -781,11 +782,15 @@ class TableFile:
 class TableSummary:
     """.<table>.summary beside the table: what a reader found in one version of it, up to
     a byte offset, so that the next reader (a cron run's first poll) reads only the lines
-    appended since. A cache: written whole by rename, never fsynced, ignored unless it
-    names the file open now (inode) and that file still holds, at the offset, the last
-    bytes it names (so an in-place edit, which rewrites them, makes it stale). An
-    in-place edit that keeps the size and the last bytes (`cat > file` changing an
-    early line) goes unseen until the summary is SUMMARY_TRUST_SECONDS old.
+    appended since. A cache, which may cost speed, never correctness: written whole by
+    rename, never fsynced, ignored unless it names the file open now (inode) and that
+    file still holds, at the offset, the last bytes it names (so an in-place edit, which
+    rewrites them, makes it stale), and unless its counts were made from the file's bytes
+    less than SUMMARY_TRUST_SECONDS ago (counted_at, which a reader that saves counts it
+    loaded keeps as it was: a wrong count is never carried past that window). The
+    reader checks the rest (scan.segments_problem). An in-place edit that keeps the size
+    and the last bytes (`cat > file` changing an early line), or counts forged to match,
+    go unseen until then.
     """
 
     def __init__(self, table):
@@ -799,7 +804,7 @@ class TableSummary:
         try:
             fd = os.open(self.path, READ_FLAGS)
             try:
-                if time.time() - os.fstat(fd).st_mtime > SUMMARY_TRUST_SECONDS:
+                if not self.trusted(os.fstat(fd).st_mtime):
                     return None, None
                 summary = json.loads(os.read(fd, SUMMARY_MAX_BYTES))
             finally:
@@ -809,6 +814,12 @@ class TableSummary:
         except (OSError, ValueError) as exc:
             log.info('ignoring %s: %s', self.path, exc)
             return None, None
+        counted_at = summary.get('counted_at') if isinstance(summary, dict) else None
+        if isinstance(counted_at, bool) or not isinstance(counted_at, (int, float)) or not (
+                self.trusted(counted_at)):
+            log.debug('ignoring %s: its counts were not made in the last %g s',
+                      self.path, SUMMARY_TRUST_SECONDS)
+            return summary, None
         try:
             # Only if it covers at least half the file: else one regex pass is as quick.
             return summary, self.table.bytes_after(summary['ino'], summary['offset'],
@@ -818,9 +829,17 @@ class TableSummary:
             log.info('ignoring %s: %s', self.path, exc)
             return summary, None
 
-    def write(self, summary, ino, offset, tail):
-        """summary: a dict of JSON values; ino, offset, tail: the version it covers."""
-        data = json.dumps({**summary, 'ino': ino, 'offset': offset, 'tail': tail.hex()})
+    @staticmethod
+    def trusted(counted_at):
+        """Whether counts made at counted_at (Unix seconds) may still be trusted."""
+        age = time.time() - counted_at
+        return -SUMMARY_CLOCK_SLACK_SECONDS <= age <= SUMMARY_TRUST_SECONDS
+
+    def write(self, summary, ino, offset, tail, counted_at):
+        """summary: a dict of JSON values; ino, offset, tail: the version it covers;
+        counted_at: when the oldest of its counts was made from the file's bytes."""
+        data = json.dumps({**summary, 'ino': ino, 'offset': offset, 'tail': tail.hex(),
+                           'counted_at': counted_at})
         temp = self.path.with_name(f'{self.table._temp_prefix()}{os.urandom(4).hex()}.tmp')
         try:
             fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,

@@ -3,6 +3,8 @@ fake a completion or stall a worker. Each test reproduces one finding."""
 
 import concurrent.futures
 import datetime
+import json
+import os
 import subprocess
 import sys
 import time
@@ -234,3 +236,125 @@ def test_queue_files_are_lf_throughout_and_an_older_crlf_header_still_reads(tmp_
     assert older.get_job(job_id)['status'] == 'pending'
     assert older.process_jobs({'t': lambda p: p})['completed'] == 1
     assert b'\r' not in hot.read_bytes() and older.check() == []
+
+
+# The summary cache: a forged or garbled one may cost speed, never a job.
+SUMMARY_JOBS = 20_000
+
+
+def queue_with_summary(path):
+    """SUMMARY_JOBS due jobs of type 'a' in many segments, and the summary a stats call
+    left of them."""
+    queue = Queue(path)
+    queue.enqueue_many(('a', {'n': n, 'pad': 'x' * 40}) for n in range(SUMMARY_JOBS))
+    queue.stats()
+    summary = json.loads(summary_path(path).read_text())
+    assert len(summary['segments']) > 10
+    return summary
+
+
+def summary_path(path):
+    return path.with_name(f'.{path.name}.summary')
+
+
+def forge(path, summary, mtime=None):
+    summary_path(path).write_text(json.dumps(summary))
+    if mtime is not None:
+        os.utime(summary_path(path), (mtime, mtime))
+
+
+def dropped_segment(summary, _):
+    del summary['segments'][3]
+
+
+def emptied_counts(summary, _):
+    for segment in summary['segments']:
+        segment[3], segment[4], segment[5] = {}, {}, 0
+
+
+def shifted_boundaries(summary, _):
+    segments = summary['segments']
+    for before, after in zip(segments, segments[1:]):
+        before[1] -= 17
+        after[0] -= 17
+
+
+def duplicated_segment(summary, _):
+    summary['segments'].insert(3, list(summary['segments'][3]))
+
+
+def wrong_types(summary, _):
+    summary['segments'][2][4] = {'w': 'soon'}
+    summary['segments'][5][6] = 'high'
+
+
+def copied_from_another_queue(summary, tmp_path):
+    other = queue_with_summary(tmp_path / 'other' / 'queue.tsv')
+    summary.clear()
+    summary.update(other)
+
+
+def due_later(summary, _):
+    """A lie no cheap check can catch: one segment's jobs said to be due in a year."""
+    pending = summary['segments'][3][3]['a']
+    pending[0] = pending[2] = time.time() + 365 * 86400
+
+
+def hidden(queue):
+    return queue.stats()['by_status']['pending']
+
+
+@pytest.mark.parametrize('garble', [dropped_segment, emptied_counts, shifted_boundaries,
+                                    duplicated_segment, wrong_types,
+                                    copied_from_another_queue])
+@pytest.mark.parametrize('future_mtime', [False, True])
+def test_a_garbled_summary_is_ignored_and_hides_no_job(tmp_path, garble, future_mtime):
+    path = tmp_path / 'queue.tsv'
+    summary = queue_with_summary(path)
+    garble(summary, tmp_path)
+    forge(path, summary, time.time() + 3600 if future_mtime else None)
+    assert Queue(path).stats()['by_status']['pending'] == SUMMARY_JOBS
+    done = Queue(path).process_jobs({'a': lambda p: None})
+    assert done['completed'] == SUMMARY_JOBS
+    assert Queue(path).stats()['by_status']['pending'] == 0
+
+
+def test_check_reports_a_summary_that_does_not_match_the_file(tmp_path):
+    path = tmp_path / 'queue.tsv'
+    summary = queue_with_summary(path)
+    assert Queue(path).check() == []
+    due_later(summary, tmp_path)
+    forge(path, summary)
+    problems = Queue(path).check()
+    assert len(problems) == 1 and '.queue.tsv.summary' in problems[0], problems
+
+
+def test_a_lie_in_a_summary_does_not_outlive_its_trust_window(tmp_path, monkeypatch):
+    from dbbasic_queue import storage
+    path = tmp_path / 'queue.tsv'
+    summary = queue_with_summary(path)
+    due_later(summary, tmp_path)
+    hidden_jobs = sum(pending[1] for pending in [summary['segments'][3][3]['a']])
+    forge(path, summary)
+    monkeypatch.setattr(storage, 'SUMMARY_TRUST_SECONDS', 2)
+    # Within the window, the lie may cost the hidden jobs a wait, and each rewrite saves
+    # the summary again: but not as counted anew.
+    assert Queue(path).process_jobs({'a': lambda p: None})['completed'] == SUMMARY_JOBS - hidden_jobs
+    assert json.loads(summary_path(path).read_text())['counted_at'] == summary['counted_at']
+    time.sleep(2.5)
+    assert Queue(path).process_jobs({'a': lambda p: None})['completed'] == hidden_jobs
+    assert Queue(path).stats()['by_status']['pending'] == 0
+
+
+def test_a_loop_worker_recounts_what_it_loaded_once_the_window_passes(tmp_path, monkeypatch):
+    from dbbasic_queue import storage
+    path = tmp_path / 'queue.tsv'
+    summary = queue_with_summary(path)
+    due_later(summary, tmp_path)
+    forge(path, summary)
+    monkeypatch.setattr(storage, 'SUMMARY_TRUST_SECONDS', 2)
+    worker = Queue(path)   # one process polling, as `work --loop` does
+    first = worker.process_jobs({'a': lambda p: None})['completed']
+    assert first < SUMMARY_JOBS
+    time.sleep(2.5)
+    assert worker.process_jobs({'a': lambda p: None})['completed'] == SUMMARY_JOBS - first
