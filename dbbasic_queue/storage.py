@@ -1151,11 +1151,13 @@ class WorkerJournal:
     running. Its first byte is R while a handler runs (the job id follows, up to a
     newline), - between jobs.
 
-    The file is mapped into memory, so marking a job costs two stores, not a system call;
-    a store to a shared mapping is in the page cache at once, so it survives the worker's
-    own death (kill -9, the OOM killer, os._exit), which is what recovery needs to blame
-    exactly the job that was running. It does not survive a power cut. The id is stored
-    before the R: a kill between the two leaves '-', never half an id.
+    Each mark is one pwrite() into bytes allocated when the journal is made (a full disk
+    is a StorageError then, not later): a write is in the page cache once the call
+    returns, so it survives the worker's own death (kill -9, the OOM killer, os._exit),
+    which is what recovery needs to blame exactly the job that was running. It does not
+    survive a power cut. R and the id are one write: a kill leaves either, never half an
+    id. Not a shared mapping: a store to one past a journal truncated meanwhile (or not
+    allocated on a full disk) kills the worker with SIGBUS.
     """
 
     SUFFIX = '.running'
@@ -1164,15 +1166,19 @@ class WorkerJournal:
 
     def __init__(self, table_path, worker, file_mode):
         self.path = self.path_for(table_path, worker)
+        self._reported = False
         with storage_errors(self.path, 'create'):
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | NO_FOLLOW,
                          DEFAULT_FILE_MODE if file_mode is None else file_mode)
             try:
-                os.ftruncate(fd, self.SIZE_BYTES)
-                self._map = mmap.mmap(fd, self.SIZE_BYTES)
-            finally:
+                os.posix_fallocate(fd, 0, self.SIZE_BYTES)
+                _write_all(fd, self.IDLE + b'\n')
+            except BaseException:
                 os.close(fd)
-        self._map[0:2] = self.IDLE + b'\n'
+                _unlink_quietly(self.path)
+                raise
+        self._fd = fd
+        self._closer = weakref.finalize(self, os.close, fd)
 
     @classmethod
     def path_for(cls, table_path, worker):
@@ -1180,16 +1186,24 @@ class WorkerJournal:
         return table_path.with_name(f'.{table_path.name}.{worker}{cls.SUFFIX}')
 
     def starting(self, job_id):
-        line = (job_id + '\n').encode(ENCODING, DECODE_ERRORS)[:self.SIZE_BYTES - 1]
-        self._map[1:1 + len(line)] = line
-        self._map[0] = self.RUNNING[0]
+        self._mark(self.RUNNING + (job_id + '\n').encode(ENCODING, DECODE_ERRORS)[
+            :self.SIZE_BYTES - 1])
 
     def finished(self):
-        self._map[0] = self.IDLE[0]
+        self._mark(self.IDLE)
+
+    def _mark(self, data):
+        try:
+            os.pwrite(self._fd, data, 0)
+        except OSError as exc:   # truncated, and the disk full since
+            if not self._reported:
+                self._reported = True
+                log.warning('cannot write the journal %s: %s; should this worker crash, '
+                            'recovery may blame the wrong job, or none', self.path, exc)
 
     def close(self):
-        """Unmap and remove it: this worker holds no job any more."""
-        self._map.close()
+        """Close and remove it: this worker holds no job any more."""
+        self._closer()
         _unlink_quietly(self.path)
 
     @classmethod

@@ -358,3 +358,62 @@ def test_a_loop_worker_recounts_what_it_loaded_once_the_window_passes(tmp_path, 
     assert first < SUMMARY_JOBS
     time.sleep(2.5)
     assert worker.process_jobs({'a': lambda p: None})['completed'] == SUMMARY_JOBS - first
+
+
+# -- the journal: a full disk or a truncated journal is an error line, never SIGBUS -----
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 512 KiB tmpfs, mounted for this test and unmounted after it."""
+    mount_point = tmp_path / 'small'
+    mount_point.mkdir()
+    mounted = subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=512k', 'tmpfs', str(mount_point)],
+                             capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT_SECONDS)
+    if mounted.returncode != 0:
+        pytest.skip(f'cannot mount a tmpfs here (needs root): {mounted.stderr.strip()}')
+    yield mount_point
+    subprocess.run(['umount', '-l', str(mount_point)], timeout=SUBPROCESS_TIMEOUT_SECONDS)
+
+
+def fill(directory):
+    """Write a file in directory until the disk is full; returns its path."""
+    filler = directory / 'filler'
+    with open(filler, 'wb', buffering=0) as f:
+        try:
+            while True:
+                f.write(b'x' * 4096)
+        except OSError:
+            pass
+    return filler
+
+
+def test_a_full_disk_at_worker_start_is_one_error_line_not_a_bus_error(small_disk):
+    (small_disk / 'handlers.py').write_text('HANDLERS = {"t": lambda p: p["n"]}\n')
+    queue = Queue(small_disk / 'data' / 'queue.tsv')
+    job_id = queue.enqueue('t', {'n': 1})
+    filler = fill(small_disk)
+    done = dbbasic_queue_cli(small_disk, 'work', 'handlers:HANDLERS')
+    assert done.returncode == 1, (done.returncode, done.stderr)
+    assert 'Traceback' not in done.stderr and 'No space left' in done.stderr
+    filler.unlink()
+    done = dbbasic_queue_cli(small_disk, 'work', 'handlers:HANDLERS')
+    assert done.returncode == 0, done.stderr
+    assert queue.get_job(job_id)['status'] == 'completed'
+
+
+TRUNCATING_HANDLERS = '''
+import glob, os
+def truncate_journals(payload):
+    for path in glob.glob('data/.queue.tsv.*.running'):
+        os.truncate(path, 0)
+    return payload['n']
+HANDLERS = {'t': truncate_journals}
+'''
+
+
+def test_a_journal_truncated_under_a_live_worker_does_not_kill_it(tmp_path):
+    (tmp_path / 'handlers.py').write_text(TRUNCATING_HANDLERS)
+    queue = Queue(tmp_path / 'data' / 'queue.tsv')
+    ids = [queue.enqueue('t', {'n': n}) for n in range(3)]
+    done = dbbasic_queue_cli(tmp_path, 'work', 'handlers:HANDLERS')
+    assert done.returncode == 0, (done.returncode, done.stderr)
+    assert [queue.get_job(job_id)['status'] for job_id in ids] == ['completed'] * 3
