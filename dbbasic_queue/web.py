@@ -31,6 +31,7 @@ import logging
 import math
 import secrets
 import socketserver
+import threading
 import time
 from datetime import datetime
 from typing import Callable, Iterable
@@ -55,7 +56,10 @@ SECURITY_HEADERS = [('Content-Security-Policy', CSP), ('X-Content-Type-Options',
                     ('Cache-Control', 'no-store')]
 REASONS = {200: 'OK', 303: 'See Other', 400: 'Bad Request', 401: 'Unauthorized',
            403: 'Forbidden', 404: 'Not Found', 405: 'Method Not Allowed',
-           409: 'Conflict', 413: 'Payload Too Large', 500: 'Internal Server Error'}
+           409: 'Conflict', 413: 'Payload Too Large', 421: 'Misdirected Request',
+           500: 'Internal Server Error'}
+READ_TIMEOUT_SECONDS = 10   # a client silent this long mid-request is disconnected
+MAX_CONNECTIONS = 64        # served at once, a thread each; more wait to be accepted
 DONE_MESSAGES = {'retried': 'Retried {n} job(s): they are pending again.',
                  'cancelled': 'Cancelled {n} job(s).', 'purged': 'Purged {n} finished job(s).',
                  'paused': 'Paused {type}: workers leave its jobs pending.',
@@ -171,12 +175,18 @@ class Dashboard:
             headers.append(('Set-Cookie', f'{TOKEN_COOKIE}={quote(self.token or "")}; '
                                           f'Path={path}; HttpOnly; SameSite=Strict'))
         start_response(f'{response.status} {REASONS.get(response.status, "")}', headers)
-        return [response.body]
+        return [b''] if request.method == 'HEAD' else [response.body]
 
     # -- access ---------------------------------------------------------------------------
     def _authorized(self, request):
-        """None if the request may go on; a redirect that stores a ?token= as a cookie."""
+        """None if the request may go on; a redirect that stores a ?token= as a cookie.
+        Without a token, only a request to a loopback name may: a web page the user
+        visits could otherwise reach 127.0.0.1 by a name of its own (DNS rebinding)."""
         if self.token is None:
+            host = request.environ.get('HTTP_HOST')
+            if host is not None and not is_loopback(host_name(host)):
+                raise HTTPError(421, 'without a token this dashboard answers only to '
+                                     '127.0.0.1, localhost or [::1]')
             return None
         given = request.environ.get('HTTP_AUTHORIZATION', '')
         candidates = [given[7:].strip() if given.startswith('Bearer ') else '',
@@ -520,16 +530,55 @@ def _label(bucket):
 
 # -- serving -------------------------------------------------------------------------------
 class _Server(socketserver.ThreadingMixIn, WSGIServer):
+    """A thread per connection, at most MAX_CONNECTIONS at once: the next connection is
+    accepted once one ends (each ends within READ_TIMEOUT_SECONDS of silence)."""
     daemon_threads = True
+
+    def server_activate(self):
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        super().server_activate()
+
+    def process_request(self, request, client_address):
+        self._slots.acquire()
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
 
 class _Handler(WSGIRequestHandler):
+    def setup(self):
+        self.timeout = READ_TIMEOUT_SECONDS   # read at each connection: set on its socket
+        super().setup()
+
+    def handle(self):
+        try:
+            super().handle()
+        except TimeoutError:
+            log.info('dashboard: %s sent no whole request in %g s: disconnected',
+                     self.address_string(), READ_TIMEOUT_SECONDS)
+
     def log_message(self, format, *args):   # noqa: A002 (the stdlib's name)
         log.info('dashboard: %s %s', self.address_string(), format % args)
 
 
+def host_name(host):
+    """The name of a Host header's value: 'localhost:8080' -> 'localhost',
+    '[::1]:8080' -> '::1'."""
+    if host.startswith('['):
+        return host[1:].split(']', 1)[0]
+    return host.rsplit(':', 1)[0] if host.count(':') == 1 else host
+
+
 def is_loopback(host):
-    if host == 'localhost':
+    if host.lower() == 'localhost':
         return True
     try:
         return ipaddress.ip_address(host).is_loopback

@@ -417,3 +417,96 @@ def test_a_journal_truncated_under_a_live_worker_does_not_kill_it(tmp_path):
     done = dbbasic_queue_cli(tmp_path, 'work', 'handlers:HANDLERS')
     assert done.returncode == 0, (done.returncode, done.stderr)
     assert [queue.get_job(job_id)['status'] for job_id in ids] == ['completed'] * 3
+
+
+# -- C. The dashboard -------------------------------------------------------------------
+def raw_request(port, data, timeout=SUBPROCESS_TIMEOUT_SECONDS):
+    """Send data on a new connection to 127.0.0.1:port; the whole response."""
+    import socket
+    with socket.create_connection(('127.0.0.1', port), timeout=timeout) as connection:
+        connection.sendall(data)
+        chunks = []
+        while True:
+            chunk = connection.recv(65536)
+            if not chunk:
+                return b''.join(chunks)
+            chunks.append(chunk)
+
+
+@pytest.mark.parametrize('host, served', [
+    ('127.0.0.1', True), ('127.0.0.1:8080', True), ('localhost', True),
+    ('LOCALHOST:80', True), ('[::1]', True), ('[::1]:8080', True),
+    ('attacker.example', False), ('attacker.example:8080', False), ('10.1.2.3', False),
+    ('127.0.0.1.attacker.example', False),
+])
+def test_without_a_token_only_loopback_host_values_are_served(queue_path, host, served):
+    from tests.test_web import serving
+    with serving(Queue(queue_path)) as client:
+        status, _, _ = client.get('/', headers={'Host': host})
+        assert (status == 200) == served, (host, status)
+        if not served:
+            assert status == 421
+            assert client.request('POST', '/pause', form={'type': 't'},
+                                  headers={'Host': host})[0] == 421
+
+
+def test_with_a_token_any_host_is_served(queue_path):
+    from tests.test_web import serving
+    with serving(Queue(queue_path), token='s3cret') as client:
+        status, _, _ = client.get('/', headers={'Host': 'queue.example.com',
+                                                'Authorization': 'Bearer s3cret'})
+        assert status == 200
+
+
+def test_head_sends_no_body(queue_path):
+    from tests.test_web import serving
+    with serving(Queue(queue_path)) as client:
+        response = raw_request(client.port, b'HEAD / HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n')
+    head, _, body = response.partition(b'\r\n\r\n')
+    assert head.startswith(b'HTTP/1.0 200') and b'Content-Length' in head and body == b''
+
+
+def test_slow_clients_do_not_hold_the_dashboard(queue_path, monkeypatch):
+    import socket
+    from dbbasic_queue import web
+    from tests.test_web import serving
+    monkeypatch.setattr(web, 'READ_TIMEOUT_SECONDS', 1)
+    slow = []
+    with serving(Queue(queue_path)) as client:
+        try:
+            for _ in range(50):
+                connection = socket.create_connection(('127.0.0.1', client.port),
+                                                      timeout=SUBPROCESS_TIMEOUT_SECONDS)
+                connection.sendall(b'GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n')   # never ends
+                slow.append(connection)
+            assert client.get('/')[0] == 200   # served while they hang
+            for connection in slow:   # each is closed by the server once its read times out
+                assert connection.recv(65536) == b''
+            assert client.get('/')[0] == 200
+        finally:
+            for connection in slow:
+                connection.close()
+
+
+def test_the_dashboard_serves_a_bounded_number_of_connections_at_once(queue_path, monkeypatch):
+    import socket
+    import threading
+    from dbbasic_queue import web
+    from tests.test_web import serving
+    monkeypatch.setattr(web, 'READ_TIMEOUT_SECONDS', 1)
+    monkeypatch.setattr(web, 'MAX_CONNECTIONS', 4)
+    slow = []
+    with serving(Queue(queue_path)) as client:
+        before = threading.active_count()
+        try:
+            for _ in range(12):
+                connection = socket.create_connection(('127.0.0.1', client.port),
+                                                      timeout=SUBPROCESS_TIMEOUT_SECONDS)
+                connection.sendall(b'GET / HTTP/1.1\r\n')
+                slow.append(connection)
+            time.sleep(0.3)
+            assert threading.active_count() - before <= 4
+            assert client.get('/')[0] == 200   # once the slow ones timed out
+        finally:
+            for connection in slow:
+                connection.close()
