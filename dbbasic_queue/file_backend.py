@@ -241,7 +241,9 @@ class FileBackend(Backend):
         last job id, and its previous slot as rollback_slot; then the jobs are appended (one
         append); then the records are written without rollback_slot. A commit that finds a
         rollback_slot left by a killed process looks the job id up: in the queue, the slot
-        was enqueued; not there, it was not, and the entry's last slot is rollback_slot."""
+        was enqueued; not there, it was not, and the entry's last slot is rollback_slot.
+        The jobs are fsynced before the records' rename, so a power cut cannot keep a
+        settled record whose job it lost."""
         with self.table.lock:
             records, bad = self.schedule_state.read(schedule.parse_state)
             kept_lines = [line for _, line, _ in bad]   # hand edits: written back as they were
@@ -255,9 +257,11 @@ class FileBackend(Backend):
                 self.schedule_state.replace(schedule.format_state({**settled, **in_flight},
                                                                   kept_lines))
                 now = self.clock()
+                # fsynced whatever durable says: the record written next must never reach
+                # the disk before its job, or a power cut loses that slot's job for good.
                 self.table.append(b''.join(
                     self._line_bytes(job_id, job_type, payload, payload_text, now, None, None)
-                    for job_id, job_type, payload, payload_text in jobs), fsync=self.durable)
+                    for job_id, job_type, payload, payload_text in jobs), fsync=True)
             if changed or resolved:
                 self.schedule_state.replace(schedule.format_state(settled, kept_lines))
         return [job[0] for job in jobs]

@@ -363,6 +363,8 @@ class TableFile:
                     os.link(made, self.path.with_name(made.name), follow_symlinks=False)
                 except FileExistsError:
                     pass   # made meanwhile (dbbasic-tsv's own writer); a symlink fails at open
+            # Else a power cut could lose the new names, and a durable job appended.
+            _fsync_directory(self.path.parent)
         finally:
             shutil.rmtree(private, ignore_errors=True)
 
@@ -988,7 +990,8 @@ class WordsFile(SmallFile):
 
 
 def make_directory(directory, file_mode=None):
-    """mkdir -p; with a file_mode, directories made here get it plus the matching x bits."""
+    """mkdir -p, each new directory's name fsynced; with a file_mode, directories made
+    here get it plus the matching x bits."""
     directory = Path(directory)
     if directory.is_dir():
         return
@@ -999,6 +1002,7 @@ def make_directory(directory, file_mode=None):
         return
     if file_mode is not None:
         os.chmod(directory, file_mode | (file_mode & 0o444) >> 2)
+    _fsync_directory(directory.parent)   # the new directory's name, before files go in it
 
 
 def set_mode(fd, file_mode, path):

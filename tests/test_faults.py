@@ -510,3 +510,64 @@ def test_the_dashboard_serves_a_bounded_number_of_connections_at_once(queue_path
         finally:
             for connection in slow:
                 connection.close()
+
+
+# -- power cuts, reasoned from the system calls (strace shows each with its path) -------
+def traced_syscalls(tmp_path, code, *args):
+    """[(syscall, the paths it names)] of `python -c code args` in order, from strace."""
+    import re
+    import shutil
+    if shutil.which('strace') is None:
+        pytest.skip('strace is not installed (apt-get install strace)')
+    trace = tmp_path / 'trace.txt'
+    done = subprocess.run(['strace', '-f', '-qq', '-y', '-o', str(trace), '-e',
+                           'trace=fsync,fdatasync,rename,renameat,renameat2,link,linkat,'
+                           'mkdir,mkdirat', sys.executable, '-c', code, *map(str, args)],
+                          capture_output=True, text=True, env=python_env(),
+                          timeout=SUBPROCESS_TIMEOUT_SECONDS)
+    if done.returncode != 0 and 'ptrace' in done.stderr:
+        pytest.skip(f'strace cannot trace here: {done.stderr.strip()}')
+    assert done.returncode == 0, done.stderr
+    calls = []
+    for line in trace.read_text().splitlines():
+        found = re.match(r'(?:\d+\s+)?(\w+)\((.*)\)\s+=\s+0', line)
+        if found:
+            calls.append((found.group(1), re.findall(r'<([^>]*)>|"([^"]*)"', found.group(2))))
+    return [(name, [a or b for a, b in paths]) for name, paths in calls]
+
+
+def index_of(calls, name_prefix, path_end, after=-1):
+    for i, (name, paths) in enumerate(calls):
+        if i > after and name.startswith(name_prefix) and any(p.endswith(path_end) for p in paths):
+            return i
+    raise AssertionError(f'no {name_prefix}(...{path_end}) after call {after}: {calls}')
+
+
+def test_the_first_create_of_a_queue_fsyncs_the_directories_it_adds_to(tmp_path):
+    calls = traced_syscalls(tmp_path, 'import sys; from dbbasic_queue import Queue; '
+                            'Queue(sys.argv[1], durable=True).enqueue("t", {})',
+                            tmp_path / 'data' / 'queue.tsv')
+    made = index_of(calls, 'mkdir', '/data')
+    index_of(calls, 'fsync', str(tmp_path), after=made)   # the new directory's entry
+    linked = index_of(calls, 'link', '/data/queue.tsv')
+    synced = index_of(calls, 'fsync', '/data', after=linked)   # the new file's entry
+    assert synced < index_of(calls, 'fsync', '/data/queue.tsv', after=linked)   # the job's
+
+
+SCHEDULE_COMMIT = '''
+import sys, time
+from dbbasic_queue import Queue, every
+queue = Queue(sys.argv[1])
+schedule = [every('1s', 't')]
+queue.enqueue_due(schedule)   # records the entry; its first slot is the next one
+time.sleep(1.1)
+assert len(queue.enqueue_due(schedule)) == 1
+'''
+
+
+def test_a_schedule_commit_makes_its_job_durable_before_its_slot(tmp_path):
+    calls = traced_syscalls(tmp_path, SCHEDULE_COMMIT, tmp_path / 'data' / 'queue.tsv')
+    renames = [i for i, (name, paths) in enumerate(calls) if name.startswith('rename')
+               and any(p.endswith('queue.schedule.tsv') for p in paths)]
+    in_flight, settled = renames[-2:]
+    assert index_of(calls, 'fsync', '/data/queue.tsv', after=in_flight) < settled
