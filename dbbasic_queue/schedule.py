@@ -17,7 +17,8 @@ one. The job's payload is the entry's, plus SLOT_FIELD: the slot's time, ISO 860
 This module holds the rules (which slots are due, what is recorded); the backends only
 store. A new entry, or one whose schedule text changed, starts from now: its first job is
 its next slot. After downtime, catch_up says what the missed slots get: 'latest' (one job,
-for the latest), 'all' (one job each) or 'none' (nothing for a slot found more than
+for the latest), 'all' (one job each, for at most max_catch_up of the latest: the
+earlier ones are skipped, with a warning) or 'none' (nothing for a slot found more than
 MISSED_SLOT_SECONDS late).
 
 Cron expressions are the five fields of crontab(5), parsed and stepped by cronsim (the
@@ -30,6 +31,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+from collections import deque
 from datetime import datetime, timedelta, timezone
 from functools import lru_cache
 from typing import Any, NamedTuple
@@ -42,6 +44,7 @@ log = logging.getLogger('dbbasic_queue')
 
 CATCH_UP = ('latest', 'all', 'none')
 MISSED_SLOT_SECONDS = 300        # catch_up='none': a slot found later than this is skipped
+MAX_CATCH_UP_SLOTS = 1000        # catch_up='all': the most slots one run enqueues (the latest)
 SLOT_FIELD = 'scheduled_for'     # added to each scheduled job's payload: its slot, ISO 8601
 LATEST_WINDOW_SECONDS = 3600     # latest(): the first look back; then 4x wider each time
 STATE_COLUMNS = ('name', 'schedule', 'last_slot', 'job_id', 'rollback_slot')
@@ -64,11 +67,13 @@ class Record(NamedTuple):
 class Entry:
     """One recurring job: made by cron() or every(); its slots are Unix seconds."""
 
-    def __init__(self, name, job_type, payload, schedule, catch_up):
+    def __init__(self, name, job_type, payload, schedule, catch_up,
+                 max_catch_up=MAX_CATCH_UP_SLOTS):
         self.job_type = job_type
         self.name = job_type if name is None else name
         self.schedule = schedule        # the text stored beside the slot: a change restarts
         self.catch_up = catch_up
+        self.max_catch_up = max_catch_up
         self.payload = payload
         self._check()
 
@@ -107,6 +112,17 @@ class Entry:
                 return found
             window *= 4
 
+    def last_slots(self, after, until, count):
+        """The last count slots s with after < s <= until, in order; looks back in
+        widening windows, as latest() does."""
+        window = LATEST_WINDOW_SECONDS
+        while True:
+            start = max(after, until - window)
+            found = deque(self.slots(start, until), maxlen=count)
+            if len(found) == count or start == after:
+                return list(found)
+            window *= 4
+
     def next_runs(self, after, count):
         runs, slot = [], after
         for _ in range(count):
@@ -125,6 +141,10 @@ class Entry:
         if self.catch_up not in CATCH_UP:
             raise InvalidArgumentError(f'{where}: catch_up must be one of {", ".join(CATCH_UP)}, '
                                        f'got {self.catch_up!r}')
+        if (isinstance(self.max_catch_up, bool) or not isinstance(self.max_catch_up, int)
+                or self.max_catch_up < 1):
+            raise InvalidArgumentError(f'{where}: max_catch_up must be an int >= 1, '
+                                       f'got {self.max_catch_up!r}')
         if self.payload is None:
             self.payload = {}
         if not isinstance(self.payload, dict) or SLOT_FIELD in self.payload:
@@ -137,11 +157,12 @@ class Entry:
 
 
 class CronEntry(Entry):
-    def __init__(self, expression, job_type, payload, tz, name, catch_up):
+    def __init__(self, expression, job_type, payload, tz, name, catch_up, max_catch_up):
         self.expression = ' '.join(str(expression).split()) if isinstance(expression, str) else expression
         self.tz = tz
         super().__init__(name, job_type, payload,
-                         f'cron {self.expression}' + (f' {tz}' if tz else ''), catch_up)
+                         f'cron {self.expression}' + (f' {tz}' if tz else ''), catch_up,
+                         max_catch_up)
         where = f'schedule entry {self.name!r}'
         if not isinstance(expression, str):
             raise InvalidArgumentError(f'{where}: a cron expression must be a str, got {expression!r}')
@@ -178,7 +199,7 @@ class CronEntry(Entry):
 class EveryEntry(Entry):
     """Slots at whole multiples of the interval since the Unix epoch: the same on every host."""
 
-    def __init__(self, interval, job_type, payload, name, catch_up):
+    def __init__(self, interval, job_type, payload, name, catch_up, max_catch_up):
         where = f'schedule entry {job_type if name is None else name!r}'
         if isinstance(interval, timedelta):
             seconds = interval.total_seconds()
@@ -197,7 +218,7 @@ class EveryEntry(Entry):
             raise InvalidArgumentError(f'{where}: the interval must be at least 1 second, '
                                        f'got {interval!r}')
         self.interval_seconds = seconds
-        super().__init__(name, job_type, payload, f'every {text}', catch_up)
+        super().__init__(name, job_type, payload, f'every {text}', catch_up, max_catch_up)
 
     def next_after(self, t):
         return (math.floor(t / self.interval_seconds) + 1) * self.interval_seconds
@@ -211,21 +232,23 @@ class EveryEntry(Entry):
 
 
 def cron(expression: str, job_type: str, payload: dict[str, Any] | None = None, *,
-         tz: str | None = None, name: str | None = None, catch_up: str = 'latest') -> Entry:
+         tz: str | None = None, name: str | None = None, catch_up: str = 'latest',
+         max_catch_up: int = MAX_CATCH_UP_SLOTS) -> Entry:
     """A job of job_type at each time matching a crontab(5) expression ('0 3 * * *'), in
     the zone tz (an IANA name such as 'Europe/Berlin'; default: local time). name (default
     job_type) identifies it in the stored state; give one when two entries share a type.
+    catch_up: see the module docstring; max_catch_up bounds what 'all' enqueues at once.
     Raises InvalidArgumentError for a bad expression or zone; needs the [cron] extra."""
-    return CronEntry(expression, job_type, payload, tz, name, catch_up)
+    return CronEntry(expression, job_type, payload, tz, name, catch_up, max_catch_up)
 
 
 def every(interval: str | float | timedelta, job_type: str,
           payload: dict[str, Any] | None = None, *, name: str | None = None,
-          catch_up: str = 'latest') -> Entry:
+          catch_up: str = 'latest', max_catch_up: int = MAX_CATCH_UP_SLOTS) -> Entry:
     """A job of job_type every interval ('90s', '15m', '2h', '1d', seconds or a
     timedelta; at least 1 s), at whole multiples of it since 1970-01-01 UTC ('1d' is
-    midnight UTC: use cron for local days)."""
-    return EveryEntry(interval, job_type, payload, name, catch_up)
+    midnight UTC: use cron for local days). catch_up and max_catch_up: as cron()'s."""
+    return EveryEntry(interval, job_type, payload, name, catch_up, max_catch_up)
 
 
 def check_schedule(schedule, handlers=None):
@@ -299,7 +322,12 @@ def plan(entries, records, now):
 def _due(entry, last, now):
     """(the new last slot or None if none came due, the slots to enqueue)."""
     if entry.catch_up == 'all':
-        slots = list(entry.slots(last, now))
+        slots = entry.last_slots(last, now, entry.max_catch_up)
+        if slots and entry.next_after(last) < slots[0]:
+            log.warning("schedule entry %r: skipped its missed slots from %s up to %s "
+                        "(catch_up='all' enqueues the latest %d at most: raise max_catch_up "
+                        "for more)", entry.name, entry.slot_text(entry.next_after(last)),
+                        entry.slot_text(slots[0]), entry.max_catch_up)
         return (slots[-1] if slots else None), slots
     latest = entry.latest(last, now)
     if latest is None:

@@ -11,7 +11,8 @@ import time
 
 import pytest
 
-from dbbasic_queue import Queue
+from dbbasic_queue import InvalidArgumentError, Queue, cron, every
+from dbbasic_queue.schedule import MAX_CATCH_UP_SLOTS
 from tests.conftest import SUBPROCESS_TIMEOUT_SECONDS, python_env, spawn, wait_all
 
 ZERO = {'completed': 0, 'retried': 0, 'failed': 0, 'recovered': 0}
@@ -571,3 +572,31 @@ def test_a_schedule_commit_makes_its_job_durable_before_its_slot(tmp_path):
                and any(p.endswith('queue.schedule.tsv') for p in paths)]
     in_flight, settled = renames[-2:]
     assert index_of(calls, 'fsync', '/data/queue.tsv', after=in_flight) < settled
+
+
+# -- a year of downtime ------------------------------------------------------------------
+@pytest.mark.parametrize('entry_of', [
+    lambda **options: every('1m', 't', catch_up='all', **options),
+    lambda **options: cron('* * * * *', 't', catch_up='all', **options),
+])
+def test_catch_up_all_after_a_year_down_is_capped_with_a_warning(tmp_path, clock, caplog,
+                                                                entry_of):
+    queue = Queue(tmp_path / 'queue.tsv', clock=clock)
+    assert queue.enqueue_due([entry_of()]) == []   # the entry starts from now
+    clock.advance(365 * 86400)
+    with caplog.at_level('WARNING', logger='dbbasic_queue'):
+        ids = queue.enqueue_due([entry_of()])
+    assert len(ids) == MAX_CATCH_UP_SLOTS
+    assert 'skipped its missed slots' in caplog.text and 'max_catch_up' in caplog.text
+    # the latest slots are the ones kept: the last is the minute of now
+    latest = max(datetime.datetime.fromisoformat(job['payload']['scheduled_for']).timestamp()
+                 for job in queue.list_jobs())
+    assert latest == clock.now - clock.now % 60
+    clock.advance(365 * 86400)
+    assert len(queue.enqueue_due([entry_of(max_catch_up=3000)])) == 3000
+
+
+def test_max_catch_up_must_be_a_positive_int():
+    for bad in (0, -1, 1.5, True, '10'):
+        with pytest.raises(InvalidArgumentError):
+            every('1m', 't', catch_up='all', max_catch_up=bad)
