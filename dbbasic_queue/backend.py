@@ -41,12 +41,6 @@ class NewJobs:
         return zip(self.types, self.payloads, self.texts, repeat(self.created_at),
                    self.run_ats, self.options)
 
-    def chunks(self, size):
-        """These jobs, size at a time, in order."""
-        for start in range(0, len(self), size):
-            part = slice(start, start + size)
-            yield NewJobs(self.created_at, self.types[part], self.payloads[part],
-                          self.texts[part], self.run_ats[part], self.options[part])
 
 
 class Backend:
@@ -65,10 +59,11 @@ class Backend:
         """
         raise NotImplementedError
 
-    def add_many(self, new_jobs, chunk_jobs):
-        """Store new_jobs (NewJobs, all checked) and return their ids in order:
-        chunk_jobs at a time, each chunk atomically. A unique_key already
-        active, or given earlier in new_jobs, gives that job's id."""
+    def add_many(self, chunks):
+        """Store the jobs of chunks (an iterator of NewJobs, each checked as it is made:
+        a bad item raises from it) and return their ids in order, each chunk atomically.
+        All or nothing: chunks is consumed whole before anything is written. A
+        unique_key already active, or given earlier in chunks, gives that job's id."""
         raise NotImplementedError
 
     def find(self, job_id):

@@ -80,15 +80,19 @@ class FileBackend(Backend):
             self.table.append(data, fsync=self.durable)
         return job_id
 
-    def add_many(self, new_jobs, chunk_jobs):
-        """Every line is made before the first is written; then one locked append per
-        chunk (with unique_keys in it, after one read of the hot file under the lock)."""
-        chunks = [self._lines_of(chunk) for chunk in new_jobs.chunks(chunk_jobs)]
+    def add_many(self, chunks):
+        """Every line is made before the first is written, and only the encoded lines
+        of a chunk are kept (and its lines as str, where it has unique_keys); then one
+        locked append per chunk (with unique_keys in it, after one read of the hot file
+        under the lock)."""
+        chunks = [self._lines_of(chunk) for chunk in chunks]
         if not self._header_current:
             self._upgrade_header()
         ids, holders = [], {}   # unique_key -> the id of its job, seen in this call
-        for chunk_ids, keys, lines, data in chunks:
-            if not any(keys):
+        chunks.reverse()
+        while chunks:   # each chunk's bytes let go once written
+            chunk_ids, keys, lines, data = chunks.pop()
+            if keys is None:
                 self.table.append(data)
                 ids.extend(chunk_ids)
                 continue
@@ -110,8 +114,9 @@ class FileBackend(Backend):
         return ids
 
     def _lines_of(self, new_jobs):
-        """(ids, unique_keys, lines ending in a newline, those lines encoded) of NewJobs:
-        the common case (no options, due now) without a call per job."""
+        """(ids, unique_keys, lines ending in a newline, those lines encoded) of NewJobs,
+        unique_keys and lines None where no job has a key: the common case (no options,
+        due now) without a call per job."""
         ids = new_job_ids(len(new_jobs))
         now = new_jobs.created_at
         due_now = format_millis(due_now_millis(now))
@@ -134,6 +139,8 @@ class FileBackend(Backend):
                      for job_id, new_job in zip(ids, new_jobs)]
             data = ''.join(lines).encode('utf-8')
         keys = [options and options['unique_key'] for options in new_jobs.options]
+        if not any(keys):
+            return ids, None, None, data   # no keys: the str lines are not needed
         return ids, keys, lines, data
 
     def _line_bytes(self, job_id, job_type, payload, payload_text, now, run_at, options):

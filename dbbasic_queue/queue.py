@@ -29,6 +29,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timedelta
+from itertools import islice
 from operator import itemgetter
 from pathlib import Path
 from typing import Any, Union
@@ -153,21 +154,34 @@ class Queue:
         raises InvalidJobError naming its index. On the file, then one locked append per
         ENQUEUE_MANY_CHUNK_JOBS jobs (a process killed between two leaves the first
         chunks, each job whole); on RQ, one MULTI/EXEC per chunk. Items with a
-        unique_key are checked against the active jobs and against each other.
+        unique_key are checked against the active jobs and against each other. jobs is
+        read ENQUEUE_MANY_CHUNK_JOBS items at a time, each chunk encoded before the next
+        is read: a generator of a million jobs costs the file about its lines' size.
         """
         now = self._clock()
-        items = list(jobs)
-        new_jobs = self._plain_new_jobs(now, items)
-        if new_jobs is None:
-            new_jobs = NewJobs(now)
-            for index, item in enumerate(items):
-                try:
-                    job_type, payload, text, _, run_at, options = self._new_job(
-                        now, *_enqueue_arguments(item))
-                except InvalidArgumentError as exc:
-                    raise InvalidJobError(f'item {index}: {exc}') from None
-                new_jobs.append(job_type, payload, text, run_at, options)
-        return self.backend.add_many(new_jobs, ENQUEUE_MANY_CHUNK_JOBS)
+        return self.backend.add_many(self._checked_chunks(now, iter(jobs)))
+
+    def _checked_chunks(self, now, items):
+        """NewJobs of items, ENQUEUE_MANY_CHUNK_JOBS at a time (InvalidJobError naming
+        a bad item's index)."""
+        start = 0
+        while True:
+            chunk = list(islice(items, ENQUEUE_MANY_CHUNK_JOBS))
+            if not chunk:
+                return
+            new_jobs = self._plain_new_jobs(now, chunk)
+            if new_jobs is None:
+                new_jobs = NewJobs(now)
+                for index, item in enumerate(chunk, start):
+                    try:
+                        job_type, payload, text, _, run_at, options = self._new_job(
+                            now, *_enqueue_arguments(item))
+                    except InvalidArgumentError as exc:
+                        raise InvalidJobError(f'item {index}: {exc}') from None
+                    new_jobs.append(job_type, payload, text, run_at, options)
+            start += len(chunk)
+            del chunk
+            yield new_jobs
 
     def _plain_new_jobs(self, now, items):
         """items as NewJobs when each is a (job_type, payload) tuple (the common case),

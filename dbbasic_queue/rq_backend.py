@@ -155,10 +155,10 @@ class RedisBackend(Backend):
             return job_id
         return self._enqueue_unique(options['unique_key'], job_id, save)
 
-    def add_many(self, new_jobs, chunk_jobs):
+    def add_many(self, chunks):
         """One MULTI/EXEC per chunk; a job with a unique_key is added alone, by add."""
         ids = []
-        for chunk in new_jobs.chunks(chunk_jobs):
+        for chunk in list(chunks):   # every chunk checked before the first is written
             chunk_ids, alone = [], []
             with self.redis.pipeline() as pipe:
                 for new_job in chunk:
