@@ -87,6 +87,7 @@ def test_routing_leaves_other_types_pending_and_untouched(backend):
     assert queue.get_job(email)['result'] == 'sent'
 
 
+@pytest.mark.slow
 def test_a_job_never_runs_before_its_run_at(backend):
     queue = queue_of(backend)
     run_at = time.time() + 1.5
@@ -180,6 +181,7 @@ while time.time() < deadline:
 '''
 
 
+@pytest.mark.slow
 def test_concurrent_producers_and_workers_run_each_job_exactly_once(backend, tmp_path):
     log_path = tmp_path / 'executions.log'
     workers = [spawn(WORKER, backend, log_path, 8) for _ in range(2)]

@@ -83,6 +83,7 @@ def no_alert(browser):
     return False
 
 
+@pytest.mark.slow
 def test_the_overview_shows_the_counts_of_a_prepared_queue(browser, queue_path):
     queue, _ = prepared_queue(queue_path)
     with serving(queue) as client:
@@ -95,6 +96,7 @@ def test_the_overview_shows_the_counts_of_a_prepared_queue(browser, queue_path):
     assert browser.title == 'Overview - dbbasic-queue' and charts == 4
 
 
+@pytest.mark.slow
 def test_clicking_retry_on_a_failed_job_makes_it_pending(browser, queue_path):
     queue, ids = prepared_queue(queue_path)
     with serving(queue) as client:
@@ -105,6 +107,7 @@ def test_clicking_retry_on_a_failed_job_makes_it_pending(browser, queue_path):
     assert queue.get_job(ids['failed'])['status'] == 'pending'      # through the library
 
 
+@pytest.mark.slow
 def test_xss_payloads_show_as_text_and_run_no_script(browser, queue_path):
     queue = Queue(queue_path)
     ids = [queue.enqueue('<b>hi</b>', {'text': text}) for text in XSS]

@@ -113,6 +113,7 @@ def test_work_drains_due_jobs_with_one_log_line_per_job_and_exits_0(workdir):
     assert queue_in(workdir).get_job(ids[0])['result'] == {'sent_to': '0@example.com'}
 
 
+@pytest.mark.slow
 def test_work_accepts_a_callable_returning_handlers_and_limits(workdir):
     for _ in range(5):
         cli(workdir, 'enqueue', 'send_email', '{"to": "x"}', check_code=0)
@@ -122,6 +123,7 @@ def test_work_accepts_a_callable_returning_handlers_and_limits(workdir):
     assert json.loads(cli(workdir, '--json', 'stats').stdout)['by_status']['completed'] == 5
 
 
+@pytest.mark.slow
 def test_work_loop_runs_until_max_seconds(workdir):
     started = time.monotonic()
     cli(workdir, 'work', 'handlers:HANDLERS', '--loop', '--sleep', '0.1', '--max-seconds', '1',
@@ -130,6 +132,7 @@ def test_work_loop_runs_until_max_seconds(workdir):
 
 
 @pytest.mark.parametrize('signum', [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.slow
 def test_work_on_a_signal_finishes_the_job_gives_back_the_rest_and_exits_0(workdir, signum):
     slow = cli(workdir, 'enqueue', 'slow', '{"seconds": 1}', check_code=0).stdout.strip()
     waiting = cli(workdir, 'enqueue', 'slow', '{"seconds": 0}', check_code=0).stdout.strip()
@@ -154,6 +157,7 @@ def test_work_on_a_signal_finishes_the_job_gives_back_the_rest_and_exits_0(workd
     assert queue.get_job(waiting)['attempts'] == 0
 
 
+@pytest.mark.slow
 def test_stats_list_and_show(workdir):
     done = cli(workdir, 'enqueue', 'send_email', '{"to": "a@example.com"}', check_code=0).stdout.strip()
     failed = cli(workdir, 'enqueue', 'broken', '{}', check_code=0).stdout.strip()
@@ -181,6 +185,7 @@ def test_stats_list_and_show(workdir):
     assert missing.stderr == 'dbbasic-queue: error: no job ffffffffffffffff in data/queue.tsv\n'
 
 
+@pytest.mark.slow
 def test_retry_one_job_or_every_failed_job_of_a_type(workdir):
     broken = [cli(workdir, 'enqueue', 'broken', '{}', check_code=0).stdout.strip() for _ in range(2)]
     ok = cli(workdir, 'enqueue', 'send_email', '{"to": "x"}', check_code=0).stdout.strip()
@@ -205,6 +210,7 @@ def test_cancel(workdir):
     cli(workdir, 'cancel', 'ffffffffffffffff', check_code=1)
 
 
+@pytest.mark.slow
 def test_purge_removes_old_finished_jobs_and_dry_run_only_lists(workdir):
     for _ in range(2):
         cli(workdir, 'enqueue', 'send_email', '{"to": "x"}', check_code=0)
@@ -221,6 +227,7 @@ def test_purge_removes_old_finished_jobs_and_dry_run_only_lists(workdir):
     assert counts['completed'] == 0 and counts['failed'] == 1  # failed kept unless named
 
 
+@pytest.mark.slow
 def test_purge_keep_leaves_only_the_newest_n(workdir):
     for n in range(3):
         cli(workdir, 'enqueue', 'send_email', json.dumps({'to': str(n)}), check_code=0)
@@ -261,6 +268,7 @@ def test_the_console_script_is_installed(workdir):
     assert result.returncode == 0 and 'work' in result.stdout and 'purge' in result.stdout
 
 
+@pytest.mark.slow
 def test_enqueue_options_are_stored_shown_and_validated(workdir):
     first = cli(workdir, 'enqueue', 'slow', '{"seconds": 5}', '--priority', '7', '--unique-key',
                 'nightly', '--timeout', '1s', '--max-attempts', '1', check_code=0).stdout.strip()
@@ -282,12 +290,13 @@ def test_enqueue_options_are_stored_shown_and_validated(workdir):
         assert message in result.stderr and result.stderr.count('\n') == 1
 
 
+@pytest.mark.slow
 def test_work_timeout_is_the_default_for_jobs_without_one(workdir):
-    job_id = cli(workdir, 'enqueue', 'slow', '{"seconds": 5}', check_code=0).stdout.strip()
+    job_id = cli(workdir, 'enqueue', 'slow', '{"seconds": 60}', check_code=0).stdout.strip()
     started = time.monotonic()
     cli(workdir, 'work', 'handlers:HANDLERS', '--timeout', '0.5s', '--max-attempts', '1',
         check_code=0)
-    assert time.monotonic() - started < 4
+    assert time.monotonic() - started < 30   # interrupted, not slept out (a hang detector)
     assert queue_in(workdir).get_job(job_id)['error'].startswith('TimeoutError')
 
 

@@ -19,6 +19,7 @@ needs_dbbasic_web = pytest.mark.skipif(sys.version_info < (3, 10),
                                        reason='dbbasic-web and dbbasic-admin need Python 3.10+')
 
 
+@pytest.mark.slow
 def test_dbbasic_cli_discovers_the_queue_commands(tmp_path):
     dbbasic = shutil.which('dbbasic')
     assert dbbasic, 'dbbasic-cli is a dev dependency'
@@ -166,6 +167,7 @@ def test_dbbasic_web_enqueues_and_its_worker_command_runs_the_job(tmp_path):
                               'args': {'relpath': 'notes.txt', 'content': 'hi'}}
 
 
+@pytest.mark.slow
 def test_push_pop_hands_each_payload_to_exactly_one_of_several_processes(tmp_path):
     from dbbasic.queue import Queue as PushPopQueue
     path = tmp_path / 'jobs.tsv'

@@ -7,6 +7,8 @@ import collections
 import os
 import time
 
+import pytest
+
 from dbbasic_queue import Queue
 from tests.conftest import spawn, wait_all
 
@@ -41,6 +43,7 @@ def read_log(path):
     return [line.split() for line in path.read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_concurrent_enqueuers_and_workers_lose_nothing_and_run_each_job_once(tmp_path):
     queue_path, log_path = tmp_path / 'data' / 'queue.tsv', tmp_path / 'executions.log'
     per_producer = 300
@@ -62,6 +65,7 @@ def test_concurrent_enqueuers_and_workers_lose_nothing_and_run_each_job_once(tmp
     assert len(starts) == 3 * per_producer and set(starts.values()) == {1}
 
 
+@pytest.mark.slow
 def test_two_overlapping_cron_runs_never_run_the_same_job(tmp_path):
     queue_path, log_path = tmp_path / 'data' / 'queue.tsv', tmp_path / 'executions.log'
     queue = Queue(queue_path)
@@ -168,6 +172,7 @@ def test_a_forked_child_claims_jobs_under_its_own_pid(tmp_path):
     assert queue.get_job(job_id)['status'] == 'completed'
 
 
+@pytest.mark.slow
 def test_a_purge_while_a_worker_finishes_jobs_loses_none_of_them(tmp_path):
     # purge filters the archive outside the lock; jobs archived meanwhile must survive.
     queue_path, log_path = tmp_path / 'data' / 'queue.tsv', tmp_path / 'executions.log'
@@ -187,6 +192,7 @@ def test_a_purge_while_a_worker_finishes_jobs_loses_none_of_them(tmp_path):
     assert set(new) <= archived | set(purged) and not set(new) & set(queue.path.read_text().split())
 
 
+@pytest.mark.slow
 def test_a_retry_while_a_worker_finishes_jobs_loses_none_of_them(tmp_path):
     queue_path, log_path = tmp_path / 'data' / 'queue.tsv', tmp_path / 'executions.log'
     queue = Queue(queue_path)

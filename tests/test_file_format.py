@@ -48,6 +48,7 @@ json_values = st.recursive(
 
 @settings(max_examples=60, deadline=None)
 @given(payload=json_values, error=st.text())
+@pytest.mark.slow
 def test_any_json_payload_and_any_error_text_keep_one_job_per_line(tmp_path_factory, payload, error):
     queue = Queue(tmp_path_factory.mktemp('q') / 'queue.tsv')
 

@@ -38,6 +38,7 @@ def dbbasic(workdir, *args, env=None):
 
 
 # -- 4, 5: options where rq and click users type them -------------------------------------
+@pytest.mark.slow
 def test_global_options_work_after_the_command_too(workdir):
     queue_in(workdir).enqueue('send_email', {'to': 'a@example.com'})
     queue_in(workdir, 'x.tsv').enqueue('report', {})
@@ -179,6 +180,7 @@ def test_a_paused_type_stays_pending_until_resumed(backend):
     assert queue.get_job(mail)['status'] == 'completed' and queue.stats()['paused'] == []
 
 
+@pytest.mark.slow
 def test_pause_is_plain_text_beside_the_queue_and_shown_by_stats(workdir):
     queue_in(workdir).enqueue('send_email', {'to': 'a@example.com'})
     cli(workdir, 'pause', 'send_email', check_code=0)
@@ -323,6 +325,7 @@ def test_the_transcripts_handlers_module_gives_the_transcripts_outcomes(workdir)
 
 
 # -- 3: type hints a checker sees ------------------------------------------------------------
+@pytest.mark.slow
 def test_the_public_api_is_typed_for_a_type_checker(tmp_path):
     snippet = tmp_path / 'app.py'
     snippet.write_text(textwrap.dedent('''

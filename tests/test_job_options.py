@@ -12,11 +12,11 @@ from tests.conftest import spawn, wait_all
 
 
 def test_a_handler_running_past_its_timeout_fails_that_attempt_and_the_worker_goes_on(queue, clock):
-    slow = queue.enqueue('sleep', {'seconds': 5}, timeout=0.2, max_attempts=2)
+    slow = queue.enqueue('sleep', {'seconds': 60}, timeout=0.2, max_attempts=2)
     quick = queue.enqueue('sleep', {'seconds': 0})
     started = time.monotonic()
     summary = queue.process_jobs({'sleep': lambda p: time.sleep(p['seconds'])})
-    assert time.monotonic() - started < 3
+    assert time.monotonic() - started < 30   # interrupted, not slept out (a hang detector)
     assert summary == {'completed': 1, 'retried': 1, 'failed': 0, 'recovered': 0}
     job = queue.get_job(slow)
     assert (job['status'], job['attempts']) == ('pending', 1)
@@ -38,6 +38,7 @@ def test_a_broad_except_in_the_handler_cannot_swallow_the_timeout(queue):
     assert queue.get_job(job_id)['status'] == 'failed'
 
 
+@pytest.mark.slow
 def test_process_jobs_timeout_is_the_default_and_a_jobs_own_wins(queue):
     default = queue.enqueue('sleep', {'seconds': 0.5})
     generous = queue.enqueue('sleep', {'seconds': 0.5}, timeout=5)

@@ -184,6 +184,7 @@ def test_the_first_poll_of_a_fresh_worker_acts_on_any_line_among_future_jobs(tmp
     st.sampled_from(['h:1:a', 'h:2:', 'a\tb']),
     st.text(alphabet='ab\tpending0123456789"', max_size=30)), max_size=12),
     segment_bytes=st.sampled_from([1, 120, 700, 1 << 20]))
+@pytest.mark.slow
 def test_segments_counted_in_c_agree_with_a_parse_of_every_line(lines, segment_bytes):
     # The regexes that count a segment (scan._segment) may give up and read line by
     # line, but what they count is what reading every line counts.

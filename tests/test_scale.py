@@ -28,6 +28,7 @@ print(Queue(sys.argv[1]).process_jobs({'t': lambda p: None})['completed'])
 '''
 
 
+@pytest.mark.slow
 def test_rewrites_take_turns_on_the_rewrite_lock_and_enqueues_never_wait_for_it(tmp_path):
     path = tmp_path / 'queue.tsv'
     queue = Queue(path)
@@ -612,6 +613,7 @@ def test_a_fresh_worker_starts_at_the_batch_size_the_last_one_learned(tmp_path):
     assert claimed[0] == 1
 
 
+@pytest.mark.slow
 def test_a_learned_batch_size_is_bounded_however_the_summary_says_it(tmp_path):
     import json
     from dbbasic_queue.claims import MAX_BATCH_JOBS
@@ -634,6 +636,7 @@ def test_a_learned_batch_size_is_bounded_however_the_summary_says_it(tmp_path):
         assert claimed[0] == first_claim
 
 
+@pytest.mark.slow
 def test_a_batch_that_runs_long_gives_back_the_jobs_it_has_not_started(tmp_path):
     # A size learned on fast jobs must not keep slow ones from other workers: once a
     # batch has run for twice its planned time, the rest go back to pending.

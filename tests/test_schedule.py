@@ -110,6 +110,7 @@ while True:
 '''
 
 
+@pytest.mark.slow
 def test_four_racing_processes_killed_at_random_give_each_slot_exactly_one_job(backend):
     """4 processes enqueue due slots in a loop on a clock running 600x (a slot of the
     1-minute entry every 0.1 s); one of them is SIGKILLed and restarted every 50-250 ms.
@@ -355,6 +356,7 @@ def cli(tmp_path, *args, env=None):
                           capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT_SECONDS)
 
 
+@pytest.mark.slow
 def test_work_with_a_schedule_enqueues_and_runs_its_slots(tmp_path):
     (tmp_path / 'app.py').write_text(APP)
     first = cli(tmp_path, 'work', 'app:HANDLERS', '--schedule', 'app:SCHEDULE')
@@ -421,6 +423,7 @@ def test_crontab_passes_the_schedule_to_the_worker(tmp_path):
     assert ' work app:HANDLERS --max-seconds 55 --schedule app:SCHEDULE ' in done.stdout
 
 
+@pytest.mark.slow
 def test_a_long_running_rq_worker_enqueues_its_schedule_while_it_runs(redis_url):
     queue, ran = Queue(redis_url), []
     summary = queue.run_worker({'tick': ran.append}, max_seconds=3.5,

@@ -75,6 +75,7 @@ def test_a_handler_that_calls_sys_exit_fails_its_attempt_and_the_queue_goes_on(w
     assert (job['status'], job['attempts'], job['error']) == ('failed', 1, 'SystemExit: 2')
 
 
+@pytest.mark.slow
 def test_a_job_that_kills_its_worker_is_the_one_charged(workdir):
     queue = Queue(workdir / 'data' / 'queue.tsv')
     fast = [queue.enqueue('fast', {'n': n}, max_attempts=1) for n in range(40)]
@@ -148,6 +149,7 @@ def test_an_in_place_edit_is_never_reverted_and_leaves_no_fragment(tmp_path, new
     assert all(len(line.split('\t')) == len(COLUMNS) for line in path.read_text().splitlines())
 
 
+@pytest.mark.slow
 def test_in_place_edits_under_load_lose_nothing(tmp_path):
     path = tmp_path / 'data' / 'queue.tsv'
     Queue(path).enqueue('t', {'n': -1})
@@ -470,6 +472,7 @@ def test_edit_saves_a_valid_change(tmp_path, edited_queue):
     assert [queue.get_job(i)['payload']['n'] for i in ids] == [0, 100, 2]
 
 
+@pytest.mark.slow
 def test_edit_names_bad_lines_and_aborts_or_edits_again(tmp_path, edited_queue):
     queue, ids = edited_queue
     before = queue.path.read_bytes()

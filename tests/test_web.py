@@ -23,7 +23,8 @@ XSS = ['<script>alert(1)</script>', '"><img src=x onerror=alert(1)>']
 @contextmanager
 def serving(queue, **options):
     server = make_dashboard_server(queue, '127.0.0.1', 0, **options)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    # A short poll: shutdown() waits for it (the default 0.5 s cost each test that much).
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     try:
         yield Client(server.server_address[1])
