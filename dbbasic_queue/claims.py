@@ -101,8 +101,9 @@ class ClaimCycle:
                 frozenset(run.handlers), run, first_size):
             return   # only paused types are due
         with deferred_signals(run):
-            batch = Batch(WorkerJournal(self.backend.path, run.worker, self.backend.file_mode),
-                          first_size)
+            journal = WorkerJournal(self.backend.path, run.worker,
+                                    self.backend.table.lock.mode())
+            batch = Batch(journal, first_size)
             try:
                 while not run.stop_requested and run.jobs_left != 0:
                     if run.jobs_left is not None:

@@ -38,6 +38,7 @@ ENCODING = 'utf-8'
 # Bytes that are not UTF-8 (a hand edit) survive every read, rewrite and append unchanged.
 DECODE_ERRORS = 'surrogateescape'
 DEFAULT_FILE_MODE = 0o666       # before the umask, as open() creates files
+GROUP_READ_WRITE = 0o060        # the bits that share a queue's files with a group
 LINES_PER_WRITE = 4096
 # Never through a symlink: whoever can write to data/ must not steer a root worker's writes.
 NO_FOLLOW = os.O_NOFOLLOW | os.O_CLOEXEC
@@ -67,20 +68,69 @@ def storage_error(path, doing, exc):
         return exc
     if exc.errno == errno.ELOOP:
         reason = 'it is a symbolic link, which dbbasic-queue never follows'
+    elif exc.errno in (errno.EACCES, errno.EPERM):
+        reason = f'{exc.strerror} ({who_may(Path(path))})'
     else:
         reason = exc.strerror or str(exc)
     return StorageError(f'cannot {doing} {path}: {reason}')
 
 
+def sharing_problems(lock_path, paths):
+    """The files of a queue among paths whose mode or group keeps out a user that the
+    queue's lock lets in, and its directory if such a user cannot make files in it, each
+    with the command that fixes it."""
+    lock = _stat_or_none(lock_path)
+    if lock is None:
+        return []
+    mode, problems = lock.st_mode & 0o666, []
+    shared = mode & GROUP_READ_WRITE == GROUP_READ_WRITE   # its group works it too
+    for path in paths:
+        st = _stat_or_none(path)
+        if st is None:
+            continue
+        if mode & ~st.st_mode & 0o666:
+            problems.append(f'{path.name}: mode {st.st_mode & 0o777:o} keeps out users the '
+                            f'queue lets in ({mode:o}, its lock\'s): chmod {mode:o} {path}')
+        if shared and st.st_gid != lock.st_gid:
+            problems.append(f'{path.name}: group {st.st_gid}, not the queue\'s '
+                            f'{lock.st_gid}: chgrp {lock.st_gid} {path}')
+    directory = _stat_or_none(Path(lock_path).parent)
+    if shared and directory is not None and (
+            directory.st_mode & 0o070 != 0o070 or directory.st_gid != lock.st_gid):
+        problems.append(f'{Path(lock_path).parent}: its group cannot make files in it '
+                        f'(mode {directory.st_mode & 0o7777:o}, group {directory.st_gid}): '
+                        f'chgrp {lock.st_gid} {Path(lock_path).parent} && chmod g+rwxs '
+                        f'{Path(lock_path).parent}')
+    return problems
+
+
+def who_may(path):
+    """Who may use path (or the directory it would be made in), and the fix, for an
+    error message: 'mode 644, owner uid 1000, group 1000; you are uid 33 ...'."""
+    target = path if path.exists() else path.parent
+    try:
+        st = os.stat(target)
+    except OSError:
+        return 'its directory cannot be read either'
+    return (f'{target} has mode {st.st_mode & 0o7777:o}, owner uid {st.st_uid}, group '
+            f'{st.st_gid}; you are uid {os.geteuid()} in groups '
+            f'{",".join(map(str, sorted({os.getegid(), *os.getgroups()})))}: share the queue '
+            f'with a group (chgrp GROUP and chmod g+rw its files, g+rwxs its directory; '
+            f'DBBASIC_QUEUE_MODE=660), or run as its owner')
+
+
 class FileLock:
     """An exclusive flock on one lock file, re-entrant within a thread, safe across fork.
 
-    file_mode None creates the lock 0666 less the umask; a number sets that exact mode.
+    file_mode None creates the lock 0666 less the umask, or, given `like` (the queue's
+    main lock), with like's mode; a number sets that exact mode. Every other file of a
+    queue gets the main lock's mode, so one user's run cannot lock another user out.
     """
 
-    def __init__(self, path, file_mode=None):
+    def __init__(self, path, file_mode=None, like=None):
         self.path = Path(path)
         self.file_mode = file_mode
+        self.like = like
         self._forget()
         # flock belongs to the open file description, which a forked child shares: the
         # child opens its own, or it would "hold" the lock together with its parent.
@@ -110,13 +160,16 @@ class FileLock:
         self._thread_lock.release()
 
     def _open(self):
+        mode = self.file_mode
+        if mode is None and self.like is not None:
+            mode = self.like.mode()
         with storage_errors(self.path, 'open the lock'):
-            make_directory(self.path.parent, self.file_mode)
+            make_directory(self.path.parent, mode)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | NO_FOLLOW,
-                         DEFAULT_FILE_MODE if self.file_mode is None else self.file_mode)
+                         DEFAULT_FILE_MODE if mode is None else mode)
             self._owner = _FdOwner(fd)
-            if self.file_mode is not None and os.fstat(fd).st_mode & 0o777 != self.file_mode:
-                set_mode(fd, self.file_mode, self.path)
+            if mode is not None and os.fstat(fd).st_mode & 0o777 != mode:
+                set_mode(fd, mode, self.path)
         self._fd = fd
         return fd
 
@@ -773,12 +826,23 @@ class TableFile:
             return
         st = os.fstat(snap.fd)
         os.fchmod(fd, st.st_mode & 0o7777)
-        if (st.st_uid, st.st_gid) != (os.geteuid(), os.getegid()):
-            try:
-                os.fchown(fd, st.st_uid, st.st_gid)
-            except PermissionError:
-                log.warning('%s will be owned by uid %d instead of %d: run workers as '
-                            'the file\'s owner', self.path, os.geteuid(), st.st_uid)
+        if (st.st_uid, st.st_gid) == (os.geteuid(), os.getegid()):
+            return
+        try:
+            os.fchown(fd, st.st_uid, st.st_gid)
+            return
+        except PermissionError:
+            pass   # only root gives a file away; a member of its group may keep the group
+        try:
+            os.fchown(fd, -1, st.st_gid)
+        except PermissionError:
+            pass
+        kept_group = os.fstat(fd).st_gid == st.st_gid
+        if not (kept_group and st.st_mode & GROUP_READ_WRITE == GROUP_READ_WRITE):
+            log.warning('%s is now owned by uid %d instead of %d, and its group cannot '
+                        'write it: its owner may lose access. Share the queue with a group '
+                        '(DBBASIC_QUEUE_MODE=660, see `check`), or run every user of it '
+                        'as one user', self.path, os.geteuid(), st.st_uid)
 
 
 class TableSummary:
@@ -1169,12 +1233,14 @@ class WorkerJournal:
     RUNNING, IDLE = b'R', b'-'
 
     def __init__(self, table_path, worker, file_mode):
+        """file_mode: the queue's (its lock's), so that other users of it can read it."""
         self.path = self.path_for(table_path, worker)
         self._reported = False
         with storage_errors(self.path, 'create'):
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | NO_FOLLOW,
-                         DEFAULT_FILE_MODE if file_mode is None else file_mode)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | NO_FOLLOW, file_mode)
             try:
+                if os.fstat(fd).st_mode & 0o777 != file_mode:   # the umask took bits off
+                    set_mode(fd, file_mode, self.path)
                 os.posix_fallocate(fd, 0, self.SIZE_BYTES)
                 _write_all(fd, self.IDLE + b'\n')
             except BaseException:

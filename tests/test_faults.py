@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -679,3 +680,167 @@ def test_the_sdist_runs_the_quickstart_and_a_quick_test_subset(tmp_path):
                            timeout=SUBPROCESS_TIMEOUT_SECONDS * 3)
     assert tests.returncode == 0, tests.stdout[-2000:]
     assert ' passed' in tests.stdout
+
+
+# -- two Unix users share one queue through a group ---------------------------------------
+WEB_UID, WORKER_UID, SHARED_GID = 64001, 64002, 64000   # no passwd entries are needed
+
+
+@pytest.fixture
+def shared_queue_dir():
+    """A directory under /tmp that two real uids in one group can use, with this
+    package and dbbasic-tsv copied in (the checkout may be where they cannot read), and
+    a Python they may run; skipped where this process cannot switch users (not root)."""
+    import shutil
+    import tempfile
+    import dbbasic.tsv
+    from tests.conftest import REPO
+    if os.geteuid() != 0:
+        pytest.skip('switching to other uids needs root (CI runs as root)')
+    top = Path(tempfile.mkdtemp(prefix='dbbasic-queue-two-users-', dir='/tmp'))
+    os.chmod(top, 0o755)
+    lib = top / 'lib'
+    shutil.copytree(REPO / 'dbbasic_queue', lib / 'dbbasic_queue',
+                    ignore=shutil.ignore_patterns('__pycache__'))
+    shutil.copytree(Path(dbbasic.tsv.__file__).parent, lib / 'dbbasic',
+                    ignore=shutil.ignore_patterns('__pycache__'))
+    (top / 'handlers.py').write_text('HANDLERS = {"t": lambda p: p["n"]}\n')
+    app = top / 'app'
+    app.mkdir()
+    for path in (lib, top / 'handlers.py'):
+        subprocess.run(['chmod', '-R', 'a+rX', str(path)], check=True)
+    os.chown(app, 0, SHARED_GID)
+    os.chmod(app, 0o2770)   # the README's recipe: data/ group-owned, setgid
+    python = next((candidate for candidate in (sys.executable, '/usr/bin/python3')
+                   if may_run(candidate, top)), None)
+    if python is None:
+        shutil.rmtree(top)
+        pytest.skip('no Python here that another uid may run')
+    yield top, python
+    shutil.rmtree(top)
+
+
+def may_run(python, cwd):
+    try:
+        return as_user(WEB_UID, [python, '-c', 'import json, fcntl'], cwd).returncode == 0
+    except OSError:   # it lies where that uid may not go (a pyenv under /root)
+        return False
+
+
+def as_user(uid, command, cwd, env=None):
+    def become():
+        os.setgroups([SHARED_GID])
+        os.setgid(SHARED_GID)
+        os.setuid(uid)
+    return subprocess.run(command, cwd=cwd, preexec_fn=become, capture_output=True, text=True,
+                          env={'PATH': '/usr/bin:/bin', 'HOME': str(cwd), **(env or {})},
+                          timeout=SUBPROCESS_TIMEOUT_SECONDS)
+
+
+def test_two_users_in_one_group_share_a_queue_as_the_readme_says(shared_queue_dir):
+    top, python = shared_queue_dir
+    app = top / 'app'
+    shared = {'PYTHONPATH': f'{top / "lib"}:{top}', 'DBBASIC_QUEUE_MODE': '660'}
+    cli = [python, '-m', 'dbbasic_queue']
+
+    def run(uid, *args, env=shared):
+        done = as_user(uid, cli + list(args), app, env)
+        assert done.returncode == 0, (uid, args, done.stderr)
+        return done
+    first = run(WEB_UID, 'enqueue', 't', '{"n": 1}').stdout.strip()
+    run(WORKER_UID, 'work', 'handlers:HANDLERS')
+    # A worker run once without the setting: the files it makes still follow the queue's.
+    second = run(WEB_UID, 'enqueue', 't', '{"n": 2}').stdout.strip()
+    unshared = {'PYTHONPATH': shared['PYTHONPATH']}
+    run(WORKER_UID, 'work', 'handlers:HANDLERS', env=unshared)
+    third = run(WEB_UID, 'enqueue', 't', '{"n": 3}').stdout.strip()
+    run(WEB_UID, 'pause', 't')        # what the dashboard's buttons do, as the web user
+    run(WEB_UID, 'resume', 't')
+    run(WEB_UID, 'cancel', third)
+    worked = run(WORKER_UID, 'work', 'handlers:HANDLERS', env=unshared)
+    assert 'owned by uid' not in worked.stderr and 'keeps mode' not in worked.stderr
+    for uid in (WEB_UID, WORKER_UID):
+        assert run(uid, 'check').stdout.strip().endswith('no problems')
+    statuses = [json.loads(run(WEB_UID, '--json', 'show', job_id).stdout)['status']
+                for job_id in (first, second, third)]
+    assert statuses == ['completed', 'completed', 'cancelled']
+    for path in (app / 'data').iterdir():
+        assert path.stat().st_mode & 0o660 == 0o660, path
+
+
+def test_check_names_a_file_that_keeps_another_user_out_and_its_fix(shared_queue_dir):
+    top, python = shared_queue_dir
+    app = top / 'app'
+    env = {'PYTHONPATH': f'{top / "lib"}:{top}', 'DBBASIC_QUEUE_MODE': '660'}
+    for command in (['enqueue', 't', '{}'], ['pause', 't']):
+        assert as_user(WEB_UID, [python, '-m', 'dbbasic_queue', *command], app,
+                       env).returncode == 0
+    paused = app / 'data' / 'queue.paused'
+    os.chmod(paused, 0o600)   # as an older version's run, or a hand edit, left it
+    done = as_user(WEB_UID, [python, '-m', 'dbbasic_queue', 'check'], app, env)
+    assert done.returncode != 0
+    assert 'chmod 660 data/queue.paused' in done.stdout, done.stdout
+    refused = as_user(WORKER_UID, [python, '-m', 'dbbasic_queue', 'resume', 't'], app, env)
+    assert refused.returncode != 0 and 'chmod' in refused.stderr and 'Traceback' not in refused.stderr
+
+
+# -- F. After migrate, cron follows the app; a crontab installed twice has one line ---------
+def crontab_of(workdir, *args, env=None, stdin=None):
+    done = subprocess.run([sys.executable, '-m', 'dbbasic_queue', 'crontab', 'handlers:HANDLERS',
+                           *args], cwd=workdir, capture_output=True, text=True, input=stdin,
+                          env={**python_env(), **(env or {})}, timeout=SUBPROCESS_TIMEOUT_SECONDS)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_the_crontab_line_names_the_queue_and_its_mode_as_the_app_does(tmp_path):
+    (tmp_path / 'handlers.py').write_text('HANDLERS = {"t": len}\n')
+    default = crontab_of(tmp_path)
+    assert '--queue' not in default and 'DBBASIC_QUEUE=' not in default
+    from_env = crontab_of(tmp_path, env={'DBBASIC_QUEUE': 'data/jobs.tsv',
+                                         'DBBASIC_QUEUE_MODE': '660'})
+    assert ' DBBASIC_QUEUE=data/jobs.tsv ' in from_env and '--queue' not in from_env
+    assert ' umask 006 && ' in from_env and ' DBBASIC_QUEUE_MODE=660 ' in from_env
+    explicit = subprocess.run([sys.executable, '-m', 'dbbasic_queue', '--queue', 'data/q.tsv',
+                               'crontab', 'handlers:HANDLERS'], cwd=tmp_path, text=True,
+                              capture_output=True, env=python_env(),
+                              timeout=SUBPROCESS_TIMEOUT_SECONDS).stdout
+    assert f'--queue {tmp_path}/data/q.tsv ' in explicit
+
+
+def test_crontab_merge_replaces_its_line_in_place_so_installing_twice_leaves_one(tmp_path):
+    (tmp_path / 'handlers.py').write_text('HANDLERS = {"t": len}\n')
+    crontab = 'MAILTO=ops@example.com\n0 3 * * * /usr/bin/backup\n'
+    once = crontab_of(tmp_path, '--merge', stdin=crontab)
+    twice = crontab_of(tmp_path, '--merge', stdin=once)
+    assert once == twice and once.startswith(crontab) and len(once.splitlines()) == 3
+    moved = crontab_of(tmp_path, '--merge', stdin=twice + '@reboot /usr/bin/other\n',
+                       env={'DBBASIC_QUEUE': 'redis://127.0.0.1:6379/0'})
+    lines = moved.splitlines()
+    assert len(lines) == 4 and 'DBBASIC_QUEUE=redis://127.0.0.1:6379/0' in lines[2]
+    assert lines[3] == '@reboot /usr/bin/other'
+
+
+def test_a_file_queue_after_migrate_warns_and_strands_no_job_silently(tmp_path, redis_url):
+    (tmp_path / 'handlers.py').write_text('HANDLERS = {"t": lambda p: p}\n')
+    path = tmp_path / 'data' / 'queue.tsv'
+    Queue(path).enqueue('t', {'n': 1})
+    migrated = dbbasic_queue_cli(tmp_path, 'migrate', '--to', redis_url)
+    assert migrated.returncode == 0, migrated.stderr
+    assert f'DBBASIC_QUEUE={redis_url}' in migrated.stdout and '--merge' in migrated.stdout
+    # A cron line not changed yet: it works the file, and says where the queue went.
+    late = Queue(path).enqueue('t', {'n': 2})   # an app process not restarted
+    worked = dbbasic_queue_cli(tmp_path, 'work', 'handlers:HANDLERS')
+    assert f'was migrated to {redis_url}' in worked.stderr
+    assert Queue(path).get_job(late)['status'] == 'completed'
+    # With no file worker left, a job the app still enqueues there is reported.
+    stranded = Queue(path).enqueue('t', {'n': 3})
+    assert Queue(path).stats()['migrated_to'] == redis_url
+    problems = Queue(path).check()
+    assert any('enqueued after the queue was migrated' in p for p in problems), problems
+    stats = dbbasic_queue_cli(tmp_path, 'stats')
+    assert f'migrated to:    {redis_url}' in stats.stdout and 'run migrate again' in stats.stdout
+    again = dbbasic_queue_cli(tmp_path, 'migrate', '--to', redis_url)
+    assert again.returncode == 0, again.stderr
+    assert Queue(redis_url).get_job(stranded)['status'] == 'pending'
+    assert not any('migrated' in p for p in Queue(path).check())
