@@ -121,6 +121,10 @@ class Backend:
         """The workers now holding jobs, as their names."""
         raise NotImplementedError
 
+    def migrated_to(self):
+        """Where `migrate` moved this queue (a redis:// URL), or None."""
+        return None
+
     def claimed_jobs(self):
         """The jobs being processed now (claimed by a worker), as Jobs."""
         return [job for job in self.jobs() if job.status is Status.PROCESSING]

@@ -16,15 +16,17 @@ import shlex
 import signal
 import subprocess
 import sys
-from contextlib import nullcontext
 import tempfile
+import threading
 import time
+from contextlib import nullcontext
 from datetime import datetime
 from pathlib import Path
 
 from .errors import QueueError, error_text
-from .queue import DEFAULT_PATH, ENV_VAR, MAX_ATTEMPTS, Queue, is_redis_url
+from .queue import DEFAULT_PATH, ENV_VAR, MAX_ATTEMPTS, MODE_ENV_VAR, Queue, is_redis_url
 from .schedule import check_schedule
+from .storage import make_directory
 from .schedule import removed as schedules_removed
 from .validate import check_handlers, check_limit, parse_duration
 from .version import __version__
@@ -48,6 +50,8 @@ CONFIG_TABLE = 'dbbasic-queue'               # [tool.dbbasic-queue] in pyproject
 LOG_LEVELS = ('DEBUG', 'INFO', 'WARNING', 'ERROR')
 LIST_LIMIT = 50
 CRON_MARGIN_SECONDS = 5         # a cron run stops this long before the next one starts
+WEB_POLL_SECONDS = 0.2          # how soon `web` notices SIGTERM or Ctrl-C
+CRONTAB_MARK = '# dbbasic-queue worker of'   # ends the line crontab prints: --merge finds it
 HOW_TO_CONFIGURE = (f'no handlers given: run `{PROG} work MODULE:ATTR`, or set '
                     f'{HANDLERS_ENV_VAR}=app.jobs:HANDLERS, or add to pyproject.toml: '
                     f'[tool.{CONFIG_TABLE}] handlers = "app.jobs:HANDLERS"')
@@ -374,6 +378,11 @@ def cmd_stats(queue, args):
     print(f"workers active: {len(stats['workers'])}"
           + (f" ({', '.join(stats['workers'])})" if stats['workers'] else ''))
     print(f"paused:         {', '.join(stats['paused']) or '-'}")
+    if stats['migrated_to']:
+        pending = stats['by_status']['pending']
+        print(f"migrated to:    {stats['migrated_to']}"
+              + (f" ({pending} pending job(s) enqueued here since: run migrate again)"
+                 if pending else ''))
     return EXIT_OK
 
 
@@ -492,11 +501,27 @@ def cmd_migrate(queue, args):
                 ['id', 'type', 'status', 'attempts'])
     verb = 'would move' if args.dry_run else 'moved'
     print(f'{verb} {len(moved)} job(s) to {args.to}')
+    if not args.dry_run:
+        _print_next_steps(args.to)
     if schedule_state:
         print(f'{"would copy" if args.dry_run else "copied"} the state of '
               f'{len(schedule_state)} recurring job(s): '
               f'{", ".join(record.name for record in schedule_state)}')
     return EXIT_OK
+
+
+def _print_next_steps(url):
+    """What still points at the file after a migrate, and the commands that move it."""
+    try:
+        spec = resolve_handlers(None)[0]
+    except UsageError:
+        spec = 'MODULE:ATTR'
+    print(f'next: 1. set {ENV_VAR}={url} for every app process and restart them (until '
+          f'then they enqueue into the file: `{PROG} check` reports such jobs, and migrate '
+          f'run again moves them);\n'
+          f'      2. replace the worker\'s cron line (the one `{PROG} crontab` printed):\n'
+          f'         crontab -l | {ENV_VAR}={shlex.quote(url)} {PROG} crontab {spec} --merge '
+          f'| crontab -')
 
 
 def cmd_edit(queue, args):
@@ -569,24 +594,93 @@ def cmd_resume(queue, args):
 
 
 def cmd_crontab(queue, args):
-    """The crontab line for this installation, checked now rather than at 3 a.m."""
+    """The crontab line for this installation, checked now rather than at 3 a.m.: the
+    queue named as the app names it, the queue's mode carried, the line marked so that
+    --merge replaces it in a crontab instead of adding it again."""
     spec, directory = resolve_handlers(args.handlers)
     handlers = load_handlers(spec, directory)
     if args.schedule:
         load_schedule(args.schedule, directory, handlers)
     schedule, interval_seconds = cron_schedule(args.every)
     on_file = queue.backend.kind == 'file'
-    location = os.path.abspath(queue.path) if on_file else str(queue.path)
-    log_path = args.log or (Path(location).with_suffix('.log') if on_file
-                            else os.path.join(directory, 'queue.log'))
-    command = this_program() + ['--queue', location, 'work', spec,
-                                '--max-seconds', f'{interval_seconds - CRON_MARGIN_SECONDS:g}']
+    log_path = os.path.abspath(args.log or (Path(queue.path).with_suffix('.log') if on_file
+                                            else os.path.join(directory, 'queue.log')))
+    settings, queue_option = _queue_named_as_the_app_does(queue, args)
+    mode = os.environ.get(MODE_ENV_VAR) or _shared_mode(queue)
+    umask = ''
+    if mode:
+        settings.append(f'{MODE_ENV_VAR}={mode}')
+        umask = f'umask {0o666 & ~int(mode, 8):03o} && '   # the log the shell creates, too
+    command = this_program() + queue_option + [
+        'work', spec, '--max-seconds', f'{interval_seconds - CRON_MARGIN_SECONDS:g}']
     if args.schedule:
         command += ['--schedule', args.schedule]
-    line = (f'cd {shlex.quote(directory)} && {shlex.join(command)} '
-            f'>> {shlex.quote(os.path.abspath(log_path))} 2>&1')
-    print(f'{schedule} {line.replace("%", chr(92) + "%")}')   # cron reads a bare % as a newline
+    _prepare_log(log_path, queue)
+    line = (f'{schedule} cd {shlex.quote(directory)} && {umask}'
+            f'{"".join(shlex.quote(s) + " " for s in settings)}{shlex.join(command)} '
+            f'>> {shlex.quote(log_path)} 2>&1 {CRONTAB_MARK} {directory} {spec}')
+    line = line.replace('%', '\\%')   # cron reads a bare % as a newline
+    if not args.merge:
+        print(line)
+        return EXIT_OK
+    print(merged_crontab(sys.stdin.read(), line, line[line.index(CRONTAB_MARK):]), end='')
     return EXIT_OK
+
+
+def _queue_named_as_the_app_does(queue, args):
+    """(environment settings, --queue option) for the crontab line: --queue where this
+    command was given one, $DBBASIC_QUEUE where it came from there, else nothing (the
+    default path, under the directory the line changes to): change the app's setting,
+    run crontab --merge again, and the worker follows."""
+    if args.queue:
+        return [], ['--queue', str(queue.path) if is_redis_url(queue.path)
+                    else os.path.abspath(queue.path)]
+    if os.environ.get(ENV_VAR):
+        return [f'{ENV_VAR}={os.environ[ENV_VAR]}'], []
+    return [], []
+
+
+def _shared_mode(queue):
+    """The mode of a file queue's lock where it shares the queue with a group ('660'),
+    else None."""
+    if queue.backend.kind != 'file':
+        return None
+    try:
+        mode = queue.backend.table.lock.path.stat().st_mode & 0o666
+    except OSError:
+        return None
+    return f'{mode:o}' if mode & 0o060 == 0o060 else None
+
+
+def _prepare_log(log_path, queue):
+    """Cron's shell opens the log before the worker starts, and says nothing when it
+    cannot: make the queue's directory where the log goes there (as the queue would),
+    and say now what would fail then."""
+    directory = os.path.dirname(log_path)
+    if queue.backend.kind == 'file' and Path(directory) == Path(queue.path).parent.absolute():
+        make_directory(directory, queue.backend.file_mode)
+    target = log_path if os.path.exists(log_path) else directory
+    if not os.path.isdir(directory) or not os.access(target, os.W_OK):
+        print(f'{PROG}: warning: you cannot write {target}: under cron the redirect to '
+              f'{log_path} would fail before the worker starts, with no word of it; make '
+              f'it writable (chmod g+w, see `{PROG} check`) or give --log FILE',
+              file=sys.stderr)
+
+
+def merged_crontab(crontab, line, mark):
+    """crontab's text with line in place of the one ending in mark (the first; later
+    copies dropped), or added at its end: installing twice leaves one line."""
+    lines, placed = [], False
+    for old in crontab.splitlines():
+        if old.endswith(mark):
+            if not placed:
+                lines.append(line)
+                placed = True
+            continue
+        lines.append(old)
+    if not placed:
+        lines.append(line)
+    return ''.join(text + '\n' for text in lines)
 
 
 def cron_schedule(every):
@@ -662,19 +756,23 @@ def cmd_web(queue, args):
     host, port = server.server_address[:2]
     log.info('dashboard of %s on http://%s:%d/%s%s', where(queue), host, port,
              '?token=...' if token else '', ' (read-only)' if args.read_only else '')
-    previous = signal.signal(signal.SIGTERM, _interrupt)   # SIGTERM stops it as Ctrl-C does
+    # Served from a thread, stopped by the main one: a KeyboardInterrupt raised wherever
+    # the signal lands (inside Thread.start, say) could leave the server half-stopped.
+    stop = threading.Event()
+    previous = {signum: signal.signal(signum, lambda *_: stop.set())
+                for signum in (signal.SIGTERM, signal.SIGINT)}
+    serving = threading.Thread(target=server.serve_forever, args=(WEB_POLL_SECONDS,),
+                               name='dbbasic-queue web', daemon=True)
+    serving.start()
     try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
+        while serving.is_alive() and not stop.wait(WEB_POLL_SECONDS):
+            pass
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        server.shutdown()
         server.server_close()
     return EXIT_OK
-
-
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt
 
 
 def cmd_check(queue, args):
@@ -832,6 +930,10 @@ def build_parser():
                          help='how often cron starts it: 1m, 5m, 15m, 1h, 1d ...')
     crontab.add_argument('--log', metavar='FILE',
                          help="where its output goes (default: the queue's path with .log)")
+    crontab.add_argument('--merge', action='store_true',
+                         help='read a crontab on stdin and print it with this line in place '
+                              'of the one printed before (or added): crontab -l | '
+                              f'{PROG} crontab --merge | crontab -')
 
     migrate = command('migrate', 'move pending and failed jobs into Redis (RQ)', cmd_migrate)
     migrate.add_argument('--to', required=True, metavar='redis://HOST:PORT/DB',

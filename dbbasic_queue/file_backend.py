@@ -20,8 +20,9 @@ from .job import (ACTIVE_STATUSES, COLUMNS, FINAL_STATUSES, Job, Status, Unparsa
                   format_line, format_millis, format_new_line, format_time, job_or_none,
                   new_job_id, new_job_ids, parse_line, quote_field)
 from .scan import Index, SegmentView, full_view
-from .storage import (RETRY, Change, EditedInPlace, FileLock, SmallFile, TableFile, WordsFile,
-                      WorkerJournal, abandoned_temp_files, split_header)
+from .storage import (RETRY, Change, EditedInPlace, FileLock, SmallFile, TableFile,
+                      TableSummary, WordsFile, WorkerJournal, abandoned_temp_files,
+                      sharing_problems, split_header)
 from .validate import JSON_ASCII, due_now_millis, payload_json
 
 log = logging.getLogger('dbbasic_queue')
@@ -44,7 +45,7 @@ class FileBackend(Backend):
         self.durable = durable     # fsync each enqueue (each enqueue_many) before returning
         lock = FileLock(self.path.with_suffix('.lock'), file_mode)
         # One rewrite lock for both tables: rewrites are rare beside appends.
-        rewrite_lock = FileLock(self.path.with_suffix('.rewrite.lock'), file_mode)
+        rewrite_lock = FileLock(self.path.with_suffix('.rewrite.lock'), file_mode, like=lock)
         self.table = TableFile(self.path, COLUMNS, lock, rewrite_lock)
         self.archive = TableFile(self.path.with_name(self.path.stem + '.done.tsv'), COLUMNS,
                                  lock, rewrite_lock)
@@ -52,6 +53,8 @@ class FileBackend(Backend):
         self.paused = WordsFile(self.path.with_suffix('.paused'), lock)
         self.schedule_state = SmallFile(self.path.with_name(self.path.stem + '.schedule.tsv'),
                                         lock)
+        self.migration = SmallFile(self.path.with_suffix('.migrated'), lock)   # migrate's URL
+        self._migration_reported = False
         self._reported_state_lines = set()
         # What stats and the dashboard count, kept: each file's bytes are read once.
         self._kept_archive = None             # tally.Kept of the archive
@@ -290,6 +293,15 @@ class FileBackend(Backend):
 
     # -- work -------------------------------------------------------------------------
     def work(self, handlers, max_attempts, timeout, max_jobs, max_seconds, on_failure=None):
+        if not self._migration_reported:
+            self._migration_reported = True
+            moved_to = self.migrated_to()
+            if moved_to:
+                log.warning('%s was migrated to %s: this worker works the file, where only '
+                            'jobs enqueued since are (run migrate again to move them). Point '
+                            'the app and this cron line at it: DBBASIC_QUEUE=%s, then '
+                            '`crontab -l | dbbasic-queue crontab --merge | crontab -`',
+                            self.path, moved_to, moved_to)
         run = Run(dict(handlers), max_attempts, timeout, liveness.current_worker(), on_failure,
                   jobs_left=max_jobs,
                   deadline=None if max_seconds is None else time.monotonic() + max_seconds)
@@ -625,7 +637,7 @@ class FileBackend(Backend):
     def check(self, now):
         """Lines that are not jobs or not UTF-8, duplicate ids, jobs still claimed by a
         worker that is gone, temp files left by a crashed rewrite, a summary whose counts
-        are not the file's."""
+        are not the file's, files whose mode or group keeps out a user of the queue."""
         rows = [(f'{path.name}:{number}', line, job)
                 for path, number, line, job in self.file_lines()]
         problems = editing.line_problems(rows)
@@ -639,12 +651,41 @@ class FileBackend(Backend):
                      for number, line, problem in bad]
         for leftover in sorted(abandoned_temp_files(self.table.lock.path)):
             problems.append(f'{leftover.name}: temp file left by an interrupted rewrite')
+        problems += sharing_problems(self.table.lock.path, self.files())
+        moved_to = self.migrated_to()
+        stranded = moved_to and sum(1 for _, _, _, job in self.file_lines()
+                                    if job is not None and job.status is Status.PENDING)
+        if stranded:
+            problems.append(f'{self.path.name}: {stranded} pending job(s) enqueued after the '
+                            f'queue was migrated to {moved_to}: no worker of it runs them; '
+                            f'run `dbbasic-queue --queue {self.path} migrate --to {moved_to}` '
+                            f'again, and point the app at {moved_to}')
         mismatch = Index(self.table).summary_mismatch()
         if mismatch is not None:
             problems.append(f'{self.index.summary_file.path.name}: its counts do not match '
                             f'{self.path.name} from byte {mismatch} on (a cache: delete it, '
                             f'and the next reader counts the file anew)')
         return problems
+
+    def migrated_to(self):
+        return self.migration.read(lambda text: text.strip() or None)
+
+    def record_migration(self, url):
+        """Mark this queue as moved to url (migrate, before it moves a job)."""
+        self.migration.replace(url + '\n')
+
+    def files(self):
+        """Every file of this queue but its main lock: the tables (and what dbbasic-tsv
+        keeps beside them), locks, caches, journals, and the log `crontab` names."""
+        named = [self.table.path, self.archive.path, self.table.rewrite_lock.path,
+                 self.paused.path, self.schedule_state.path, self.migration.path,
+                 self.index.summary_file.path, self.path.with_suffix('.log')]
+        for table in (self.table, self.archive):
+            named += [table.path.with_suffix('.meta'), table.path.with_suffix('.idx'),
+                      TableSummary(table).path]
+        journals = [WorkerJournal.path_for(self.path, worker)
+                    for worker in WorkerJournal.workers(self.path)]
+        return list(dict.fromkeys(named)) + journals
 
     def mark_migrated(self, job_ids):
         """Pending jobs (hot file) and failed ones (archive) become 'migrated', in the

@@ -381,7 +381,7 @@ class Queue:
 
     def stats(self) -> dict[str, Any]:
         """Counts by status and by type, oldest pending age, next due time, live workers,
-        paused types."""
+        paused types, and where `migrate` moved a file queue (None: it was not)."""
         now = self._clock()
         by_status = dict.fromkeys(STATUS_WORDS, 0)
         by_type: dict[str, dict[str, int]] = {}
@@ -395,6 +395,7 @@ class Queue:
             'next_due_at': None if next_due is None else number(next_due),
             'workers': self.backend.workers(),
             'paused': self.paused_types(),
+            'migrated_to': self.backend.migrated_to(),
         }
 
     def find_jobs(self, status: str | None = None, job_type: str | None = None,

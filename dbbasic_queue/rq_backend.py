@@ -519,6 +519,7 @@ def migrate(source, target, dry_run=False, batch_size=500):
     jobs = [job for job in source.jobs() if job.status in (Status.PENDING, Status.FAILED)]
     if dry_run:
         return jobs
+    source.backend.record_migration(str(target.path))
     for start in range(0, len(jobs), batch_size):
         batch = jobs[start:start + batch_size]
         for job in batch:

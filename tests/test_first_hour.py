@@ -229,10 +229,12 @@ def test_a_directory_without_a_queue_is_named_not_silent(workdir, tmp_path_facto
 def test_crontab_prints_a_line_that_works_in_crons_empty_environment(workdir):
     job_id = queue_in(workdir).enqueue('send_email', {'to': 'a@example.com'})
     line = cli(workdir, 'crontab', 'handlers:HANDLERS', check_code=0).stdout.strip()
-    queue_path, log_path = workdir / 'data' / 'queue.tsv', workdir / 'data' / 'queue.log'
+    log_path = workdir / 'data' / 'queue.log'
     script = os.path.join(os.path.dirname(sys.executable), 'dbbasic-queue')
-    assert line == (f'* * * * * cd {workdir} && {script} --queue {queue_path} work '
-                    f'handlers:HANDLERS --max-seconds 55 >> {log_path} 2>&1')
+    # The queue as the app names it: here the default, under the directory it changes to.
+    assert line == (f'* * * * * cd {workdir} && {script} work handlers:HANDLERS '
+                    f'--max-seconds 55 >> {log_path} 2>&1 # dbbasic-queue worker of '
+                    f'{workdir} handlers:HANDLERS')
     command = line.split(' ', 5)[5]
     ran = subprocess.run(['env', '-i', 'sh', '-c', command], cwd='/', capture_output=True,
                          text=True, timeout=SUBPROCESS_TIMEOUT_SECONDS)
