@@ -476,7 +476,7 @@ class Index:
             seen = summary['seen']
             problem = segments_problem(self.segments, len(self.header), self.offset,
                                        self._starts_a_line)
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:   # not of our shape
             problem = repr(exc)
         if problem is not None:
             log.debug('ignoring %s: %s', self.summary_file.path, problem)

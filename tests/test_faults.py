@@ -290,6 +290,7 @@ def duplicated_segment(summary, _):
 def wrong_types(summary, _):
     summary['segments'][2][4] = {'w': 'soon'}
     summary['segments'][5][6] = 'high'
+    summary['segments'][7][3] = ['not', 'a', 'dict']
 
 
 def copied_from_another_queue(summary, tmp_path):
