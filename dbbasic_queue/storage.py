@@ -1256,20 +1256,24 @@ class WorkerJournal:
         return table_path.with_name(f'.{table_path.name}.{worker}{cls.SUFFIX}')
 
     def starting(self, job_id):
-        self._mark(self.RUNNING + (job_id + '\n').encode(ENCODING, DECODE_ERRORS)[
-            :self.SIZE_BYTES - 1])
+        try:
+            os.pwrite(self._fd, b'R%s\n' % job_id.encode(ENCODING, DECODE_ERRORS)[
+                :self.SIZE_BYTES - 2], 0)
+        except OSError as exc:
+            self._report(exc)
 
     def finished(self):
-        self._mark(self.IDLE)
-
-    def _mark(self, data):
         try:
-            os.pwrite(self._fd, data, 0)
-        except OSError as exc:   # truncated, and the disk full since
-            if not self._reported:
-                self._reported = True
-                log.warning('cannot write the journal %s: %s; should this worker crash, '
-                            'recovery may blame the wrong job, or none', self.path, exc)
+            os.pwrite(self._fd, self.IDLE, 0)
+        except OSError as exc:
+            self._report(exc)
+
+    def _report(self, exc):
+        """A mark not written: the journal was truncated, and the disk is full since."""
+        if not self._reported:
+            self._reported = True
+            log.warning('cannot write the journal %s: %s; should this worker crash, '
+                        'recovery may blame the wrong job, or none', self.path, exc)
 
     def close(self):
         """Close and remove it: this worker holds no job any more."""
