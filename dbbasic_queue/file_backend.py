@@ -653,7 +653,7 @@ class FileBackend(Backend):
             problems.append(f'{leftover.name}: temp file left by an interrupted rewrite')
         problems += sharing_problems(self.table.lock.path, self.files())
         moved_to = self.migrated_to()
-        stranded = moved_to and sum(1 for _, _, _, job in self.file_lines()
+        stranded = moved_to and sum(1 for _, _, job in rows
                                     if job is not None and job.status is Status.PENDING)
         if stranded:
             problems.append(f'{self.path.name}: {stranded} pending job(s) enqueued after the '
@@ -677,15 +677,13 @@ class FileBackend(Backend):
     def files(self):
         """Every file of this queue but its main lock: the tables (and what dbbasic-tsv
         keeps beside them), locks, caches, journals, and the log `crontab` names."""
-        named = [self.table.path, self.archive.path, self.table.rewrite_lock.path,
-                 self.paused.path, self.schedule_state.path, self.migration.path,
-                 self.index.summary_file.path, self.path.with_suffix('.log')]
+        named = [self.table.rewrite_lock.path, self.paused.path, self.schedule_state.path,
+                 self.migration.path, self.path.with_suffix('.log')]
         for table in (self.table, self.archive):
-            named += [table.path.with_suffix('.meta'), table.path.with_suffix('.idx'),
+            named += [table.path, table.path.with_suffix('.meta'), table.path.with_suffix('.idx'),
                       TableSummary(table).path]
-        journals = [WorkerJournal.path_for(self.path, worker)
-                    for worker in WorkerJournal.workers(self.path)]
-        return list(dict.fromkeys(named)) + journals
+        return named + [WorkerJournal.path_for(self.path, worker)
+                        for worker in WorkerJournal.workers(self.path)]
 
     def mark_migrated(self, job_ids):
         """Pending jobs (hot file) and failed ones (archive) become 'migrated', in the
