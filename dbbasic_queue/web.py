@@ -30,6 +30,7 @@ import json
 import logging
 import math
 import secrets
+import socket
 import socketserver
 import threading
 import time
@@ -561,7 +562,7 @@ class _Handler(WSGIRequestHandler):
     def handle(self):
         try:
             super().handle()
-        except TimeoutError:
+        except socket.timeout:   # TimeoutError from 3.10 on; not yet one on 3.9
             log.info('dashboard: %s sent no whole request in %g s: disconnected',
                      self.address_string(), READ_TIMEOUT_SECONDS)
 
