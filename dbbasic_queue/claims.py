@@ -401,7 +401,8 @@ class ClaimCycle:
         if not error:
             word = Status.COMPLETED.value
             batch.archive_buffer.append(
-                self._completed_line(job, line, attempts, result_json(result, job.id, job.type), now))
+                self._completed_line(job, line, attempts,
+                                     result_json(result, job.id, job.type), now))
             batch.outcomes[job.id] = None
         else:
             outcome = rules.after_failure(job, attempts, error, max_attempts, now,

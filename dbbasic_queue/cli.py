@@ -26,7 +26,7 @@ from pathlib import Path
 from .errors import QueueError, error_text
 from .queue import DEFAULT_PATH, ENV_VAR, MAX_ATTEMPTS, MODE_ENV_VAR, Queue, is_redis_url
 from .schedule import check_schedule
-from .storage import make_directory
+from .storage import GROUP_READ_WRITE, make_directory
 from .schedule import removed as schedules_removed
 from .validate import check_handlers, check_limit, parse_duration
 from .version import __version__
@@ -649,7 +649,7 @@ def _shared_mode(queue):
         mode = queue.backend.table.lock.path.stat().st_mode & 0o666
     except OSError:
         return None
-    return f'{mode:o}' if mode & 0o060 == 0o060 else None
+    return f'{mode:o}' if mode & GROUP_READ_WRITE == GROUP_READ_WRITE else None
 
 
 def _prepare_log(log_path, queue):
