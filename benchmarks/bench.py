@@ -25,7 +25,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from dbbasic_queue import Queue  # noqa: E402
-from dbbasic_queue.job import COLUMNS, Job, Status, format_line  # noqa: E402
+from dbbasic_queue.job import Job, Status  # noqa: E402
+from dbbasic_queue.lineformat import COLUMNS, format_line  # noqa: E402
 
 EMAIL = {'to': 'user@example.com', 'subject': 'Welcome', 'body': 'Thanks for signing up!'}
 ENQUEUES_PER_RUN = 2000

@@ -5,7 +5,8 @@ See dbbasic_queue.queue for the manual.
 
 from .errors import (EditConflict, InvalidArgumentError, InvalidJobError, JobNotFound,
                      JobTimedOut, QueueError, StorageError)
-from .job import COLUMNS, Job, JobDetails, JobDict, Status
+from .job import Job, JobDetails, JobDict, Status
+from .lineformat import COLUMNS
 from .queue import (ENV_VAR, Queue, cancel_job, default_queue, enqueue, enqueue_many,
                     get_job, process_jobs)
 from .schedule import cron, every

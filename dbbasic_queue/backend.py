@@ -10,7 +10,8 @@ does. Jobs cross the contract as job.Job.
 from collections import Counter
 from itertools import repeat
 
-from .job import FINAL_STATUSES, Status, quote_field
+from .job import FINAL_STATUSES, Status
+from .lineformat import quote_field
 
 
 class NewJobs:

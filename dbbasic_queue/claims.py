@@ -17,9 +17,9 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 
 from . import liveness, rules
-from .job import (FINAL_STATUSES, Status, claimed_line, completed_line, format_line,
-                  parse_line)
-from .scan import PENDING, PROCESSING
+from .job import FINAL_STATUSES, Status
+from .lineformat import (PENDING, PROCESSING, claimed_line, completed_line, format_line,
+                         parse_line)
 from .signals import deferred_signals
 from .storage import WorkerJournal
 from .validate import result_json

@@ -24,6 +24,7 @@ from datetime import datetime
 from pathlib import Path
 
 from .errors import QueueError, error_text
+from .job import FINAL_WORDS, STATUS_WORDS
 from .queue import DEFAULT_PATH, ENV_VAR, MAX_ATTEMPTS, MODE_ENV_VAR, Queue, is_redis_url
 from .schedule import check_schedule
 from .storage import GROUP_READ_WRITE, make_directory
@@ -42,7 +43,6 @@ PROG = 'dbbasic-queue'
 EXIT_OK, EXIT_PROBLEM, EXIT_USAGE = 0, 1, 2
 PROGRESS_MIN_JOBS = 1000         # show a progress line instead of per-job lines above this
 PROGRESS_INTERVAL_SECONDS = 0.2
-STATUSES = ('pending', 'processing', 'completed', 'failed', 'cancelled', 'migrated')
 HANDLERS_ENV_VAR = 'DBBASIC_QUEUE_HANDLERS'   # MODULE:ATTR when `work` is given none
 SCHEDULE_ENV_VAR = 'DBBASIC_QUEUE_SCHEDULE'   # MODULE:ATTR when `work` is given no --schedule
 NEXT_RUNS = 3                   # `schedule` shows each entry's next runs
@@ -121,7 +121,7 @@ def _configured_value(pyproject, key):
     except (OSError, UnicodeDecodeError) as exc:
         raise UsageError(f'cannot read {pyproject}: {exc}') from None
     if tomllib is None:
-        table = re.search(r'^\[tool\.(?:"dbbasic-queue"|dbbasic-queue)\][ \t]*$(.*?)(?=^\[|\Z)',
+        table = re.search(r'^\[tool\.(?:"dbbasic-queue"|dbbasic-queue)\][^\S\n]*$(.*?)(?=^\[|\Z)',
                           text, re.M | re.S)
         found = table and re.search(rf'^{key}\s*=\s*["\']([^"\'\n]*)["\']', table.group(1), re.M)
         return found.group(1) if found else None
@@ -364,13 +364,13 @@ def cmd_stats(queue, args):
     if args.json:
         print_json(stats)
         return EXIT_OK
-    print_table([[status, stats['by_status'][status]] for status in STATUSES]
+    print_table([[status, stats['by_status'][status]] for status in STATUS_WORDS]
                 + [['total', stats['total']]], ['status', 'jobs'])
     if stats['by_type']:
         print()
-        print_table([[job_type] + [counts[s] for s in STATUSES]
+        print_table([[job_type] + [counts[s] for s in STATUS_WORDS]
                      for job_type, counts in sorted(stats['by_type'].items())],
-                    ['type'] + list(STATUSES))
+                    ['type'] + list(STATUS_WORDS))
     print()
     oldest = stats['oldest_pending_seconds']
     print(f"oldest pending: {'-' if oldest is None else ago(oldest)}")
@@ -874,7 +874,7 @@ def build_parser():
     command('stats', 'counts per status and type, workers, paused types', cmd_stats)
 
     listing = command('list', 'list jobs, oldest first', cmd_list)
-    listing.add_argument('--status', choices=STATUSES, help='only jobs with this status')
+    listing.add_argument('--status', choices=STATUS_WORDS, help='only jobs with this status')
     listing.add_argument('--type', help='only jobs of this type')
     listing.add_argument('--limit', type=int, default=LIST_LIMIT, metavar='N',
                          help='show at most N jobs; 0 for all')
@@ -897,7 +897,7 @@ def build_parser():
 
     purge = command('purge', 'delete old finished jobs from the archive', cmd_purge)
     purge.add_argument('--status', nargs='+', required=True,
-                       choices=('completed', 'failed', 'cancelled', 'migrated'),
+                       choices=FINAL_WORDS,
                        help='the statuses to delete (failed jobs stay unless named)')
     purge.add_argument('--older-than', metavar='DURATION',
                        help='finished longer ago than this, e.g. 7d')

@@ -4,8 +4,7 @@ and merge it by job id with what workers and producers did while the editor was 
 import re
 
 from .errors import EditConflict
-from .job import COLUMNS, job_or_none
-from .storage import split_header
+from .lineformat import COLUMNS, header_line, id_of_line, job_or_none, split_header
 
 NOT_UTF8 = re.compile('[\udc80-\udcff]')   # bytes that were not UTF-8, as surrogateescape reads them
 
@@ -14,7 +13,7 @@ def problems(text):
     """Problems in an edited text, one line each with its line number (empty: fine)."""
     lines = text.split('\n')
     if split_header(lines[0]) != list(COLUMNS):
-        return [f'line 1: the header must stay as it was: {chr(9).join(COLUMNS)}']
+        return [f'line 1: the header must stay as it was: {header_line(COLUMNS)}']
     rows = [(f'line {number}', line, job_or_none(line, COLUMNS))
             for number, line in enumerate(lines[1:], start=2) if line.strip()]
     found = line_problems(rows)
@@ -50,7 +49,7 @@ def lines_by_id(text):
 
 def lines_by_id_of(lines):
     """{id (or the whole line, for a line that is not a job): line}, in file order."""
-    return {line.split('\t', 1)[0] if '\t' in line else line: line
+    return {id_of_line(line): line
             for line in lines if line.strip()}
 
 

@@ -5,9 +5,7 @@ Its operations are here; the claim cycle that works jobs is claims.py, the speed
 machinery scan.py, the files themselves storage.py, hand edits editing.py.
 """
 
-import functools
 import logging
-import re
 import threading
 import time
 from collections import Counter
@@ -16,9 +14,13 @@ from pathlib import Path
 from . import editing, liveness, rules, schedule, tally
 from .backend import Backend, ascii_lower, totals_of
 from .claims import ClaimCycle, Plan, Run
-from .job import (ACTIVE_STATUSES, COLUMNS, FINAL_STATUSES, Job, Status, UnparsableLine, check_header,
-                  format_line, format_millis, format_new_line, format_time, job_or_none,
-                  new_job_id, new_job_ids, parse_line, quote_field)
+from .job import ACTIVE_STATUSES, FINAL_STATUSES, STATUS_WORDS, Job, Status, new_job_id, new_job_ids
+from .lineformat import (COLUMNS, DECODE_ERRORS, ENCODING, PAGE_ERROR, PAGE_PAYLOAD,
+                         PAGE_STATUS, UnparsableLine, check_header, claimed_jobs, find_line,
+                         format_line, format_millis, format_new_line, format_new_lines,
+                         format_time, id_of_line, ids_present, job_or_none, jobs_with_key,
+                         last_lines, line_starts, lines_of_status, page_pattern,
+                         parse_line, parse_line_at, quote_field, status_type_times)
 from .scan import Index, SegmentView, full_view
 from .storage import (RETRY, Change, EditedInPlace, FileLock, SmallFile, TableFile,
                       TableSummary, WordsFile, WorkerJournal, abandoned_temp_files,
@@ -111,7 +113,7 @@ class FileBackend(Backend):
                     written.append(line)
                     ids.append(job_id)
                 if written:
-                    self.table.append(''.join(written).encode('utf-8'))
+                    self.table.append(''.join(written).encode(ENCODING))
         if self.durable:
             self.table.append(b'', fsync=True)   # one fsync for every chunk of the call
         return ids
@@ -122,25 +124,18 @@ class FileBackend(Backend):
         due now) without a call per job."""
         ids = new_job_ids(len(new_jobs))
         now = new_jobs.created_at
-        due_now = format_millis(due_now_millis(now))
-        # job type -> format_new_line's text (before the payload, after it)
-        ends = {job_type: format_new_line('', job_type, '\n', int(now), due_now).split('\n')
-                for job_type in set(new_jobs.types)}
-        quote, quotes = '"', '""'   # quote_json, inlined: a call a job costs a tenth more
-        lines = [f'{job_id}{ends[job_type][0]}"{payload_text.replace(quote, quotes)}"'
-                 f'{ends[job_type][1]}\n' if quote in payload_text else
-                 f'{job_id}{ends[job_type][0]}{payload_text}{ends[job_type][1]}\n'
-                 for job_id, job_type, payload_text in zip(ids, new_jobs.types, new_jobs.texts)]
+        lines = format_new_lines(ids, new_jobs.types, new_jobs.texts, int(now),
+                                 format_millis(due_now_millis(now)))
         if new_jobs.run_ats.count(None) + new_jobs.options.count(None) < 2 * len(new_jobs):
             for i, (job_id, new_job) in enumerate(zip(ids, new_jobs)):
                 if new_job[-2:] != (None, None):   # a run_at or options
                     lines[i] = self._line(job_id, *new_job) + '\n'
         try:
-            data = ''.join(lines).encode('utf-8')
+            data = ''.join(lines).encode(ENCODING)
         except UnicodeEncodeError:   # a payload with lone surrogates: _line_bytes escapes it
-            lines = [self._line_bytes(job_id, *new_job).decode('utf-8')
+            lines = [self._line_bytes(job_id, *new_job).decode(ENCODING)
                      for job_id, new_job in zip(ids, new_jobs)]
-            data = ''.join(lines).encode('utf-8')
+            data = ''.join(lines).encode(ENCODING)
         keys = [options and options['unique_key'] for options in new_jobs.options]
         if not any(keys):
             return ids, None, None, data   # no keys: the str lines are not needed
@@ -150,11 +145,11 @@ class FileBackend(Backend):
         """The new job's line and its newline, encoded once."""
         line = self._line(job_id, job_type, payload, payload_text, now, run_at, options) + '\n'
         try:
-            return line.encode('utf-8')
+            return line.encode(ENCODING)
         except UnicodeEncodeError:
             # Lone surrogates in a str: escape them so the file stays valid UTF-8.
             escaped = payload_json(payload, JSON_ASCII)
-            return line.replace(quote_field(payload_text), quote_field(escaped), 1).encode('utf-8')
+            return line.replace(quote_field(payload_text), quote_field(escaped), 1).encode(ENCODING)
 
     def _line(self, job_id, job_type, payload, payload_text, now, run_at, options):
         """The new job's line (it may hold lone surrogates: see _line_bytes)."""
@@ -171,12 +166,8 @@ class FileBackend(Backend):
     def _active_job_with_key(self, unique_key, data):
         """The id of the pending or processing job with this unique_key in data (the hot
         file's bytes), or None."""
-        needle = ('\t' + quote_field(unique_key) + '\t').encode('utf-8', 'surrogateescape')
-        for pos in _positions(data, needle):
-            job = parse_line_at_or_none(data, pos)
-            if job is not None and job.unique_key == unique_key and job.status in ACTIVE_STATUSES:
-                return job.id
-        return None
+        return next((job.id for job in jobs_with_key(data, unique_key)
+                     if job.status in ACTIVE_STATUSES), None)
 
     def _upgrade_header(self):
         """Rewrite a file with older columns (1.0.0's nine) to ours, once per backend."""
@@ -188,10 +179,10 @@ class FileBackend(Backend):
     def find(self, job_id):
         """Reads the files each time, so it sees what any other process wrote."""
         with self.table.mapped() as (data, _):
-            job = find_line(data, job_id)
+            job = find_line(data, job_id, log.warning)
         if job is None or job.status is not Status.PENDING:
             with self.archive.mapped() as (data, _):
-                job = find_line(data, job_id) or job
+                job = find_line(data, job_id, log.warning) or job
         return job
 
     def cancel(self, job_id):
@@ -210,10 +201,10 @@ class FileBackend(Backend):
 
         with self.state_lock:
             try:
-                return self.table.rewrite_line(job_id + '\t', cancelled)
+                return self.table.rewrite_line(job_id, cancelled)
             except _OlderColumns:
                 self._upgrade_header()   # a 1.0.0 file: give it our columns first
-                return self.table.rewrite_line(job_id + '\t', cancelled)
+                return self.table.rewrite_line(job_id, cancelled)
 
     def cancel_pending(self, job_type):
         """One rewrite: the jobs stay in the hot file as cancelled, as cancel leaves one."""
@@ -412,11 +403,7 @@ class FileBackend(Backend):
         """The subset of ids that have a row in the archive."""
         if not ids:
             return set()
-        data = self.archive.read_bytes()
-        if len(ids) <= 16:
-            return {i for i in ids if b'\n' + i.encode('utf-8', 'surrogateescape') + b'\t' in data}
-        present = {line.split(b'\t', 1)[0] for line in data.split(b'\n')}
-        return {i for i in ids if i.encode('utf-8', 'surrogateescape') in present}
+        return ids_present(self.archive.read_bytes(), ids)
 
     def idle_dead_journals(self, workers_with_claims):
         """Journals left by dead workers of this host that hold no claim."""
@@ -461,7 +448,7 @@ class FileBackend(Backend):
             return totals_of(self._job_fields())
         counts = hot.counts + archive.counts
         pending = [t for t in (hot, archive) if t.oldest is not None]
-        return (Counter({(status.decode(), job_type.decode('utf-8', 'surrogateescape')): n
+        return (Counter({(status.decode(), job_type.decode(ENCODING, DECODE_ERRORS)): n
                          for (status, job_type), n in counts.items()}),
                 min((t.oldest for t in pending), default=None),
                 min((t.earliest for t in pending), default=None))
@@ -485,10 +472,11 @@ class FileBackend(Backend):
         hot, archive = self._tallies()
         if hot is None or hot.skipped:   # a job in both files: the lines would list it twice
             return super().page_jobs(status, job_type, text, offset, limit)
-        statuses = tuple(w.value for w in Status) if status is None else (status,)
+        statuses = STATUS_WORDS if status is None else (status,)
         active = tuple(w for w in statuses if Status(w) in ACTIVE_STATUSES)
         final = tuple(w for w in statuses if Status(w) in FINAL_STATUSES)
-        needle = text and ascii_lower(text.replace('"', '""')).encode('utf-8', 'surrogateescape')
+        needle = text and ascii_lower(quote_field(text)[1:-1] if '"' in text else text).encode(
+            ENCODING, DECODE_ERRORS)
         total, page = 0, []
         # (table, its tally, its groups in order: (statuses, counted by the tally))
         for table, file_tally, groups in ((self.table, hot, ((active, True), (final, False))),
@@ -498,27 +486,27 @@ class FileBackend(Backend):
             with table.mapped() as (data, _):
                 header_end = data.find(b'\n') + 1
                 found = needle and _Holding(
-                    data, header_end, _page_pattern(
+                    data, header_end, page_pattern(
                         tuple(w for words, _ in groups for w in words), job_type), needle,
                     job_type is None or ascii_lower(job_type) == job_type)
                 for words, counted in groups:
                     if not words:
                         continue
-                    pattern = _page_pattern(words, job_type)
+                    pattern = page_pattern(words, job_type)
                     if needle:
                         matches = found.count(words)
                         newest = found.newest(words, offset + limit - total)
                     elif not counted:     # the few finished jobs still in the hot file
-                        newest = sorted((start for word in words for start in _line_starts(
-                            data, b'\t' + word.encode() + b'\t') if pattern.match(data, start)),
-                            reverse=True)
+                        newest = sorted((start for word in words
+                                         for start in lines_of_status(data, word)
+                                         if pattern.match(data, start)), reverse=True)
                         matches = len(newest)
                     else:
                         matches = sum(n for (s, t), n in file_tally.counts.items()
                                       if s.decode() in words
                                       and (job_type is None or t == job_type.encode()))
                         wanted_lines = offset + limit - total
-                        newest = (_last_lines(data, header_end, pattern, wanted_lines)
+                        newest = (last_lines(data, header_end, pattern, wanted_lines)
                                   if wanted_lines > 0 and offset - total < matches else [])
                     chosen = newest[max(0, offset - total):max(0, offset + limit - total)]
                     page += [parse_line_at(data, start) for start in chosen]
@@ -559,21 +547,11 @@ class FileBackend(Backend):
                     header = split_header(line)
                     check_header(table.path, header)
                     continue
-                fields = line.split('\t', 6)
-                if (len(fields) < 7 or fields[3] not in STATUS_WORDS or fields[1][:1] == '"'
-                        or tuple(header) != COLUMNS):
-                    job = job_or_none(line, header)
-                    if job is None:
-                        continue
-                    fields = [job.id, job.type, '', job.status.value, job.created_at,
-                              job.run_at]
-                if fields[0] in seen:
-                    continue
+                fields = status_type_times(line, header)
+                if fields is None or fields[0] in seen:
+                    continue   # not a job (check reports it), or counted
                 seen.add(fields[0])
-                try:
-                    yield fields[3], fields[1], float(fields[4] or 0), float(fields[5] or 0)
-                except ValueError:
-                    continue   # not a job: check reports it
+                yield fields[1:]
 
     def workers(self):
         now = self.clock()
@@ -584,9 +562,7 @@ class FileBackend(Backend):
     def claimed_jobs(self):
         """Claims live only in the hot file: the archive is not read."""
         with self.table.mapped() as (data, _):
-            claimed = [parse_line_at_or_none(data, pos)
-                       for pos in _positions(data, b'\tprocessing\t')]
-        return [job for job in claimed if job is not None and job.status is Status.PROCESSING]
+            return claimed_jobs(data)
 
     def revive(self, job_id, job_type, now):
         """The archive is filtered outside the lock; the revived jobs are appended to the
@@ -694,7 +670,7 @@ class FileBackend(Backend):
             plan = Plan()
             rows = [(i, view.job(i)) for i, entry in enumerate(view.entries)
                     if entry is not None and entry.status == Status.PENDING.value
-                    and view.snap.lines[i].split('\t', 1)[0] in job_ids]
+                    and id_of_line(view.snap.lines[i]) in job_ids]
             rows = [(i, job) for i, job in rows if job]
             already = self.archived_ids({job.id for _, job in rows})
             for i, job in rows:
@@ -716,7 +692,7 @@ class FileBackend(Backend):
         self._upgrade_header()   # edit our columns, never 1.0.0's
         with self.table.lock:
             data = self.table.read_bytes()
-        return data.decode('utf-8', 'surrogateescape') or self.table.header_line + '\n'
+        return data.decode(ENCODING, DECODE_ERRORS) or self.table.header_line + '\n'
 
     def check_edit(self, text):
         return editing.problems(text)
@@ -732,51 +708,16 @@ class FileBackend(Backend):
         return editing.changed_count(base, ours)
 
 
-STATUS_WORDS = frozenset(status.value for status in Status)
-# The first six columns of a job line (the seed's and ours), from its start. As many
-# matches as lines means none ran into the next line (that line would have none).
-
 class _OlderColumns(Exception):
     """The file has older columns (1.0.0's nine): upgrade it before editing a line."""
 
 
 def _migrated_line(line, header, job_ids):
-    if line.split('\t', 1)[0] in job_ids:
+    if id_of_line(line) in job_ids:
         job = job_or_none(line, header)
         if job is not None and job.status is Status.FAILED:
             return format_line(job.evolve(status=Status.MIGRATED))
     return line
-
-
-def _page_pattern(statuses, job_type):
-    """A line's (payload, status, error) if it has one of these statuses and this type
-    (None: any)."""
-    status_re = b'(?:' + b'|'.join(word.encode() for word in statuses) + b')'
-    type_re = (re.escape(quote_field(job_type).encode('utf-8', 'surrogateescape'))
-               if job_type is not None else rb'[^\t\n]*')
-    # The rest of the line is read too: the next match then starts at the next line,
-    # not after a search for it (an archive's long lines: a third quicker).
-    return _compiled(rb'(?m)^[^\t\n]+\t' + type_re + rb'\t([^\t\n]*)\t(' + status_re +
-                     rb')\t(?:[^\t\n]*\t){3}([^\t\n]*)\t[^\n]*')
-
-
-_compiled = functools.lru_cache(maxsize=64)(re.compile)
-
-
-def _last_lines(data, header_end, pattern, count):
-    """The starts of the last `count` lines after header_end that pattern matches, last first."""
-    starts, end = [], len(data)
-    while len(starts) < count and end > header_end:
-        start = max(data.rfind(b'\n', header_end, end - 1) + 1, header_end)
-        if pattern.match(data, start):
-            starts.append(start)
-        end = start
-    return starts
-
-
-def _line_starts(data, needle):
-    """The start of each line holding needle."""
-    return [data.rfind(b'\n', 0, pos) + 1 for pos in _positions(data, needle)]
 
 
 class _Holding:
@@ -804,10 +745,10 @@ class _Holding:
 
     def _hits(self, data):
         found, needle = [], self.needle
-        for line_start in _line_starts(self.lowered, needle):
+        for line_start in line_starts(self.lowered, needle):
             match = self.pattern.match(data, self.header_end + line_start)
-            if match and (needle in match[1].lower() or needle in match[3].lower()):
-                found.append((self.header_end + line_start, match[2]))
+            if match and (needle in match[PAGE_PAYLOAD].lower() or needle in match[PAGE_ERROR].lower()):
+                found.append((self.header_end + line_start, match[PAGE_STATUS]))
         return found
 
     def count(self, words):
@@ -827,45 +768,8 @@ class _Holding:
         while len(starts) < count and end > 0:
             start = lowered.rfind(b'\n', 0, end - 1) + 1
             match = self.pattern.match(lowered, start)
-            if match and match[2] in words and (needle in match[1] or needle in match[3]):
+            if match and match[PAGE_STATUS] in words and (needle in match[PAGE_PAYLOAD]
+                                                          or needle in match[PAGE_ERROR]):
                 starts.append(self.header_end + start)
             end = start
         return starts
-
-
-def find_line(data, job_id):
-    """The last job in data (a whole file) whose id is job_id, or None."""
-    pos = data.rfind(b'\n' + job_id.encode('utf-8', 'surrogateescape') + b'\t')
-    if pos < 0:
-        return None
-    try:
-        return parse_line_at(data, pos + 1)
-    except UnparsableLine as exc:
-        rules.log.warning('job %s has a line that does not parse: %s', job_id, exc)
-        return None
-
-
-def _positions(data, needle):
-    """Where needle occurs in data, at most once per line."""
-    pos = data.find(needle)
-    while pos >= 0:
-        yield pos
-        pos = data.find(needle, data.find(b'\n', pos) + 1 or len(data))
-
-
-def parse_line_at_or_none(data, pos):
-    try:
-        return parse_line_at(data, pos)
-    except UnparsableLine:
-        return None
-
-
-def parse_line_at(data, pos):
-    """The Job on the line of data (a whole file, header first) that holds byte pos.
-
-    Raises UnparsableLine when that line is not a job.
-    """
-    start, end = data.rfind(b'\n', 0, pos) + 1, data.find(b'\n', pos)
-    line = data[start:end if end >= 0 else len(data)].decode('utf-8', 'surrogateescape')
-    header = split_header(data[:data.find(b'\n')].decode('utf-8', 'surrogateescape'))
-    return parse_line(line, header)

@@ -1,30 +1,12 @@
-"""A job, and the one place that turns a TSV line into a Job and back.
+"""A job: the record (Job), its status words, the dicts get_job and list_jobs return,
+and new job ids. How a job is stored as a line of a file is lineformat.py."""
 
-Lines are written in dbbasic-tsv's dialect (csv, tab delimiter, QUOTE_MINIMAL), so
-`TSV(name, COLUMNS).all()` reads them. Values never contain a raw tab, newline or CR:
-payload and result are JSON (which escapes them) and error texts are flattened to one
-line, so every job is exactly one physical line.
-"""
-
-import csv
 import enum
-import functools
 import json
-import math
 import operator
 import os
 from dataclasses import dataclass, fields
 from typing import Any, Optional, TypedDict, Union
-
-from .errors import StorageError
-
-SEED_COLUMNS = ('id', 'type', 'payload', 'status', 'created_at', 'run_at',
-                'attempts', 'error', 'result')
-# Ours come after the seed's nine, so 1.0.0 readers and `cut -f1-9` still work.
-# priority is last, so a worker finds it with one rfind instead of splitting the line.
-COLUMNS = SEED_COLUMNS + ('worker', 'claimed_at', 'finished_at', 'unique_key', 'timeout',
-                          'max_attempts', 'priority')
-
 
 class Status(str, enum.Enum):
     PENDING = 'pending'
@@ -40,32 +22,8 @@ class Status(str, enum.Enum):
 
 FINAL_STATUSES = frozenset({Status.COMPLETED, Status.FAILED, Status.CANCELLED, Status.MIGRATED})
 ACTIVE_STATUSES = frozenset({Status.PENDING, Status.PROCESSING})   # a unique_key is held
-_STATUS_BY_WORD = {status.value: status for status in Status}
-# NUL too: the csv module before Python 3.11 refuses a line that holds one.
-_ONE_LINE = str.maketrans({'\x00': ' ', '\t': ' ', '\n': ' ', '\r': ' ', '\x0b': ' ', '\x0c': ' ',
-                           '\x1c': ' ', '\x1d': ' ', '\x1e': ' ', '\x85': ' ',
-                           '\u2028': ' ', '\u2029': ' '})
-
-
-def is_queue_header(header):
-    """True if header (its fields) starts with the seed's nine columns."""
-    return tuple(header[:len(SEED_COLUMNS)]) == SEED_COLUMNS
-
-
-def check_header(path, header):
-    """Raise StorageError unless header (None: no file yet) starts with the seed's columns.
-
-    Nothing of the file is echoed: it may be one the user running this must not read.
-    """
-    if header is not None and not is_queue_header(header):
-        raise StorageError(f'{path} is not a dbbasic-queue file: its first line is not the '
-                           f'header of one')
-
-
-class UnparsableLine(ValueError):
-    """A line that is not a job (a hand edit); it is kept verbatim, never dropped."""
-
-
+STATUS_WORDS = tuple(status.value for status in Status)          # in the order of Status
+FINAL_WORDS = tuple(sorted(status.value for status in FINAL_STATUSES))
 Number = Union[int, float]
 
 
@@ -154,97 +112,9 @@ _FIELD_INDEX = {name: i for i, name in enumerate(_FIELD_NAMES)}
 _ALL_FIELDS = operator.attrgetter(*_FIELD_NAMES)   # job -> a tuple of every field
 
 
-def one_line(text):
-    """text with every line or field separator (and NUL) replaced by a space."""
-    return text.translate(_ONE_LINE)
-
-
 def number(value):
     """A float that holds an integer becomes that int (1.0.0 stored ints)."""
     return int(value) if float(value).is_integer() else value
-
-
-def format_time(seconds):
-    """Seconds as text, rounded up to the millisecond so a job never runs early."""
-    if not seconds:
-        return '0' if seconds == 0 else ''
-    if float(seconds).is_integer():
-        return str(int(seconds))
-    millis = math.ceil(seconds * 1000)
-    if millis / 1000 < seconds:   # seconds * 1000 was rounded down to a float
-        millis += 1
-    return format_millis(millis)
-
-
-def format_millis(millis):
-    """Whole milliseconds (an int) as seconds text: 1500 -> '1.5', 2000 -> '2'."""
-    if millis < 0:
-        return '-' + format_millis(-millis)
-    seconds, fraction = divmod(millis, 1000)
-    if not fraction:
-        return str(seconds)
-    return f'{seconds}.{fraction:03d}'.rstrip('0')
-
-
-def quote_field(field):
-    """A field as csv QUOTE_MINIMAL writes it with a tab delimiter."""
-    if '"' in field or '\t' in field or '\n' in field or '\r' in field:
-        return '"' + field.replace('"', '""') + '"'
-    return field
-
-
-def format_line(job):
-    """The TSV line (without newline) that stores job, in COLUMNS order. Only the text
-    fields can need quoting: numbers and the status word never do."""
-    return '\t'.join((
-        quote_field(job.id), quote_field(job.type), quote_field(job.payload_json),
-        job.status.value, str(job.created_at), format_time(job.run_at), str(job.attempts),
-        quote_field(one_line(job.error)), quote_field(job.result_json), quote_field(job.worker),
-        format_time(job.claimed_at) if job.claimed_at else '',
-        format_time(job.finished_at) if job.finished_at else '',
-        quote_field(job.unique_key), format_time(job.timeout) if job.timeout else '',
-        str(job.max_attempts) if job.max_attempts else '',
-        str(job.priority) if job.priority else ''))
-
-
-def claimed_line(line, worker, claimed_at):
-    """The line of the pending job on line (str, without newline) as claimed by worker at
-    claimed_at: the same text with status, worker and claimed_at changed, so nothing is
-    reformatted. None when line is not simply that (a quoted tab, other columns): then
-    format the claimed Job instead."""
-    fields = line.split('\t')
-    if len(fields) != len(COLUMNS) or fields[3] != 'pending' or fields[9] or fields[10]:
-        return None
-    fields[3], fields[9], fields[10] = 'processing', quote_field(worker), format_time(claimed_at)
-    return '\t'.join(fields)
-
-
-def completed_line(line, attempts, result_json, finished_at):
-    """The line of the claimed job on line (as claimed_line made it) once completed:
-    the same text with status, attempts, error, result and finished_at changed, so
-    nothing else is reformatted. None when line is not simply that."""
-    fields = line.split('\t')
-    if len(fields) != len(COLUMNS) or fields[3] != 'processing':
-        return None
-    fields[3], fields[6], fields[7] = 'completed', str(attempts), ''
-    fields[8], fields[11] = quote_field(result_json), format_time(finished_at)
-    return '\t'.join(fields)
-
-
-_NEW_JOB_TAIL = '\t0' + '\t' * (len(COLUMNS) - 7)   # attempts 0, the rest empty
-
-
-def quote_json(text):
-    """quote_field(text) for JSON text, which never holds a raw tab or line break: only a
-    quote makes it need quoting."""
-    return '"' + text.replace('"', '""') + '"' if '"' in text else text
-
-
-def format_new_line(job_id, job_type, payload_json, created_at, run_at_text):
-    """format_line(Job(...)) of a new pending job without options, without building the
-    Job: enqueue's hot path. Same text, byte for byte (tested)."""
-    return (f'{job_id}\t{quote_field(job_type)}\t{quote_json(payload_json)}\tpending'
-            f'\t{created_at}\t{run_at_text}{_NEW_JOB_TAIL}')
 
 
 IDS_PER_READ = 256
@@ -276,65 +146,3 @@ def _forget_ids():
 
 
 os.register_at_fork(after_in_child=_forget_ids)
-
-
-def split_line(line):
-    """The fields of one TSV line, unquoted as the csv module would."""
-    fields = line.split('\t')
-    quotes = line.count('"')
-    if not quotes:
-        return fields
-    # Mostly only the payload (JSON) holds quotes: then it is the one field to look at.
-    suspects = (2,) if len(fields) > 2 and fields[2].count('"') == quotes else range(len(fields))
-    for i in suspects:
-        field = fields[i]
-        if field.startswith('"'):
-            if len(field) < 2 or not field.endswith('"') or '"' in field[1:-1].replace('""', ''):
-                # A quoted field with a tab inside, or odd quoting: let csv decide.
-                return next(csv.reader([line], delimiter='\t'), [])
-            fields[i] = field[1:-1].replace('""', '"')
-    return fields
-
-
-def parse_line(line, header=COLUMNS):
-    """The Job stored on line; raises UnparsableLine when it is not a valid job row.
-
-    header is the file's header, so files with the seed's nine columns (1.0.0) read as
-    well as ours.
-    """
-    if line.endswith('\r'):
-        line = line[:-1]   # a CRLF line ending (unix2dos, a Windows editor)
-    fields = split_line(line)
-    order = column_order(tuple(header))
-    if order is not None:
-        fields = [fields[i] if i is not None and i < len(fields) else '' for i in order]
-    elif len(fields) < len(COLUMNS):
-        fields += [''] * (len(COLUMNS) - len(fields))
-    (job_id, job_type, payload, status_word, created_at, run_at, attempts, error, result,
-     worker, claimed_at, finished_at, unique_key, timeout, max_attempts,
-     priority) = fields[:len(COLUMNS)]
-    try:
-        if not job_id or not job_type or status_word not in _STATUS_BY_WORD:
-            raise ValueError('missing id, type or status')
-        return Job(job_id, job_type, payload, _STATUS_BY_WORD[status_word],
-                   int(float(created_at or 0)), float(run_at or 0), int(attempts or 0),
-                   error, result, worker, float(claimed_at or 0), float(finished_at or 0),
-                   unique_key, float(timeout or 0), int(max_attempts or 0), int(priority or 0))
-    except ValueError as exc:
-        raise UnparsableLine(f'{exc}: {line[:200]!r}') from None
-
-
-def job_or_none(line, header):
-    """The Job on line, or None when it is not one."""
-    try:
-        return parse_line(line, header or COLUMNS)
-    except UnparsableLine:
-        return None
-
-
-@functools.lru_cache(maxsize=8)
-def column_order(header):
-    """Positions of COLUMNS in header, or None when header starts with COLUMNS."""
-    if header[:len(COLUMNS)] == COLUMNS:
-        return None
-    return [header.index(name) if name in header else None for name in COLUMNS]

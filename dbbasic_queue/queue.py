@@ -38,7 +38,8 @@ from . import rules, schedule as schedules
 from .errors import InvalidArgumentError, InvalidJobError, JobNotFound, QueueError
 from .backend import NewJobs, history_buckets
 from .file_backend import FileBackend
-from .job import FINAL_STATUSES, Job, JobDetails, JobDict, Status, format_line, number, split_line
+from .job import FINAL_WORDS, STATUS_WORDS, Job, JobDetails, JobDict, number
+from .lineformat import can_be_id, format_line, split_line
 from .validate import (JSON_EACH, check_durable, check_file_mode, check_handlers, check_job_type,
                        check_limit, check_timeout, job_options, payload_json, run_at_from)
 
@@ -53,8 +54,6 @@ LEASE_SECONDS = 3600            # a file claim from another host is trusted this
 ENQUEUE_MANY_CHUNK_JOBS = 10_000   # enqueue_many writes this many jobs per locked append
 PAGE_JOBS = 50                  # find_jobs gives this many jobs a page
 SCHEDULE_POLL_SECONDS = 1.0     # run_worker (RQ) enqueues due scheduled slots this often
-STATUS_WORDS = tuple(status.value for status in Status)
-FINAL_WORDS = tuple(sorted(status.value for status in FINAL_STATUSES))
 
 Handlers = Mapping[str, Callable[[Any], Any]]             # job type -> fn(payload) -> result
 OnFailure = Callable[[JobDict, BaseException], object]    # fn(job, exception), after a failure
@@ -517,7 +516,7 @@ class Queue:
 
 
 def _plausible_id(job_id):
-    return isinstance(job_id, str) and bool(job_id) and '\t' not in job_id and '\n' not in job_id
+    return can_be_id(job_id)
 
 
 def _redis_backend(url, clock, backoff_base_seconds, lease_seconds, durable):

@@ -45,7 +45,8 @@ from rq.serializers import JSONSerializer
 from . import rules, schedule
 from .backend import Backend
 from .errors import QueueError, StorageError
-from .job import ACTIVE_STATUSES, Job, Status, new_job_id, one_line
+from .job import ACTIVE_STATUSES, Job, Status, new_job_id
+from .lineformat import one_line
 from .validate import result_json
 
 log = logging.getLogger('dbbasic_queue')

@@ -13,7 +13,6 @@ import logging
 import math
 import operator
 import os
-import re
 import sys
 import time
 import weakref
@@ -21,73 +20,21 @@ import zlib
 from typing import NamedTuple
 
 from . import liveness
-from .job import (COLUMNS, Status, UnparsableLine, check_header, format_line, parse_line,
-                  split_line)
-from .storage import (DECODE_ERRORS, ENCODING, TAIL_BYTES, EditedInPlace, TableSummary,
-                      close_in_background, pread_all, split_header, storage_error, storage_errors,
-                      version_of, whole_line_blocks)
+from .lineformat import (ANY_CLAIMED_AT, ANY_CREATED, ANY_LINE, ANY_PRIORITY, ANY_RUN_AT,
+                         ANY_STATUS, ANY_TYPE, ANY_WORKER, COLUMNS, DECODE_ERRORS, ENCODING, HEADER_BYTES,
+                         MIN_LINE_BYTES, PENDING, PENDING_BYTES, PENDING_CREATED, PENDING_LINE,
+                         PENDING_RUN_AT, PENDING_TYPE, PROCESSING, PROCESSING_BYTES,
+                         UnparsableLine, priorities_empty, check_header, created_at_of, entry_of_line, entry_of_older,
+                         format_line, line_bytes, parse_line, read_lines, split_header,
+                         text_between)
+from .storage import (TAIL_BYTES, EditedInPlace, TableSummary, close_in_background, pread_all,
+                      storage_error, storage_errors, version_of, whole_line_blocks)
 
 log = logging.getLogger('dbbasic_queue')
 
 SEGMENT_BYTES = 128 << 10     # a rewrite reads and parses only the segments it changes
 SCAN_CHUNK_BYTES = 2 * SEGMENT_BYTES   # the file is counted this much at a time
 SUMMARY_MIN_BYTES = 1 << 20   # an idle poll that read this much leaves a summary file
-_STATUS_WORDS = {status.value: status.value for status in Status}
-PENDING, PROCESSING = Status.PENDING.value, Status.PROCESSING.value
-_HEADER_BYTES = '\t'.join(COLUMNS).encode()
-MIN_LINE_BYTES = len(COLUMNS)  # a job line has a tab between each two columns, and a newline
-
-
-class Claim(NamedTuple):
-    job_id: str
-    worker: str
-    claimed_at: float
-
-
-class Entry(NamedTuple):
-    """The cheap columns of one line."""
-    status: str
-    type: str
-    run_at: float
-    claim: object        # a Claim for processing rows, else None
-    priority: int
-
-
-def entry_of_line(line):
-    """The Entry of a line, or None when it is not a job. Cheap on purpose: it splits
-    only the first columns (and finds priority, the last one, with one rfind)."""
-    fields = line.split('\t', 6)
-    if len(fields) < 7 or not fields[0]:
-        return None
-    status = _STATUS_WORDS.get(fields[3])
-    try:
-        run_at = float(fields[5] or 0)
-        priority = int(line[line.rfind('\t') + 1:] or 0)
-    except ValueError:
-        return None
-    if status is None:
-        return None
-    job_type = fields[1] if not fields[1].startswith('"') else split_line(line)[1]
-    claim = None
-    if status == PROCESSING:
-        every = line.split('\t')
-        if len(every) != len(COLUMNS) or every[9].startswith('"'):
-            every = split_line(line)   # a tab inside a quoted field
-        try:
-            claimed_at = float(every[10]) if len(every) > 10 and every[10] else 0.0
-        except ValueError:
-            return None
-        # interned: the thousands of claims of one batch share one str
-        claim = Claim(fields[0], sys.intern(every[9]) if len(every) > 9 else '', claimed_at)
-    return Entry(status, sys.intern(job_type), run_at, claim, priority)
-
-
-class Line(NamedTuple):
-    """One line of a segment a rewrite read: where it is, and its Entry."""
-    start: int           # byte offset in the version
-    end: int             # after its newline
-    segment: int         # the byte offset its segment starts at
-    entry: object        # an Entry, or None when the line is not a job
 
 
 class Segment:
@@ -120,8 +67,7 @@ class Segment:
 
 def summarize(data, start, report, older=None):
     """Segments for data, the bytes of whole lines at byte offset start of a version.
-    report(line) is told of a line that is not a job; older: the header of a file with
-    older columns (None: COLUMNS)."""
+    report(line) is told of a line that is not a job; older: see lineformat.read_lines."""
     segments, pos = [], 0
     while pos < len(data):
         stop = data.rfind(b'\n', pos, pos + SEGMENT_BYTES) + 1
@@ -132,19 +78,7 @@ def summarize(data, start, report, older=None):
     return segments
 
 
-# A pending line, read as far as run_at: tab-free first columns, status pending, and
-# created_at and run_at of 10 integer digits (2001-2286), so that the smallest as bytes
-# is the earliest. As many matches as lines means every line matched (a match running
-# into the next line would leave that line without one).
-_PENDING_LINE = re.compile(rb'(?m)^[^\t\n]+\t([^\t"\n]+)\t[^\t]*\tpending\t(\d{10})\t'
-                           rb'(\d{10}(?:\.\d{1,3})?)\t')
-# Any line of COLUMNS: type, status, created_at, run_at, worker, claimed_at, priority.
-_ANY_LINE = re.compile(rb'(?m)^[^\t\n]+\t([^\t"\n]+)\t[^\t]*\t(' +
-                       b'|'.join(s.value.encode() for s in Status) +
-                       rb')\t(\d*(?:\.\d+)?)\t(\d{10}(?:\.\d{1,3})?)\t[^\t]*\t[^\t]*\t[^\t]*\t'
-                       rb'([^\t"\n]*)\t([\d.]*)\t[^\t]*\t[^\t]*\t[^\t]*\t[^\t]*\t(-?\d*)$')
-_TYPE, _CREATED, _RUN_AT = (operator.itemgetter(n) for n in range(3))
-_PENDING_BYTES, _PROCESSING_BYTES = PENDING.encode(), PROCESSING.encode()
+_TYPE, _CREATED, _RUN_AT = map(operator.itemgetter, (PENDING_TYPE, PENDING_CREATED, PENDING_RUN_AT))
 
 
 def _segment(data, start, report, older=None):
@@ -153,22 +87,25 @@ def _segment(data, start, report, older=None):
     crc, lines = zlib.crc32(data), data.count(b'\n')
     if older is not None:
         return _segment_of_lines(data, start, read_lines(data, start, report, older), crc)
-    if data.count(b'\t\n') == lines:   # every priority empty: 0
-        matches = _PENDING_LINE.findall(data)
+    if priorities_empty(data, lines):
+        matches = PENDING_LINE.findall(data)
         if len(matches) == lines:
             return Segment(start, start + len(data), crc, _pending_by_type(matches), {}, 0, 0,
                            float(min(map(_CREATED, matches))))
-    matches = _ANY_LINE.findall(data)
+    matches = ANY_LINE.findall(data)
     if len(matches) == lines:
-        pending = [(m[0], float(m[2] or 0), m[3]) for m in matches if m[1] == _PENDING_BYTES]
+        # (type, created_at, run_at) of each pending line, as PENDING_LINE has them
+        pending = [(m[ANY_TYPE], float(m[ANY_CREATED] or 0), m[ANY_RUN_AT]) for m in matches
+                   if m[ANY_STATUS] == PENDING_BYTES]
         claims, processing = {}, 0
         for m in matches:
-            if m[1] == _PROCESSING_BYTES:
-                worker = m[4].decode(ENCODING, DECODE_ERRORS)
-                claims[worker] = max(claims.get(worker, 0.0), float(m[5] or 0))
+            if m[ANY_STATUS] == PROCESSING_BYTES:
+                worker = m[ANY_WORKER].decode(ENCODING, DECODE_ERRORS)
+                claims[worker] = max(claims.get(worker, 0.0), float(m[ANY_CLAIMED_AT] or 0))
                 processing += 1
         return Segment(start, start + len(data), crc, _pending_by_type(pending), claims,
-                       lines - len(pending) - processing, max(int(m[6] or 0) for m in matches),
+                       lines - len(pending) - processing,
+                       max(int(m[ANY_PRIORITY] or 0) for m in matches),
                        min(map(_CREATED, pending), default=None))
     return _segment_of_lines(data, start, read_lines(data, start, report), crc)
 
@@ -199,10 +136,9 @@ def _segment_of_lines(data, start, lines, crc):
 
 def _created_at(data, start, line):
     """The created_at text of a job's Line of data (at offset start). Read again only
-    here, on the rare lines a regex does not count: an Entry does not keep it, as the
+    here, on the rare lines a regex does not count: a LineEntry does not keep it, as the
     thousands of a claim would cost memory."""
-    text = data[line.start - start:line.end - start - 1].decode(ENCODING, DECODE_ERRORS)
-    return split_line(text.rstrip('\r'))[4]
+    return created_at_of(text_between(data, line.start - start, line.end - start))
 
 
 def _earlier(oldest, created_at):
@@ -225,23 +161,6 @@ def _pending_by_type(matches):
         by_type[sys.intern(job_type.decode(ENCODING, DECODE_ERRORS))] = [
             float(min(run_ats)), len(mine), float(max(run_ats))]
     return by_type
-
-
-def read_lines(data, start, report, older=None):
-    """The Lines of data (whole lines at byte offset start; older: see summarize)."""
-    lines, pos = [], start
-    for raw in data.split(b'\n')[:-1]:
-        end = pos + len(raw) + 1
-        text = raw.decode(ENCODING, DECODE_ERRORS)
-        if text.endswith('\r'):
-            text = text[:-1]   # a CRLF line (the next full rewrite drops the CR)
-        entry = (None if not text else entry_of_line(text) if older is None
-                 else _entry_of_older(text, older))
-        if entry is None and text:
-            report(text)
-        lines.append(Line(pos, end, start, entry))
-        pos = end
-    return lines
 
 
 def segments_problem(segments, header_end, offset, starts_a_line):
@@ -426,7 +345,7 @@ class Index:
         header = split_header(header_bytes[:-1].decode(ENCODING, DECODE_ERRORS))
         check_header(self.table.path, header)
         self.header = header_bytes
-        self.normal = header_bytes == _HEADER_BYTES + b'\n'   # a CRLF one is normalized
+        self.normal = header_bytes == HEADER_BYTES   # a CRLF one is normalized
         self.older = None if tuple(header) == COLUMNS else tuple(header)
 
     def _add(self, segments, data):
@@ -653,23 +572,13 @@ def full_view(snap, reporter):
     """The View of snap, every line parsed."""
     check_header(reporter.table.path, snap.header)
     if snap.header is not None and tuple(snap.header) != COLUMNS:
-        entries = [_entry_of_older(line, snap.header) for line in snap.lines]
+        entries = [entry_of_older(line, snap.header) for line in snap.lines]
     else:
         entries = [entry_of_line(line) for line in snap.lines]
     for line, entry in zip(snap.lines, entries):
         if entry is None:
             reporter.report_unparsable(line)
     return View(snap, entries, reporter)
-
-
-def _entry_of_older(line, header):
-    """The Entry of a line of a file with older columns."""
-    try:
-        job = parse_line(line, header)
-    except UnparsableLine:
-        return None
-    claim = Claim(job.id, job.worker, job.claimed_at) if job.status is Status.PROCESSING else None
-    return Entry(job.status.value, job.type, job.run_at, claim, job.priority)
 
 
 def job_of_text(text, header, reporter):
@@ -746,9 +655,8 @@ class SegmentView:
         for segment_start, in_segment in by_segment.items():
             segment, data = self._read_again(segment_start)
             for start in in_segment:
-                text = data[start - segment.start:self.lines[start].end - segment.start - 1
-                            ].decode(ENCODING, DECODE_ERRORS)
-                yield start, text[:-1] if text.endswith('\r') else text
+                yield start, text_between(data, start - segment.start,
+                                          self.lines[start].end - segment.start)
 
     def job_of(self, text):
         """The whole Job on a line of text, or None (reported once as not a job)."""
@@ -774,7 +682,7 @@ class SegmentView:
                 pieces.append(data[pos - segment.start:start - segment.start])
                 if job is not None:
                     text = job if isinstance(job, str) else format_line(job)
-                    pieces.append((text + '\n').encode(ENCODING, DECODE_ERRORS))
+                    pieces.append(line_bytes(text))
                 pos = end
             pieces.append(data[pos - segment.start:])
             yield segment.start, segment.end, b''.join(pieces)

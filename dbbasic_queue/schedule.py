@@ -37,7 +37,8 @@ from functools import lru_cache
 from typing import Any, NamedTuple
 
 from .errors import InvalidArgumentError, QueueError
-from .job import new_job_id, one_line
+from .job import new_job_id
+from .lineformat import one_line
 from .validate import check_job_type, parse_duration, payload_json
 
 log = logging.getLogger('dbbasic_queue')

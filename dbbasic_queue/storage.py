@@ -31,12 +31,12 @@ from typing import NamedTuple
 
 from . import liveness
 from .errors import StorageError
+from .lineformat import DECODE_ERRORS, ENCODING, header_line, id_needle, split_header
 
 log = logging.getLogger('dbbasic_queue')
 
-ENCODING = 'utf-8'
-# Bytes that are not UTF-8 (a hand edit) survive every read, rewrite and append unchanged.
-DECODE_ERRORS = 'surrogateescape'
+# ENCODING, DECODE_ERRORS: bytes that are not UTF-8 (a hand edit) survive every read,
+# rewrite and append unchanged.
 DEFAULT_FILE_MODE = 0o666       # before the umask, as open() creates files
 GROUP_READ_WRITE = 0o060        # the bits that share a queue's files with a group
 LINES_PER_WRITE = 4096
@@ -269,7 +269,7 @@ class Snapshot:
         """The CRC of the bytes read; for a version this process wrote, computed only when
         first needed (a drain with no one else writing never needs it)."""
         if self.crc is None:
-            text = '\n'.join(['\t'.join(self.header)] + self.lines) + '\n'
+            text = '\n'.join([header_line(self.header)] + self.lines) + '\n'
             self.crc = zlib.crc32(text.encode(ENCODING, DECODE_ERRORS))
         return self.crc
 
@@ -329,7 +329,7 @@ class TableFile:
         self.columns = tuple(columns)
         self.lock = lock
         self.rewrite_lock = rewrite_lock
-        self.header_line = '\t'.join(self.columns)
+        self.header_line = header_line(self.columns)
         self.header_bytes = (self.header_line + '\n').encode(ENCODING)
         self._snapshot = None
         self._appended_end = None   # the file's size after this process's last append
@@ -713,8 +713,8 @@ class TableFile:
                     if outcome is not RETRY:
                         return outcome
 
-    def rewrite_line(self, prefix, edit):
-        """Replace the first line that starts with prefix by edit(header, line).
+    def rewrite_line(self, job_id, edit):
+        """Replace the first line of this job id by edit(header, line).
 
         edit returns the new line, or None to leave the file alone. Every other byte is
         copied as it is, never decoded or split: one change to a 100K-line file costs a
@@ -722,7 +722,7 @@ class TableFile:
         another process replaced or edited the file meanwhile. Returns whether a line
         was replaced.
         """
-        needle = ('\n' + prefix).encode(ENCODING, DECODE_ERRORS)
+        needle = id_needle(job_id)
 
         def try_once():
             with storage_errors(self.path, 'read'):
@@ -1128,12 +1128,6 @@ def version_of(st):
     """What changes whenever a file is written or replaced: its inode, size and both
     timestamps (a new file can share the timestamps of the one it replaced)."""
     return st.st_ino, st.st_dev, st.st_size, st.st_mtime_ns, st.st_ctime_ns
-
-
-def split_header(text):
-    """The column names of a header line. Files made before 2.2 have dbbasic-tsv's
-    header, ending in CRLF (csv's default line terminator); ours end in LF."""
-    return text.rstrip('\r').split('\t')
 
 
 def whole_line_blocks(fd, offset, size, block_bytes):

@@ -10,38 +10,23 @@ makes the Tally inexact, and the caller counts the exact way instead.
 """
 
 import operator
-import re
 from collections import Counter
 from typing import NamedTuple
 
-from .job import COLUMNS, FINAL_STATUSES, Status, check_header
-from .storage import DECODE_ERRORS, ENCODING, TAIL_BYTES, split_header
+from .job import FINAL_WORDS
+from .lineformat import (COLUMNS, COUNT_HEAD, COUNT_HEAD_NO_ID, COUNT_ID, COUNT_LINE,
+                         COUNT_FINISHED, COUNT_RUN_AT, COUNT_STATUS_CREATED, COUNT_TYPE,
+                         DECODE_ERRORS, ENCODING, PENDING_BYTES, PENDING_CREATED_PREFIX,
+                         check_header, split_header, status_and_created, status_needle, status_of)
+from .storage import TAIL_BYTES
 
 SECONDS_PER_MINUTE = 60
 # Lines are read and matched this much at a time: a million matches kept at once would
 # cost ~270 MB, and the garbage collector's passes over them.
 READ_BYTES = 1 << 20
-_STATUSES = b'|'.join(status.value.encode() for status in Status)
-# id, type, status, created_at, run_at: columns 1 to 6. Reading on to finished_at (12)
-# costs twice as much, so only the archive's pattern does; in the hot file the few
-# finished lines (cancelled since the last run) are found by a byte search.
-# A skipped field is [^\t]*, not [^\t\n]*: a third faster, and a line short of tabs that
-# runs into the next one leaves fewer matches than lines, which makes the Tally inexact.
-# created_at and run_at: ten whole digits (2001 to 2286), so that their text orders as
-# their number; a line with another time is not matched, and is counted the exact way.
-# A match starts at the newline before its line: a literal the search skips to in C (~8 %
-# quicker than ^). Status and created_at are one group: one object less a line.
-_HEAD = re.compile(rb'\n([^\t\n]+)\t([^\t"\n]+)\t[^\t]*\t((?:' + _STATUSES +
-                   rb')\t\d{10})\t(\d{10}(?:\.\d+)?)\t')
-_LINE = re.compile(_HEAD.pattern + rb'(?:[^\t]*\t){5}(\d*)[\d.]*\t')   # + finished_at
-# The same, when no id is wanted: an empty group (b'', one shared object) for the id.
-_HEAD_NO_ID = re.compile(_HEAD.pattern.replace(rb'\n([^\t\n]+)', rb'\n()[^\t\n]+', 1))
-_ID, _TYPE, _STATUS_CREATED, _RUN_AT, _FINISHED = range(5)   # groups
-_ID_OF = operator.itemgetter(_ID)
-_STATUS_CREATED_TYPE = operator.itemgetter(_STATUS_CREATED, _TYPE)
-_PENDING = Status.PENDING.value.encode()
-_PENDING_CREATED = _PENDING + b'\t'
-_FINAL_WORDS = {status.value.encode() for status in FINAL_STATUSES}
+_ID_OF = operator.itemgetter(COUNT_ID)
+_STATUS_CREATED_TYPE = operator.itemgetter(COUNT_STATUS_CREATED, COUNT_TYPE)
+_FINAL_WORDS = {word.encode() for word in FINAL_WORDS}
 
 
 class Tally:
@@ -69,14 +54,14 @@ class Tally:
         far as finished_at."""
         if path is not None:
             start = data.find(b'\n', start, end) + 1
-            header = split_header(data[:start - 1].decode('utf-8', 'surrogateescape'))
+            header = split_header(data[:start - 1].decode(ENCODING, DECODE_ERRORS))
             check_header(path, header)
             if tuple(header) != COLUMNS:
                 self.exact = False
         if not self.exact or start >= end:
             return
         ids_wanted = self.ids is not None or self.counted_elsewhere
-        pattern = _LINE if not finished_rare else _HEAD if ids_wanted else _HEAD_NO_ID
+        pattern = COUNT_LINE if not finished_rare else COUNT_HEAD if ids_wanted else COUNT_HEAD_NO_ID
         matches = pattern.findall(data, start - 1, end)
         lines = data.count(b'\n', start, end)
         if len(matches) != lines and len(matches) != lines - _blank_lines(data, start, end):
@@ -97,7 +82,7 @@ class Tally:
         """matches but those of jobs counted_elsewhere (checked in C: usually none is)."""
         if not self.counted_elsewhere or self.counted_elsewhere.isdisjoint(map(_ID_OF, matches)):
             return matches
-        return [m for m in matches if m[_ID] not in self.counted_elsewhere]
+        return [m for m in matches if m[COUNT_ID] not in self.counted_elsewhere]
 
     def _count(self, matches):
         self.rows += len(matches)
@@ -107,26 +92,28 @@ class Tally:
         statuses = set()
         for (status_created, job_type), jobs in Counter(
                 map(_STATUS_CREATED_TYPE, matches)).items():
-            status, created = status_created.split(b'\t')
+            status, created = status_and_created(status_created)
             statuses.add(status)
             self.counts[status, job_type] += jobs
             created = int(created)
             self.created[created // SECONDS_PER_MINUTE] += jobs
-            if status == _PENDING:
+            if status == PENDING_BYTES:
                 self.oldest = _earliest(self.oldest, created)
-        if _PENDING in statuses:   # the archive has none: its lines are not looked at again
+        if PENDING_BYTES in statuses:   # the archive has none: its lines are not looked at again
             pending = (matches if len(statuses) == 1 else
-                       [m for m in matches if m[_STATUS_CREATED].startswith(_PENDING_CREATED)])
+                       [m for m in matches
+                        if m[COUNT_STATUS_CREATED].startswith(PENDING_CREATED_PREFIX)])
             self.earliest = _earliest(self.earliest,
-                                      float(min(map(operator.itemgetter(_RUN_AT), pending))))
+                                      float(min(map(operator.itemgetter(COUNT_RUN_AT), pending))))
 
     def _count_finished(self, matches):
-        """Count matches of _LINE (finished_at read) by status and minute finished."""
-        by_finished = Counter(map(operator.itemgetter(_STATUS_CREATED, _FINISHED), matches))
+        """Count matches of COUNT_LINE (finished_at read) by status and minute finished."""
+        by_finished = Counter(map(operator.itemgetter(COUNT_STATUS_CREATED, COUNT_FINISHED),
+                                  matches))
         for (status_created, seconds), jobs in by_finished.items():
             if seconds:
-                status = status_created.partition(b'\t')[0]
-                self.finished[status, int(seconds) // SECONDS_PER_MINUTE] += jobs
+                self.finished[status_of(status_created),
+                              int(seconds) // SECONDS_PER_MINUTE] += jobs
 
 
 def _blank_lines(data, start, end):
@@ -134,18 +121,18 @@ def _blank_lines(data, start, end):
 
 
 def _finished_lines(data, start, end, words):
-    """_LINE's matches of the lines in data[start:end] whose status is one of words
-    (final status words), found by a byte search for each (each line once)."""
+    """COUNT_LINE's matches of the lines in data[start:end] whose status is one of words
+    (final status words, bytes), found by a byte search for each (each line once)."""
     newlines_before = set()
     for word in words:
-        needle = b'\t' + word + b'\t'
+        needle = status_needle(word.decode())
         pos = data.find(needle, start, end)
         while pos >= 0:
             newlines_before.add(data.rfind(b'\n', 0, pos))
             pos = data.find(needle, data.find(b'\n', pos, end) + 1 or end, end)
-    found = (_LINE.match(data, newline, end) for newline in sorted(newlines_before))
+    found = (COUNT_LINE.match(data, newline, end) for newline in sorted(newlines_before))
     matches = [m.groups() for m in found if m]
-    return [m for m in matches if m[_STATUS_CREATED].partition(b'\t')[0] in _FINAL_WORDS]
+    return [m for m in matches if status_of(m[COUNT_STATUS_CREATED]) in _FINAL_WORDS]
 
 
 def of_index(index, counted_elsewhere):
@@ -165,7 +152,7 @@ def of_index(index, counted_elsewhere):
             counted.add(data, 1, len(data), finished_rare=True)
             continue
         for job_type, (earliest, jobs, _) in segment.pending.items():
-            counted.counts[_PENDING, job_type.encode(ENCODING, DECODE_ERRORS)] += jobs
+            counted.counts[PENDING_BYTES, job_type.encode(ENCODING, DECODE_ERRORS)] += jobs
             counted.rows += jobs
             counted.earliest = _earliest(counted.earliest, earliest)
         counted.oldest = _earliest(counted.oldest, segment.oldest)

@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 from itertools import repeat
 
 from .errors import InvalidArgumentError, InvalidJobError, safe_repr
-from .job import one_line
+from .lineformat import one_line
 
 log = logging.getLogger('dbbasic_queue')
 

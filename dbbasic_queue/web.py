@@ -40,7 +40,8 @@ from urllib.parse import parse_qs, quote, unquote, urlencode
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from .errors import InvalidArgumentError, JobNotFound, QueueError
-from .queue import FINAL_WORDS, PAGE_JOBS, STATUS_WORDS, Queue, default_queue
+from .job import FINAL_WORDS, STATUS_WORDS
+from .queue import PAGE_JOBS, Queue, default_queue
 from .validate import parse_duration
 
 log = logging.getLogger('dbbasic_queue')

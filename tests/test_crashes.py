@@ -9,7 +9,8 @@ import time
 import pytest
 
 from dbbasic_queue import Queue, liveness
-from dbbasic_queue.job import Job, Status, format_line, parse_line
+from dbbasic_queue.job import Job, Status
+from dbbasic_queue.lineformat import format_line, parse_line
 from tests.conftest import SUBPROCESS_TIMEOUT_SECONDS, run_python, spawn, wait_all
 
 SLOW_WORKER = '''

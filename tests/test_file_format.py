@@ -13,8 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dbbasic_queue import COLUMNS, InvalidJobError, Queue
-from dbbasic_queue.job import (Job, Status, format_line, format_new_line, format_time, one_line,
-                               split_line)
+from dbbasic_queue.job import Job, Status
+from dbbasic_queue.lineformat import format_line, format_new_line, format_time, one_line, split_line
 
 ONE_MB_STRING = 'x' * 1_000_000
 
@@ -234,3 +234,159 @@ def test_lines_are_written_in_the_csv_dialect_of_dbbasic_tsv(fields):
          job.result_json, job.worker, '', '', job.unique_key, '1.5', '4', '-2'])
     assert line + '\n' == buffer.getvalue()
     assert split_line(line) == next(csv.reader([line], delimiter='\t'))
+
+
+# -- every fast reader of lineformat agrees with the plain parser ----------------------------
+from dbbasic_queue import lineformat  # noqa: E402
+
+times = (st.integers(0, 4_000_000_000) | st.floats(0, 4e9, allow_nan=False).map(lambda t: round(t, 3))
+         | st.sampled_from([0, 1_700_000_000, 1_700_000_000.5, 999_999_999, 10_000_000_000]))
+field_text = st.text(st.sampled_from('ab "\t\r\\x é'), max_size=6)
+
+
+@st.composite
+def stored_jobs(draw):
+    """A Job as a writer (or a hand edit that still parses) may leave it."""
+    status = draw(st.sampled_from(list(Status)))
+    return Job(
+        id=draw(st.text('0123456789abcdef', min_size=1, max_size=16) | st.just('a"b')),
+        type=draw(st.text(st.sampled_from('tyé_ "\t'), min_size=1, max_size=6)),
+        payload_json=json.dumps(draw(json_values)), status=status,
+        created_at=int(draw(times)), run_at=draw(times), attempts=draw(st.integers(0, 30)),
+        error=draw(field_text), result_json=draw(st.sampled_from(['', '1', '"ok"', '{"a": "b"}'])),
+        worker=draw(field_text) if status is Status.PROCESSING else draw(st.sampled_from(['', 'w'])),
+        claimed_at=draw(times), finished_at=draw(times), unique_key=draw(field_text),
+        timeout=draw(st.sampled_from([0, 1.5, 30])), max_attempts=draw(st.integers(0, 5)),
+        priority=draw(st.integers(-3, 3)))
+
+
+OLDER_HEADERS = [lineformat.SEED_COLUMNS, lineformat.COLUMNS[:12],
+                 tuple(reversed(lineformat.COLUMNS))]
+
+
+def plain(line, header=lineformat.COLUMNS):
+    return lineformat.job_or_none(line, header)
+
+
+def file_of(lines):
+    return (lineformat.header_line(lineformat.COLUMNS) + '\n' + ''.join(
+        line + '\n' for line in lines)).encode('utf-8', 'surrogateescape')
+
+
+@settings(max_examples=400, deadline=None)
+@given(job=stored_jobs(), crlf=st.booleans())
+def test_every_fast_reader_of_a_line_agrees_with_the_plain_parser(job, crlf):
+    line = lineformat.format_line(job)
+    expected = plain(line)
+    assert expected is not None and lineformat.format_line(expected) == line
+    text = line + '\r' if crlf else line
+    # the cheap columns of a claim
+    entry = lineformat.entry_of_line(line)
+    assert entry == (expected.status.value, expected.type, expected.run_at,
+                     lineformat.Claim(expected.id, expected.worker, expected.claimed_at)
+                     if expected.status is Status.PROCESSING else None, expected.priority)
+    [read] = lineformat.read_lines((text + '\n').encode('utf-8', 'surrogateescape'), 5,
+                                   lambda line: None)
+    assert read.entry == entry and (read.start, read.segment) == (5, 5)
+    # a claim and a completion that change their fields in place
+    claimed = lineformat.claimed_line(line, 'host:1:2', 1_800_000_000.25)
+    if claimed is not None:
+        assert plain(claimed) == expected.evolve(status=Status.PROCESSING, worker='host:1:2',
+                                                 claimed_at=1_800_000_000.25)
+        assert lineformat.id_of_line(line) == expected.id
+    completed = lineformat.completed_line(line, 3, '{"r": 1}', 1_800_000_001)
+    if completed is not None:
+        assert plain(completed) == expected.evolve(status=Status.COMPLETED, attempts=3, error='',
+                                                   result_json='{"r": 1}', finished_at=1_800_000_001)
+    # the counting readers
+    times_read = lineformat.status_type_times(text, lineformat.COLUMNS)
+    assert times_read == (expected.id, expected.status.value, expected.type,
+                          float(expected.created_at), expected.run_at)
+    _agrees_with_the_regexes(line, expected)
+    # the readers of a whole file
+    data = file_of(['x\tnot a job', line])
+    assert lineformat.find_line(data, expected.id, print) == expected
+    assert lineformat.ids_present(data, {expected.id, 'other'}) == {expected.id}
+    assert lineformat.claimed_jobs(data) == ([expected] if expected.status is Status.PROCESSING
+                                             else [])
+    if expected.unique_key:
+        assert lineformat.jobs_with_key(data, expected.unique_key) == [expected]
+
+
+def _agrees_with_the_regexes(line, job):
+    """Each regex matches this line as the parser reads it, or (for a line that is not
+    plain: quoted fields, times not of ten whole digits) does not match it at all."""
+    data = b'\n' + (line + '\n').encode('utf-8', 'surrogateescape')
+    any_line = lineformat.ANY_LINE.findall(data)
+    if any_line:
+        [m] = any_line
+        assert (m[lineformat.ANY_TYPE].decode(), m[lineformat.ANY_STATUS].decode(),
+                float(m[lineformat.ANY_CREATED] or 0), float(m[lineformat.ANY_RUN_AT]),
+                int(m[lineformat.ANY_PRIORITY] or 0)) == (
+            job.type, job.status.value, job.created_at, job.run_at, job.priority)
+        if job.status is Status.PROCESSING:
+            assert (m[lineformat.ANY_WORKER].decode(), float(m[lineformat.ANY_CLAIMED_AT] or 0)
+                    ) == (job.worker, job.claimed_at)
+    pending = lineformat.PENDING_LINE.findall(data)
+    assert len(pending) <= 1 and (not pending or job.status is Status.PENDING)
+    if pending:
+        assert (pending[0][lineformat.PENDING_TYPE].decode(),
+                int(pending[0][lineformat.PENDING_CREATED]),
+                float(pending[0][lineformat.PENDING_RUN_AT])) == (job.type, job.created_at,
+                                                                  job.run_at)
+    for pattern in (lineformat.COUNT_HEAD, lineformat.COUNT_LINE):
+        counted = pattern.findall(data)
+        if counted:
+            [m] = counted
+            status, created = lineformat.status_and_created(m[lineformat.COUNT_STATUS_CREATED])
+            assert (m[lineformat.COUNT_ID].decode(), m[lineformat.COUNT_TYPE].decode(),
+                    status.decode(), int(created), float(m[lineformat.COUNT_RUN_AT])) == (
+                job.id, job.type, job.status.value, job.created_at, job.run_at)
+            if pattern is lineformat.COUNT_LINE:
+                assert int(m[lineformat.COUNT_FINISHED] or 0) == int(job.finished_at)
+    page = lineformat.page_pattern(lineformat.STATUS_BY_WORD, job.type).match(data, 1)
+    if page:
+        assert (page[lineformat.PAGE_STATUS].decode(),
+                page[lineformat.PAGE_PAYLOAD].decode()) == (
+            job.status.value, lineformat.quote_field(job.payload_json))
+    plain_line = ('\t' not in job.type + job.worker + job.id + job.unique_key
+                  and '"' not in job.type + job.id + job.worker
+                  and all(_ten_digits(t) for t in (job.created_at, job.run_at)))
+    if plain_line:   # a plain line is read by the regexes, never left to the slow way
+        assert any_line and lineformat.COUNT_LINE.findall(data) and page
+        assert bool(pending) == (job.status is Status.PENDING)
+
+
+def _ten_digits(seconds):
+    text = lineformat.format_time(seconds)
+    whole, _, fraction = text.partition('.')
+    return len(whole) == 10 and whole.isdigit() and len(fraction) <= 3
+
+
+@settings(max_examples=200, deadline=None)
+@given(job=stored_jobs(), header=st.sampled_from(OLDER_HEADERS))
+def test_lines_of_older_columns_read_as_the_plain_parser_reads_them(job, header):
+    full = lineformat.split_line(lineformat.format_line(job))
+    line = '\t'.join(lineformat.quote_field(full[lineformat.COLUMNS.index(name)])
+                     for name in header)
+    expected = plain(line, header)
+    entry = lineformat.entry_of_older(line, header)
+    if expected is None:
+        assert entry is None
+        return
+    assert entry == (expected.status.value, expected.type, expected.run_at,
+                     lineformat.Claim(expected.id, expected.worker, expected.claimed_at)
+                     if expected.status is Status.PROCESSING else None, expected.priority)
+    [read] = lineformat.read_lines((line + '\n').encode('utf-8', 'surrogateescape'), 0,
+                                   lambda line: None, older=header)
+    assert read.entry == entry
+
+
+@settings(max_examples=300, deadline=None)
+@given(line=st.lists(st.sampled_from(list('ab1.\t"-x') + [
+    'pending', 'processing', 'completed', '1700000000']), max_size=40).map(''.join))
+def test_a_line_the_plain_parser_refuses_is_no_job_to_the_fast_readers(line):
+    if plain(line) is not None:
+        return
+    assert lineformat.entry_of_line(line) is None or lineformat.split_line(line) != line.split('\t')
+    assert lineformat.status_type_times(line, lineformat.COLUMNS) is None

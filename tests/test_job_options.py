@@ -7,7 +7,7 @@ from datetime import timedelta
 import pytest
 
 from dbbasic_queue import InvalidJobError, Queue
-from dbbasic_queue.job import COLUMNS
+from dbbasic_queue.lineformat import COLUMNS
 from tests.conftest import spawn, wait_all
 
 

@@ -9,8 +9,10 @@ PACKAGE = Path(__file__).resolve().parent.parent / 'dbbasic_queue'
 # Each module may import only modules of earlier layers.
 LAYERS = [
     {'errors', 'liveness', 'version'},
-    {'job', 'signals', 'storage'},
-    {'validate', 'rules', 'scan', 'tally', 'editing', 'backend'},
+    {'job', 'signals'},
+    {'lineformat'},
+    {'storage', 'validate', 'rules'},
+    {'scan', 'tally', 'editing', 'backend'},
     {'claims', 'schedule'},
     {'file_backend', 'rq_backend'},
     {'queue'},
@@ -50,3 +52,36 @@ def test_imports_only_go_down_the_layers():
 def test_no_backend_imports_the_queue_that_owns_it():
     for backend in ('file_backend', 'rq_backend', 'claims'):
         assert 'queue' not in package_imports(PACKAGE / f'{backend}.py')
+
+
+# The byte layout of a queue line (its separator, quoting, field positions and the regexes
+# that read it) is written in lineformat.py; schedule.py's state file is a TSV of its own.
+LINE_LAYOUT_MODULES = {'lineformat', 'schedule'}
+
+
+def separators_written(path):
+    """Line numbers of path's str or bytes constants that hold a tab (raw, or as a regex's
+    \\t), and of its calls chr(9)."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Constant) and isinstance(node.value, (str, bytes)):
+            text = node.value if isinstance(node.value, str) else node.value.decode('latin-1')
+            if '\t' in text or '\\t' in text:
+                found.append(node.lineno)
+        elif (isinstance(node, ast.Call) and getattr(node.func, 'id', None) == 'chr'
+              and node.args and getattr(node.args[0], 'value', None) == 9):
+            found.append(node.lineno)
+    return found
+
+
+def test_the_line_layout_is_written_in_the_line_format_module_only():
+    elsewhere = {path.name: lines for path in sorted(PACKAGE.glob('*.py'))
+                 if path.stem not in LINE_LAYOUT_MODULES
+                 for lines in [separators_written(path)] if lines}
+    assert elsewhere == {}
+
+
+def test_the_field_positions_name_the_columns():
+    from dbbasic_queue import lineformat
+    assert {name: getattr(lineformat, name.upper()) for name in lineformat.COLUMNS} == {
+        name: i for i, name in enumerate(lineformat.COLUMNS)}

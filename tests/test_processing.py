@@ -15,7 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dbbasic_queue import Queue, liveness
-from dbbasic_queue.job import Job, Status, format_line
+from dbbasic_queue.job import Job, Status
+from dbbasic_queue.lineformat import format_line
 from dbbasic_queue import scan as scan_module
 from tests.conftest import SUBPROCESS_TIMEOUT_SECONDS
 

@@ -698,7 +698,7 @@ def test_a_rewrite_changes_at_most_a_batch_of_lines(tmp_path, monkeypatch):
     # Another live worker holds a claim: once this one works, a rewrite of its own to
     # claim is not a joiner's, which would leave the last few jobs to the other.
     from dbbasic_queue import liveness
-    from dbbasic_queue.job import claimed_line
+    from dbbasic_queue.lineformat import claimed_line
     busy = queue.enqueue('busy', {})
     other = f'{liveness.HOST}:{os.getppid()}:{liveness.start_marker(os.getppid())}'
     line = next(line for line in path.read_text().splitlines() if line.startswith(busy))

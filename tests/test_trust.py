@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from dbbasic_queue import InvalidJobError, Queue, StorageError, liveness
-from dbbasic_queue.job import COLUMNS
+from dbbasic_queue.lineformat import COLUMNS
 from tests.conftest import SUBPROCESS_TIMEOUT_SECONDS, python_env, run_python, spawn, wait_all
 
 # Handlers that log every execution (pid, job id) to an O_APPEND file, one line each.
