@@ -8,23 +8,21 @@ machinery scan.py, the files themselves storage.py, hand edits editing.py.
 import logging
 import threading
 import time
-from collections import Counter
 from pathlib import Path
 
-from . import editing, liveness, rules, schedule, tally
-from .backend import Backend, ascii_lower, totals_of
+from . import editing, liveness, rules, schedule
+from .backend import Backend
 from .claims import ClaimCycle, Plan, Run
-from .job import ACTIVE_STATUSES, FINAL_STATUSES, STATUS_WORDS, Job, Status, new_job_id, new_job_ids
-from .lineformat import (COLUMNS, DECODE_ERRORS, ENCODING, PAGE_ERROR, PAGE_PAYLOAD,
-                         PAGE_STATUS, UnparsableLine, check_header, claimed_jobs, find_line,
-                         format_line, format_millis, format_new_line, format_new_lines,
-                         format_time, id_of_line, ids_present, job_or_none, jobs_with_key,
-                         last_lines, line_starts, lines_of_status, page_pattern,
-                         parse_line, parse_line_at, quote_field, status_type_times)
+from .inspection import FileInspection
+from .job import ACTIVE_STATUSES, FINAL_STATUSES, Job, Status, new_job_id, new_job_ids
+from .lineformat import (COLUMNS, DECODE_ERRORS, ENCODING, UnparsableLine, check_header,
+                         find_line, format_line, format_millis, format_new_line,
+                         format_new_lines, format_time, id_of_line, ids_present, job_or_none,
+                         jobs_with_key, parse_line, quote_field)
 from .scan import Index, SegmentView, full_view
 from .storage import (RETRY, Change, EditedInPlace, FileLock, SmallFile, TableFile,
                       TableSummary, WordsFile, WorkerJournal, abandoned_temp_files,
-                      sharing_problems, split_header)
+                      sharing_problems)
 from .validate import JSON_ASCII, due_now_millis, payload_json
 
 log = logging.getLogger('dbbasic_queue')
@@ -58,11 +56,7 @@ class FileBackend(Backend):
         self.migration = SmallFile(self.path.with_suffix('.migrated'), lock)   # migrate's URL
         self._migration_reported = False
         self._reported_state_lines = set()
-        # What stats and the dashboard count, kept: each file's bytes are read once.
-        self._kept_archive = None             # tally.Kept of the archive
-        self._kept_hot = (None, None)         # (the archive's version it was checked against, Kept)
-        self._inspection = None               # an Index of the hot file, apart from the worker's
-        self._tally_lock = threading.Lock()
+        self.inspection = FileInspection(self.table, self.archive)   # stats, charts, pages
         self.state_lock = threading.RLock()   # one rewrite at a time in this process
         self._header_current = False
 
@@ -432,137 +426,19 @@ class FileBackend(Backend):
         return list(found.values())
 
     def job_totals(self):
-        """The hot file as its Index has it (tally.of_index: only segments holding claims
-        or finished lines are read), or, in a process that keeps its Tally for the charts
-        (the dashboard), from that; the archive from its kept Tally. A line they could not
-        read sends it to the exact way: every line split."""
-        if self._kept_hot[1] is not None:
-            hot, archive = self._tallies()
-        else:
-            with self._tally_lock:
-                archive = self._archive_tally()
-                if self._inspection is None:
-                    self._inspection = Index(self.table)
-                hot = tally.of_index(self._inspection.current_and_saved(), archive.ids)
-        if hot is None or not (hot.exact and archive.exact):
-            return totals_of(self._job_fields())
-        counts = hot.counts + archive.counts
-        pending = [t for t in (hot, archive) if t.oldest is not None]
-        return (Counter({(status.decode(), job_type.decode(ENCODING, DECODE_ERRORS)): n
-                         for (status, job_type), n in counts.items()}),
-                min((t.oldest for t in pending), default=None),
-                min((t.earliest for t in pending), default=None))
+        return self.inspection.job_totals()
 
     def minute_counts(self):
-        hot, archive = self._tallies()
-        if hot is None:
-            return super().minute_counts()
-        finished = Counter({(status.decode(), minute): n for (status, minute), n
-                            in (hot.finished + archive.finished).items()})
-        return finished, hot.created + archive.created
+        return self.inspection.minute_counts(self)
 
     def page_jobs(self, status, job_type, text, offset, limit):
-        """Counts come from the Tallies; the page's lines are found from the end of each
-        file (newest first), each line matched by a pattern in C, and only they are
-        parsed. A text filter first finds the lines that hold it anywhere, with a byte
-        search. No writer puts a tab inside a field (JSON escapes it, errors are one
-        line), so the pattern reads every job line. The order: the hot file's pending
-        and processing jobs, last enqueued first; then finished jobs, last finished first:
-        those still in the hot file (cancelled since the last run), then the archive's."""
-        hot, archive = self._tallies()
-        if hot is None or hot.skipped:   # a job in both files: the lines would list it twice
-            return super().page_jobs(status, job_type, text, offset, limit)
-        statuses = STATUS_WORDS if status is None else (status,)
-        active = tuple(w for w in statuses if Status(w) in ACTIVE_STATUSES)
-        final = tuple(w for w in statuses if Status(w) in FINAL_STATUSES)
-        needle = text and ascii_lower(quote_field(text)[1:-1] if '"' in text else text).encode(
-            ENCODING, DECODE_ERRORS)
-        total, page = 0, []
-        # (table, its tally, its groups in order: (statuses, counted by the tally))
-        for table, file_tally, groups in ((self.table, hot, ((active, True), (final, False))),
-                                          (self.archive, archive, ((final, True),))):
-            if not any(words for words, _ in groups):
-                continue
-            with table.mapped() as (data, _):
-                header_end = data.find(b'\n') + 1
-                found = needle and _Holding(
-                    data, header_end, page_pattern(
-                        tuple(w for words, _ in groups for w in words), job_type), needle,
-                    job_type is None or ascii_lower(job_type) == job_type)
-                for words, counted in groups:
-                    if not words:
-                        continue
-                    pattern = page_pattern(words, job_type)
-                    if needle:
-                        matches = found.count(words)
-                        newest = found.newest(words, offset + limit - total)
-                    elif not counted:     # the few finished jobs still in the hot file
-                        newest = sorted((start for word in words
-                                         for start in lines_of_status(data, word)
-                                         if pattern.match(data, start)), reverse=True)
-                        matches = len(newest)
-                    else:
-                        matches = sum(n for (s, t), n in file_tally.counts.items()
-                                      if s.decode() in words
-                                      and (job_type is None or t == job_type.encode()))
-                        wanted_lines = offset + limit - total
-                        newest = (last_lines(data, header_end, pattern, wanted_lines)
-                                  if wanted_lines > 0 and offset - total < matches else [])
-                    chosen = newest[max(0, offset - total):max(0, offset + limit - total)]
-                    page += [parse_line_at(data, start) for start in chosen]
-                    total += matches
-        return total, page
-
-    def _tallies(self):
-        """(the hot file's Tally, the archive's), both kept and brought up to date, or
-        (None, None) when they are not exact."""
-        with self._tally_lock:
-            archive = self._archive_tally()
-            checked_against, kept = self._kept_hot
-            # The hot file's lines were checked against the archive's ids as they were:
-            # when the archive changed, they are checked again.
-            version = self._kept_archive[:2]
-            kept = tally.brought_up_to_date(
-                self.table, kept if checked_against == version else None,
-                lambda: tally.Tally(counted_elsewhere=archive.ids), finished_rare=True)
-            self._kept_hot = (version, kept)
-        if not (kept.tally.exact and archive.exact):
-            return None, None
-        return kept.tally, archive
-
-    def _archive_tally(self):
-        """The archive's Tally, its ids kept, brought up to date (under _tally_lock)."""
-        self._kept_archive = tally.brought_up_to_date(self.archive, self._kept_archive,
-                                                      lambda: tally.Tally(keep_ids=True))
-        return self._kept_archive.tally
-
-    def _job_fields(self):
-        """(status, type, created_at, run_at) of each job, each once, the archive's copy
-        first (the one jobs() gives), streamed; each line split only as far as run_at."""
-        seen = set()
-        for table in (self.archive, self.table):
-            header = None
-            for line in table.iter_lines():
-                if header is None:
-                    header = split_header(line)
-                    check_header(table.path, header)
-                    continue
-                fields = status_type_times(line, header)
-                if fields is None or fields[0] in seen:
-                    continue   # not a job (check reports it), or counted
-                seen.add(fields[0])
-                yield fields[1:]
-
-    def workers(self):
-        now = self.clock()
-        return sorted({job.worker for job in self.claimed_jobs()
-                       if liveness.claim_is_alive(job.worker, job.claimed_at, now,
-                                                  self.lease_seconds)})
+        return self.inspection.page_jobs(self, status, job_type, text, offset, limit)
 
     def claimed_jobs(self):
-        """Claims live only in the hot file: the archive is not read."""
-        with self.table.mapped() as (data, _):
-            return claimed_jobs(data)
+        return self.inspection.claimed_jobs()
+
+    def workers(self):
+        return self.inspection.workers(self.clock(), self.lease_seconds)
 
     def revive(self, job_id, job_type, now):
         """The archive is filtered outside the lock; the revived jobs are appended to the
@@ -718,58 +594,3 @@ def _migrated_line(line, header, job_ids):
         if job is not None and job.status is Status.FAILED:
             return format_line(job.evolve(status=Status.MIGRATED))
     return line
-
-
-class _Holding:
-    """The lines after header_end of a file that a _page_pattern matches and whose
-    payload or error holds needle (lowercase bytes; the lines are compared lowered):
-    how many have each status, and the newest of them.
-
-    A text on few lines is found by a byte search, each hit's line matched. When many
-    lines hold it, the pattern runs over the lowered copy instead (matches_lowered: it
-    finds the same lines there, its type having no capitals), counted in C; only the
-    page's lines are then looked for, from the end."""
-
-    def __init__(self, data, header_end, pattern, needle, matches_lowered):
-        self.header_end, self.pattern, self.needle = header_end, pattern, needle
-        self.lowered = data[header_end:].lower()
-        occurrences = self.lowered.count(needle)
-        self.dense = (matches_lowered
-                      and occurrences > DENSE_TEXT_SHARE * self.lowered.count(b'\n'))
-        if self.dense:
-            self.counts = Counter(status for payload, status, error
-                                  in pattern.findall(self.lowered)
-                                  if needle in payload or needle in error)
-        else:
-            self.found = self._hits(data)   # (start, status) in file order
-
-    def _hits(self, data):
-        found, needle = [], self.needle
-        for line_start in line_starts(self.lowered, needle):
-            match = self.pattern.match(data, self.header_end + line_start)
-            if match and (needle in match[PAGE_PAYLOAD].lower() or needle in match[PAGE_ERROR].lower()):
-                found.append((self.header_end + line_start, match[PAGE_STATUS]))
-        return found
-
-    def count(self, words):
-        """How many of the lines have one of these status words."""
-        words = {word.encode() for word in words}
-        if self.dense:
-            return sum(self.counts[word] for word in words)
-        return sum(status in words for _, status in self.found)
-
-    def newest(self, words, count):
-        """The starts of the last count lines with one of these status words, last first."""
-        words = {word.encode() for word in words}
-        if not self.dense:
-            return [start for start, status in reversed(self.found)
-                    if status in words][:max(0, count)]
-        starts, end, lowered, needle = [], len(self.lowered), self.lowered, self.needle
-        while len(starts) < count and end > 0:
-            start = lowered.rfind(b'\n', 0, end - 1) + 1
-            match = self.pattern.match(lowered, start)
-            if match and match[PAGE_STATUS] in words and (needle in match[PAGE_PAYLOAD]
-                                                          or needle in match[PAGE_ERROR]):
-                starts.append(self.header_end + start)
-            end = start
-        return starts

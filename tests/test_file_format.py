@@ -253,8 +253,11 @@ def stored_jobs(draw):
         type=draw(st.text(st.sampled_from('tyé_ "\t'), min_size=1, max_size=6)),
         payload_json=json.dumps(draw(json_values)), status=status,
         created_at=int(draw(times)), run_at=draw(times), attempts=draw(st.integers(0, 30)),
-        error=draw(field_text), result_json=draw(st.sampled_from(['', '1', '"ok"', '{"a": "b"}'])),
-        worker=draw(field_text) if status is Status.PROCESSING else draw(st.sampled_from(['', 'w'])),
+        error=lineformat.one_line(draw(field_text)), result_json=draw(st.sampled_from(['', '1', '"ok"', '{"a": "b"}'])),
+        # No writer puts a tab in a worker (host:pid:start), the error (one_line) or the
+        # result (JSON): the counting patterns skip those fields by their tabs.
+        worker=draw(st.text(st.sampled_from('ab "\\x é:'), max_size=6))
+        if status is Status.PROCESSING else draw(st.sampled_from(['', 'w'])),
         claimed_at=draw(times), finished_at=draw(times), unique_key=draw(field_text),
         timeout=draw(st.sampled_from([0, 1.5, 30])), max_attempts=draw(st.integers(0, 5)),
         priority=draw(st.integers(-3, 3)))

@@ -15,7 +15,7 @@ from dbbasic_queue import InvalidArgumentError, InvalidJobError, Queue, StorageE
 from dbbasic_queue import queue as queue_module
 from dbbasic_queue import scan as scan_module
 from dbbasic_queue import storage as storage_module
-from dbbasic_queue import tally as tally_module
+from dbbasic_queue import inspection as tally_module
 from dbbasic_queue.storage import TableFile
 
 from .conftest import SUBPROCESS_TIMEOUT_SECONDS, spawn, wait_all
@@ -478,7 +478,7 @@ def test_stats_counts_a_job_in_both_files_once_on_the_fast_way_without_the_hot_i
     stats = observer.stats()
     assert stats['total'] == 2 == len(observer.jobs())
     assert (stats['by_status']['completed'], stats['by_status']['pending']) == (1, 1)
-    hot, _ = observer.backend._tallies()
+    hot, _ = observer.backend.inspection.tallies()
     assert hot is not None and hot.ids is None
     assert observer.backend.minute_counts() == Backend.minute_counts(observer.backend)
     assert observer.backend.job_totals() == Backend.job_totals(observer.backend)
@@ -564,7 +564,7 @@ def test_counts_read_a_block_at_a_time_count_every_line_once(tmp_path, monkeypat
         assert queue.find_jobs(limit=0)[0] == total
         assert queue.backend.minute_counts() == Backend.minute_counts(queue.backend)
         queue.enqueue('u', {'later': 1}, run_at=1_900_000_000)
-    assert queue.backend._tallies()[0].exact
+    assert queue.backend.inspection.tallies()[0].exact
 
 
 def test_counts_cut_short_while_reading_never_count_a_line_twice(tmp_path, monkeypatch):

@@ -336,7 +336,7 @@ def test_the_files_fast_lists_and_counts_agree_with_the_exact_way(queue_path, cl
                        max_jobs=60)
     queue.cancel_job(queue.find_jobs('pending', 'Cc')[1][0]['id'])
     backend = queue.backend
-    assert backend._tallies()[0] is not None      # the fast way is taken
+    assert backend.inspection.tallies()[0] is not None      # the fast way is taken
     for status in (None, 'pending', 'failed', 'completed', 'cancelled'):
         for job_type in (None, 'a', 'Cc'):   # a capital: text is matched on the lines as they are
             for text in (None, 'hello "world"', 'ZERO', '"n": 1'):
