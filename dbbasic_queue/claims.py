@@ -40,8 +40,8 @@ ARCHIVE_FLUSH_SECONDS = 0.05    # finished jobs reach the archive at least this 
 
 @dataclass
 class Plan:
-    """What one rewrite does to lines, by their index (a rare rewrite) or byte offset (a
-    claim): replace them by a Job or a line of text, or drop them (None)."""
+    """What one rewrite of the hot file does to lines, by their start (a byte offset in
+    the version read): replace them by a Job or a line of text, or drop them (None)."""
     changes: dict = field(default_factory=dict)
     archive: list = field(default_factory=list)       # Jobs to append to the archive first
     claimed: dict = field(default_factory=dict)       # id -> line, this rewrite's claims
@@ -286,8 +286,8 @@ class ClaimCycle:
         return due
 
     def _apply_outcomes(self, batch, mine, plan):
-        """Write back this run's outcomes and unstarted claims; returns the indexes of
-        jobs pending again (a retry may be due at once; a claim given back is due)."""
+        """Write back this run's outcomes and unstarted claims; returns the starts of the
+        lines of jobs pending again (a retry may be due at once; a claim given back is due)."""
         pending = []
         for job_id, outcome in batch.outcomes.items():
             if job_id in mine:
@@ -304,8 +304,9 @@ class ClaimCycle:
                 pending.append(mine[job_id])
         return pending
 
-    def _recover(self, run, worker, indexes, plan, view, now):
-        """Give back the jobs of one dead worker; returns the indexes now pending.
+    def _recover(self, run, worker, starts, plan, view, now):
+        """Give back the jobs of one dead worker; returns the starts of the lines now
+        pending.
 
         Its finished jobs are in the archive already: they are dropped here. Its journal
         names the job whose handler was running when it died: that one is charged an
@@ -313,7 +314,7 @@ class ClaimCycle:
         lost with the worker: they return to pending as they were. A worker of an older
         version kept no journal: the first claim in run order is charged, as it then was.
         """
-        claims = [(i, job) for i, job in view.jobs(indexes) if job]
+        claims = [(i, job) for i, job in view.jobs(starts) if job]
         archived = self.backend.archived_ids({job.id for _, job in claims})
         unfinished = []
         for i, job in sorted(claims, key=lambda c: (-c[1].priority, c[1].run_at, c[0])):

@@ -15,11 +15,11 @@ from .backend import Backend
 from .claims import ClaimCycle, Plan, Run
 from .inspection import FileInspection
 from .job import ACTIVE_STATUSES, FINAL_STATUSES, Job, Status, new_job_id, new_job_ids
-from .lineformat import (COLUMNS, DECODE_ERRORS, ENCODING, UnparsableLine, check_header,
-                         find_line, format_line, format_millis, format_new_line,
-                         format_new_lines, format_time, id_of_line, ids_present, job_or_none,
-                         jobs_with_key, parse_line, quote_field)
-from .scan import Index, SegmentView, full_view
+from .lineformat import (COLUMNS, DECODE_ERRORS, ENCODING, PENDING, check_header, find_line,
+                         format_line, format_millis, format_new_line, format_new_lines,
+                         format_time, id_of_line, ids_present, job_or_none, jobs_with_key,
+                         quote_field)
+from .scan import Index, SegmentView
 from .storage import (RETRY, Change, EditedInPlace, FileLock, SmallFile, TableFile,
                       TableSummary, WordsFile, WorkerJournal, abandoned_temp_files,
                       sharing_problems)
@@ -180,38 +180,22 @@ class FileBackend(Backend):
         return job
 
     def cancel(self, job_id):
-        """The job stays in the hot file as cancelled; the next worker run archives it."""
-        def cancelled(header, line):
-            if tuple(header) != COLUMNS:
-                raise _OlderColumns
-            try:
-                job = parse_line(line, header)
-            except UnparsableLine:
-                self.index.report_unparsable(line)
-                return None
-            if job.status is not Status.PENDING:
-                return None
-            return format_line(rules.cancelled(job, self.clock()))
+        """The job stays in the hot file as cancelled; the next worker run archives it.
+        One range rewrite of the segment that holds its line."""
+        def cancelled(view, now):
+            start = view.line_of(job_id)
+            return None if start is None else _cancelled([start], view, now, None)
 
-        with self.state_lock:
-            try:
-                return self.table.rewrite_line(job_id, cancelled)
-            except _OlderColumns:
-                self._upgrade_header()   # a 1.0.0 file: give it our columns first
-                return self.table.rewrite_line(job_id, cancelled)
+        return self.rewrite_segments(cancelled) is not None
 
     def cancel_pending(self, job_type):
         """One rewrite: the jobs stay in the hot file as cancelled, as cancel leaves one."""
         def cancelled(view, now):
-            plan = Plan()
-            for i, entry in enumerate(view.entries):
-                if entry is not None and entry.status == Status.PENDING.value:
-                    job = view.job(i)
-                    if job and (job_type is None or job.type == job_type):
-                        plan.changes[i] = rules.cancelled(job, now)
-            return plan if plan.changes else None
+            view.load_where(lambda segment: any(
+                job_type is None or t == job_type for t in segment.pending))
+            return _cancelled(list(view.lines), view, now, job_type)
 
-        plan = self.rewrite_hot(cancelled)
+        plan = self.rewrite_segments(cancelled)
         return [job.id for job in plan.changes.values()] if plan else []
 
     def paused_types(self):
@@ -343,44 +327,26 @@ class FileBackend(Backend):
             WorkerJournal.remove(self.path, worker)
 
     def normalize(self):
-        """Rewrite the hot file whole: older columns get ours, CRLF line ends LF."""
-        self.rewrite_hot(lambda view, now: None, whole=True)
-
-    def rewrite_hot(self, edit, before_rename=None, whole=False):
-        """Apply edit(view, now) -> claims.Plan | None to the hot file, every line read
-        (view: a scan.View): for the rare rewrites (cancel a type, migrate). Returns
-        the Plan committed, or None. whole: rewrite even with no plan (normalize)."""
+        """Rewrite the hot file whole, every line in our columns (older columns, 1.0.0's
+        nine, get ours) and LF line ends (a CRLF file's): what a range rewrite keeps."""
         def planned(snap):
-            plan = edit(full_view(snap, self.index), self.clock())
-            if plan is None and not whole:
-                return None
-            plan = plan or Plan()
-            return Change(self._new_lines(snap, plan), self._under_lock(plan, before_rename),
-                          plan)
+            check_header(self.path, snap.header)
+            if snap.header is None or tuple(snap.header) == COLUMNS:
+                return Change(snap.lines)   # CRLF: the snapshot's lines are read as LF
+            return Change([self._in_our_columns(line, snap.header) for line in snap.lines])
 
         with self.state_lock:
             try:
-                done = self.table.rewrite(planned)
+                self.table.rewrite(planned)
             finally:
                 self.table.forget()   # its lines: a worker keeps no per-line state
-        plan = done[0].result if done is not None else None
-        self._remove_journals(plan)
-        return plan
 
-    def _new_lines(self, snap, plan):
-        """The new file's lines: plan's changes made, every line in our columns."""
-        outdated = snap.header is not None and tuple(snap.header) != COLUMNS
-        lines, changes = [], plan.changes
-        for i, line in enumerate(snap.lines):
-            if i in changes:
-                if changes[i] is None:
-                    continue
-                line = format_line(changes[i])
-            elif outdated:
-                job = job_or_none(line, snap.header)
-                line = format_line(job) if job is not None else line
-            lines.append(line)
-        return lines
+    def _in_our_columns(self, line, header):
+        job = job_or_none(line, header)
+        if job is None:
+            self.index.report_unparsable(line)
+            return line
+        return format_line(job)
 
     def archive_finished(self, finished, plan, view):
         """Move finished rows (a cancel, a 1.0.0 file) to the archive, exactly once."""
@@ -544,10 +510,9 @@ class FileBackend(Backend):
 
         def migrated(view, now):
             plan = Plan()
-            rows = [(i, view.job(i)) for i, entry in enumerate(view.entries)
-                    if entry is not None and entry.status == Status.PENDING.value
-                    and id_of_line(view.snap.lines[i]) in job_ids]
-            rows = [(i, job) for i, job in rows if job]
+            view.load_where(lambda segment: segment.pending)
+            rows = [(i, job) for i, job in view.jobs(_pending_starts(view, None))
+                    if job is not None and job.id in job_ids]
             already = self.archived_ids({job.id for _, job in rows})
             for i, job in rows:
                 plan.changes[i] = None
@@ -559,7 +524,7 @@ class FileBackend(Backend):
             lines = [_migrated_line(line, archive.header, job_ids) for line in archive.lines]
             return Change(lines) if lines != archive.lines else None
 
-        self.rewrite_hot(migrated)
+        self.rewrite_segments(migrated)
         with self.state_lock:
             self.archive.rewrite(failed_migrated)
 
@@ -584,8 +549,21 @@ class FileBackend(Backend):
         return editing.changed_count(base, ours)
 
 
-class _OlderColumns(Exception):
-    """The file has older columns (1.0.0's nine): upgrade it before editing a line."""
+def _pending_starts(view, job_type):
+    """The starts of the pending lines view read, of this type (None: any)."""
+    return [start for start, line in view.lines.items()
+            if line.entry is not None and line.entry.status == PENDING
+            and (job_type is None or line.entry.type == job_type)]
+
+
+def _cancelled(starts, view, now, job_type):
+    """The Plan that cancels the pending jobs of this type (None: any) at starts."""
+    plan = Plan()
+    pending = set(_pending_starts(view, job_type))
+    for start, job in view.jobs([start for start in starts if start in pending]):
+        if job is not None:
+            plan.changes[start] = rules.cancelled(job, now)
+    return plan if plan.changes else None
 
 
 def _migrated_line(line, header, job_ids):

@@ -9,6 +9,7 @@ segment's lines with their byte offsets; a rewrite (storage.TableFile.rewrite_ra
 copies every other segment as bytes, in the kernel.
 """
 
+import bisect
 import logging
 import math
 import operator
@@ -17,14 +18,13 @@ import sys
 import time
 import weakref
 import zlib
-from typing import NamedTuple
 
 from . import liveness
 from .lineformat import (ANY_CLAIMED_AT, ANY_CREATED, ANY_LINE, ANY_PRIORITY, ANY_RUN_AT,
                          ANY_STATUS, ANY_TYPE, ANY_WORKER, COLUMNS, DECODE_ERRORS, ENCODING, HEADER_BYTES,
                          MIN_LINE_BYTES, PENDING, PENDING_BYTES, PENDING_CREATED, PENDING_LINE,
                          PENDING_RUN_AT, PENDING_TYPE, PROCESSING, PROCESSING_BYTES,
-                         UnparsableLine, priorities_empty, check_header, created_at_of, entry_of_line, entry_of_older,
+                         UnparsableLine, id_needle, priorities_empty, check_header, created_at_of,
                          format_line, line_bytes, parse_line, read_lines, split_header,
                          text_between)
 from .storage import (TAIL_BYTES, EditedInPlace, TableSummary, close_in_background, pread_all,
@@ -467,6 +467,20 @@ class Index:
         due_count = sum(found[1] if found[2] <= now else found[0] <= now for found in by_segment)
         return next_due, due_count, claims, finished
 
+    def line_start_of(self, job_id):
+        """The byte offset of the first whole line read whose id is job_id, or None;
+        read SCAN_CHUNK_BYTES at a time."""
+        if self.fd is None:
+            return None
+        needle, pos = id_needle(job_id), len(self.header)
+        with storage_errors(self.table.path, 'read'):
+            for data in whole_line_blocks(self.fd, pos, self.offset, SCAN_CHUNK_BYTES):
+                found = (b'\n' + data).find(needle)   # each block starts at a line start
+                if found >= 0:
+                    return pos + found
+                pos += len(data)
+        return None
+
     def segment_bytes(self, segment):
         """The bytes of segment in the version open."""
         return pread_all(self.fd, segment.end - segment.start, segment.start)
@@ -556,31 +570,6 @@ class Index:
         return all(zlib.crc32(self.segment_bytes(s)) == s.crc for s in self.segments)
 
 
-class View(NamedTuple):
-    """One snapshot read whole, for the rare rewrites that plan on every line (cancel a
-    type, migrate, upgrade): an Entry (or None) per line, and job(i)."""
-    snap: object
-    entries: list
-    reporter: object
-
-    def job(self, i):
-        """The whole Job on line i, or None (reported once as not a job)."""
-        return job_of_text(self.snap.lines[i], self.snap.header or COLUMNS, self.reporter)
-
-
-def full_view(snap, reporter):
-    """The View of snap, every line parsed."""
-    check_header(reporter.table.path, snap.header)
-    if snap.header is not None and tuple(snap.header) != COLUMNS:
-        entries = [entry_of_older(line, snap.header) for line in snap.lines]
-    else:
-        entries = [entry_of_line(line) for line in snap.lines]
-    for line, entry in zip(snap.lines, entries):
-        if entry is None:
-            reporter.report_unparsable(line)
-    return View(snap, entries, reporter)
-
-
 def job_of_text(text, header, reporter):
     try:
         return parse_line(text, header)
@@ -627,6 +616,21 @@ class SegmentView:
         self.index = index
         self.lines = {}    # start offset -> Line, in file order within each segment
         self.loaded = {}   # segment start -> the Segment read
+
+    def load_where(self, wanted):
+        """Read the lines of every segment for which wanted(segment) is true."""
+        for segment in self.index.segments:
+            if wanted(segment):
+                self.load(segment)
+
+    def line_of(self, job_id):
+        """The start of the first line of this job id, its segment read; None if none."""
+        start = self.index.line_start_of(job_id)
+        if start is None:
+            return None
+        self.load(self.index.segments[bisect.bisect_right(
+            [segment.start for segment in self.index.segments], start) - 1])
+        return start
 
     def load(self, segment):
         """Read segment's lines (once); returns those newly read."""

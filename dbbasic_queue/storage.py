@@ -31,7 +31,7 @@ from typing import NamedTuple
 
 from . import liveness
 from .errors import StorageError
-from .lineformat import DECODE_ERRORS, ENCODING, header_line, id_needle, split_header
+from .lineformat import DECODE_ERRORS, ENCODING, header_line, split_header
 
 log = logging.getLogger('dbbasic_queue')
 
@@ -712,61 +712,6 @@ class TableFile:
                     outcome = try_once()
                     if outcome is not RETRY:
                         return outcome
-
-    def rewrite_line(self, job_id, edit):
-        """Replace the first line of this job id by edit(header, line).
-
-        edit returns the new line, or None to leave the file alone. Every other byte is
-        copied as it is, never decoded or split: one change to a 100K-line file costs a
-        copy and an fsync. Atomic, and carrying appended lines, as commit; retried if
-        another process replaced or edited the file meanwhile. Returns whether a line
-        was replaced.
-        """
-        needle = id_needle(job_id)
-
-        def try_once():
-            with storage_errors(self.path, 'read'):
-                try:
-                    fd = os.open(self._path_text, READ_FLAGS)
-                except FileNotFoundError:
-                    return False
-                data = pread_all(fd, os.fstat(fd).st_size, 0)
-            whole = data.rfind(b'\n') + 1   # whole lines only
-            snap = Snapshot(fd, offset=whole, content=memoryview(data)[:whole],
-                            tail=data[max(0, whole - TAIL_BYTES):whole])
-            try:
-                return self._replace_line(snap, data, needle, edit)
-            finally:
-                snap.close()
-
-        return self.optimistically(try_once)
-
-    def _replace_line(self, snap, data, needle, edit):
-        whole = snap.offset
-        pos = data.find(needle, 0, whole)
-        if pos < 0:
-            return False
-        start, end = pos + 1, data.find(b'\n', pos + 1) + 1
-        header = split_header(data[:data.find(b'\n')].decode(ENCODING, DECODE_ERRORS))
-        line = edit(header, data[start:end - 1].decode(ENCODING, DECODE_ERRORS))
-        if line is None:
-            return False
-        new_line = (line + '\n').encode(ENCODING, DECODE_ERRORS)
-
-        def write_body(out, data=memoryview(data)):
-            out.write(data[:start])
-            out.write(new_line)
-            out.write(data[end:whole])
-
-        def write_appended(out, st):
-            appended = pread_all(snap.fd, st.st_size - whole, whole)
-            out.write(appended if appended.endswith(b'\n') else appended + b'\n')
-
-        replaced = self._replace(snap, write_body, write_appended)
-        if replaced is None:
-            return RETRY
-        self._keep(Snapshot(replaced[0]))   # read again when next needed
-        return True
 
     def _replace(self, snap, write_body, write_appended, under_lock=None):
         """The atomic rename behind every rewrite: (new file's fd, the _Output that wrote
