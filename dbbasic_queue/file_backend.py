@@ -51,11 +51,10 @@ class FileBackend(Backend):
                                  lock, rewrite_lock)
         self.index = Index(self.table)
         self.paused = WordsFile(self.path.with_suffix('.paused'), lock)
-        self.schedule_state = SmallFile(self.path.with_name(self.path.stem + '.schedule.tsv'),
-                                        lock)
+        self.schedule_state = schedule.StateFile(
+            SmallFile(self.path.with_name(self.path.stem + '.schedule.tsv'), lock))
         self.migration = SmallFile(self.path.with_suffix('.migrated'), lock)   # migrate's URL
         self._migration_reported = False
-        self._reported_state_lines = set()
         self.inspection = FileInspection(self.table, self.archive)   # stats, charts, pages
         self.state_lock = threading.RLock()   # one rewrite at a time in this process
         self._header_current = False
@@ -206,59 +205,18 @@ class FileBackend(Backend):
 
     # -- recurring jobs ---------------------------------------------------------------
     def schedule_records(self):
-        records, bad = self.schedule_state.read(schedule.parse_state)
-        for number, line, problem in bad:
-            if line not in self._reported_state_lines:
-                self._reported_state_lines.add(line)
-                log.warning('%s:%d: kept a line that is not an entry\'s state (%s): %.200r',
-                            self.schedule_state.path, number, problem, line)
-        return records
+        return self.schedule_state.records()
 
     def commit_schedule(self, decide):
-        """Under the queue's lock, with a two-phase record, because a job and its record
-        are in two files: first each entry with new jobs is recorded with its new slot and
-        last job id, and its previous slot as rollback_slot; then the jobs are appended (one
-        append); then the records are written without rollback_slot. A commit that finds a
-        rollback_slot left by a killed process looks the job id up: in the queue, the slot
-        was enqueued; not there, it was not, and the entry's last slot is rollback_slot.
-        The jobs are fsynced before the records' rename, so a power cut cannot keep a
-        settled record whose job it lost."""
-        with self.table.lock:
-            records, bad = self.schedule_state.read(schedule.parse_state)
-            kept_lines = [line for _, line, _ in bad]   # hand edits: written back as they were
-            resolved = self._settled(records)
-            records = {**records, **resolved}
-            changed, jobs = decide(records)
-            settled = {**records, **changed}
-            if jobs:
-                in_flight = {name: record._replace(rollback_slot=records[name].last_slot)
-                             for name, record in changed.items() if record.job_id}
-                self.schedule_state.replace(schedule.format_state({**settled, **in_flight},
-                                                                  kept_lines))
-                now = self.clock()
-                # fsynced whatever durable says: the record written next must never reach
-                # the disk before its job, or a power cut loses that slot's job for good.
-                self.table.append(b''.join(
-                    self._line_bytes(job_id, job_type, payload, payload_text, now, None, None)
-                    for job_id, job_type, payload, payload_text in jobs), fsync=True)
-            if changed or resolved:
-                self.schedule_state.replace(schedule.format_state(settled, kept_lines))
-        return [job[0] for job in jobs]
+        return self.schedule_state.commit(decide, self._append_scheduled, self.find)
 
-    def _settled(self, records):
-        """The records a killed commit left in flight, settled by looking their job up."""
-        settled = {}
-        for name, record in records.items():
-            if record.rollback_slot is None:
-                continue
-            if self.find(record.job_id) is not None:
-                settled[name] = record._replace(rollback_slot=None)
-            else:
-                log.warning('schedule entry %r: the job of its last slot was never written '
-                            '(a worker was killed); that slot is due again', name)
-                settled[name] = record._replace(last_slot=record.rollback_slot, job_id='',
-                                                rollback_slot=None)
-        return settled
+    def _append_scheduled(self, jobs):
+        now = self.clock()
+        # fsynced whatever durable says: the record written next must never reach the
+        # disk before its job, or a power cut loses that slot's job for good.
+        self.table.append(b''.join(
+            self._line_bytes(job_id, job_type, payload, payload_text, now, None, None)
+            for job_id, job_type, payload, payload_text in jobs), fsync=True)
 
     # -- work -------------------------------------------------------------------------
     def work(self, handlers, max_attempts, timeout, max_jobs, max_seconds, on_failure=None):
@@ -464,9 +422,8 @@ class FileBackend(Backend):
                     job.worker, job.claimed_at, now, self.lease_seconds):
                 problems.append(f'{where}: job {job.id} is processing by '
                                 f'{job.worker or "an unknown worker"}, which is gone')
-        _, bad = self.schedule_state.read(schedule.parse_state)
         problems += [f'{self.schedule_state.path.name}:{number}: {problem}: {line!r:.80}'
-                     for number, line, problem in bad]
+                     for number, line, problem in self.schedule_state.bad_lines()]
         for leftover in sorted(abandoned_temp_files(self.table.lock.path)):
             problems.append(f'{leftover.name}: temp file left by an interrupted rewrite')
         problems += sharing_problems(self.table.lock.path, self.files())

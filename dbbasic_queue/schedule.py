@@ -344,6 +344,73 @@ def removed(entries, records):
     return [record for name, record in sorted(records.items()) if name not in names]
 
 
+# -- the state file of a file queue --------------------------------------------------------
+class StateFile:
+    """The records of a file queue's recurring jobs: data/queue.schedule.tsv (a
+    storage.SmallFile, locked by the queue's lock), committed with the jobs they enqueue."""
+
+    def __init__(self, small_file):
+        self.file = small_file
+        self.path = small_file.path
+        self._reported = set()   # lines that are not records, logged once
+
+    def records(self):
+        """The records by entry name; a line that is not one is logged, and kept."""
+        records, bad = self.file.read(parse_state)
+        for number, line, problem in bad:
+            if line not in self._reported:
+                self._reported.add(line)
+                log.warning('%s:%d: kept a line that is not an entry\'s state (%s): %.200r',
+                            self.path, number, problem, line)
+        return records
+
+    def bad_lines(self):
+        """(line number, line, problem) of each line that is not a record (for check)."""
+        return self.file.read(parse_state)[1]
+
+    def commit(self, decide, append_jobs, find):
+        """Under the queue's lock, with a two-phase record, because a job and its record
+        are in two files: first each entry with new jobs is recorded with its new slot and
+        last job id, and its previous slot as rollback_slot; then append_jobs(jobs) appends
+        the jobs (one fsynced append); then the records are written without rollback_slot.
+        A commit that finds a rollback_slot left by a killed process looks the job id up
+        (find(job_id): the Job or None): in the queue, the slot was enqueued; not there, it
+        was not, and the entry's last slot is rollback_slot. The jobs are on disk before
+        the records' rename, so a power cut cannot keep a settled record whose job it lost.
+        Returns the new jobs' ids."""
+        with self.file.lock:
+            records, bad = self.file.read(parse_state)
+            kept_lines = [line for _, line, _ in bad]   # hand edits: written back as they were
+            resolved = _settled(records, find)
+            records = {**records, **resolved}
+            changed, jobs = decide(records)
+            settled = {**records, **changed}
+            if jobs:
+                in_flight = {name: record._replace(rollback_slot=records[name].last_slot)
+                             for name, record in changed.items() if record.job_id}
+                self.file.replace(format_state({**settled, **in_flight}, kept_lines))
+                append_jobs(jobs)
+            if changed or resolved:
+                self.file.replace(format_state(settled, kept_lines))
+        return [job[0] for job in jobs]
+
+
+def _settled(records, find):
+    """The records a killed commit left in flight, settled by looking their job up."""
+    settled = {}
+    for name, record in records.items():
+        if record.rollback_slot is None:
+            continue
+        if find(record.job_id) is not None:
+            settled[name] = record._replace(rollback_slot=None)
+        else:
+            log.warning('schedule entry %r: the job of its last slot was never written '
+                        '(a worker was killed); that slot is due again', name)
+            settled[name] = record._replace(last_slot=record.rollback_slot, job_id='',
+                                            rollback_slot=None)
+    return settled
+
+
 # -- the stored text: one line per entry -------------------------------------------------
 def format_record(record):
     rollback = '' if record.rollback_slot is None else _utc_text(record.rollback_slot)
