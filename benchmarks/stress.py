@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from dbbasic_queue import Queue, liveness  # noqa: E402
-from dbbasic_queue.storage import WorkerJournal  # noqa: E402
+from dbbasic_queue.journal import WorkerJournal  # noqa: E402
 
 MAX_ATTEMPTS = 10          # a job is charged only when its own worker is killed under it
 KILL_EVERY_SECONDS = (0.02, 0.4)

@@ -21,7 +21,7 @@ from .job import FINAL_STATUSES, Status
 from .lineformat import (PENDING, PROCESSING, claimed_line, completed_line, format_line,
                          parse_line)
 from .signals import deferred_signals
-from .storage import WorkerJournal
+from .journal import WorkerJournal
 from .validate import result_json
 
 MIN_BATCH_SECONDS = 0.05        # a batch holds at least this much measured work ...
@@ -208,7 +208,7 @@ class ClaimCycle:
         self.backend.archive_finished(finished, plan, view)
         for worker, starts in dead.items():
             candidates.extend(self._recover(run, worker, starts, plan, view, now))
-        plan.gone_workers = list(dead) + self.backend.idle_dead_journals(alive)
+        plan.gone_workers = list(dead) + WorkerJournal.idle_dead(self.backend.path, alive)
         if claim:
             # A rewrite made only to claim (this worker has not worked yet) while
             # another worker works is one the other's next rewrite may make unneeded.

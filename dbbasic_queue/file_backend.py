@@ -14,6 +14,7 @@ from . import editing, liveness, rules, schedule
 from .backend import Backend
 from .claims import ClaimCycle, Plan, Run
 from .inspection import FileInspection
+from .journal import WorkerJournal
 from .job import ACTIVE_STATUSES, FINAL_STATUSES, Job, Status, new_job_id, new_job_ids
 from .lineformat import (COLUMNS, DECODE_ERRORS, ENCODING, PENDING, check_header, find_line,
                          format_line, format_millis, format_new_line, format_new_lines,
@@ -21,7 +22,7 @@ from .lineformat import (COLUMNS, DECODE_ERRORS, ENCODING, PENDING, check_header
                          quote_field)
 from .scan import Index, SegmentView
 from .storage import (RETRY, Change, EditedInPlace, FileLock, SmallFile, TableFile,
-                      TableSummary, WordsFile, WorkerJournal, abandoned_temp_files,
+                      TableSummary, WordsFile, abandoned_temp_files,
                       sharing_problems)
 from .validate import JSON_ASCII, due_now_millis, payload_json
 
@@ -322,13 +323,6 @@ class FileBackend(Backend):
         if not ids:
             return set()
         return ids_present(self.archive.read_bytes(), ids)
-
-    def idle_dead_journals(self, workers_with_claims):
-        """Journals left by dead workers of this host that hold no claim."""
-        return [worker for worker in WorkerJournal.workers(self.path)
-                if worker not in workers_with_claims
-                and worker.startswith(liveness.HOST + ':')
-                and not liveness.claim_is_alive(worker, 0.0, 0.0, 0)]
 
     # -- inspection and maintenance -----------------------------------------------------
     def file_lines(self):

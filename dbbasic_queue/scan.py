@@ -27,8 +27,8 @@ from .lineformat import (ANY_CLAIMED_AT, ANY_CREATED, ANY_LINE, ANY_PRIORITY, AN
                          UnparsableLine, id_needle, priorities_empty, check_header, created_at_of,
                          format_line, line_bytes, parse_line, read_lines, split_header,
                          text_between)
-from .storage import (TAIL_BYTES, EditedInPlace, TableSummary, close_in_background, pread_all,
-                      storage_error, storage_errors, version_of, whole_line_blocks)
+from .storage import (TAIL_BYTES, EditedInPlace, TableSummary, Version, close_in_background,
+                      pread_all, storage_errors, version_of, whole_line_blocks)
 
 log = logging.getLogger('dbbasic_queue')
 
@@ -213,13 +213,14 @@ def _merged(first, second, data):
                    oldest)
 
 
-class Index:
-    """The Segments of one version of the hot file (held open, so its inode number cannot
-    be reused while compared), up to the end of its last whole line read.
+class Index(Version):
+    """The Segments of one version of the hot file (a storage.Version: held open, so its
+    inode number cannot be reused while compared), up to the end of its last whole line
+    read.
 
     It is brought up to date by reading only what was appended since. It trusts a version
     that only grew (same inode, the bytes before its end unchanged); a rewrite proves the
-    rest with the CRC of every segment before it commits (see proven_unchanged).
+    rest with the CRC of every segment before it commits (Version.proven_unchanged).
     """
 
     def __init__(self, table):
@@ -246,7 +247,7 @@ class Index:
         if self.fd is not None:
             self._closer.detach()
             close(self.fd)
-        self.fd = fd
+        self._held(fd)
         self._closer = None if fd is None else weakref.finalize(self, os.close, fd)
 
     def _reset(self, fd):
@@ -277,7 +278,7 @@ class Index:
             mine = None if self.fd is None else os.fstat(self.fd)
             if mine is None or (mine.st_ino, mine.st_dev) != (st.st_ino, st.st_dev):
                 self._open(use_summary_file=True)
-            elif self._only_grew(mine):
+            elif self.only_grew(st):
                 self._read_appended(mine)
             else:
                 self._open(use_summary_file=False)
@@ -298,20 +299,11 @@ class Index:
         self._reset(None)
         self._whole_next = True
 
-    def _only_grew(self, st):
-        if st.st_size < self.offset or (st.st_size == self.offset and self.seen is not None):
-            return False
-        return os.pread(self.fd, len(self.tail), self.offset - len(self.tail)) == self.tail
-
     def _open(self, use_summary_file):
-        try:
-            fd = os.open(self.table.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except FileNotFoundError:
-            self._reset(None)
-            return
-        except OSError as exc:
-            raise storage_error(self.table.path, 'read', exc) from exc
+        fd = self.table.open_version()
         self._reset(fd)
+        if fd is None:
+            return
         whole, self._whole_next = self._whole_next, False
         if use_summary_file and not whole and self._load_summary():
             return
@@ -540,31 +532,9 @@ class Index:
         self.tail, self.seen = tail, renamed
         self.generation += 1
 
-    # -- what a rewrite proves before it commits --------------------------------------------
-    def prove(self):
-        """Check every segment's bytes now, without the lock, so that a commit holding
-        it needs no reading unless the file changed again meanwhile."""
-        before = os.fstat(self.fd)
-        if self.seen != version_of(before) and self._bytes_match():
-            if version_of(os.fstat(self.fd)) == version_of(before):
-                self.seen = version_of(before)
-
-    def proven_unchanged(self, st):
-        """True if the file (st: its stat, under the lock) is this version and its bytes
-        up to offset are the ones this Index summarizes (the CRC of every segment)."""
-        if st is None:
-            return False
-        mine = os.fstat(self.fd)
-        if (mine.st_ino, mine.st_dev) != (st.st_ino, st.st_dev) or st.st_size < self.offset:
-            return False
-        if self.seen == version_of(st):
-            return True
-        if not self._bytes_match():
-            return False
-        self.seen = version_of(st) if st.st_size == self.offset else None
-        return True
-
-    def _bytes_match(self):
+    # -- what a rewrite proves before it commits (storage.Version) ------------------------
+    def bytes_match(self):
+        """The header, and every segment by its CRC."""
         if pread_all(self.fd, len(self.header), 0) != self.header:
             return False
         return all(zlib.crc32(self.segment_bytes(s)) == s.crc for s in self.segments)

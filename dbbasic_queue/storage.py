@@ -1,6 +1,8 @@
 """Storage: one TSV table on disk, its lock, appends, and crash-safe rewrites.
 
-This is the only module that touches files or locks. It knows lines, not jobs.
+This module opens every file and takes every lock, but for the worker journals
+(journal.py); scan.Index reads (pread, fstat) the versions of the hot file it holds open.
+It knows lines, not jobs: how a line is laid out is lineformat.py.
 
 Why not dbbasic-tsv's insert/update/query for these (see the core issue): insert swallows
 its errors and rewrites a JSON index every 100 rows; update rewrites the file without
@@ -190,48 +192,45 @@ def _FdOwner(fd):
     return io.FileIO(fd, 'r', closefd=True)
 
 
-class Snapshot:
-    """The lines of one version of the file, read without the lock.
+class Version:
+    """One version of a file as a reader read it, and the one proof every rewrite makes
+    before its rename: that the file is still this version.
 
-    It keeps that version open, so its inode number cannot be reused by another file:
-    comparing inode numbers tells exactly whether the file was replaced since. It also
-    keeps a CRC of every byte it read, so a commit can prove that the file was not
-    edited in place (same inode, other bytes) since; see TableFile.snapshot.
+    The version is held open as fd (None: there was no file), so its inode number cannot
+    be reused by another file: comparing inode numbers tells exactly whether the file was
+    replaced since. offset is the end of the bytes read, tail their last TAIL_BYTES, and
+    seen a version_of() of the file known to start with exactly those bytes (None: not
+    known). Subclasses say how those bytes are checked again (bytes_match): Snapshot by
+    the CRC of all of them, scan.Index by the CRC of each segment.
     """
+    fd = ino = dev = seen = None
+    offset, tail = 0, b''
 
-    def __init__(self, fd=None, header=None, lines=(), offset=0, crc=0, tail=b'', content=None):
-        self.generation = next(_generations)
+    def _held(self, fd):
         self.fd = fd
-        self.header = header
-        self.lines = list(lines)
-        self.offset = offset
-        self.crc = crc              # zlib.crc32 of the file's bytes [0, offset) (None: not
-                                    # computed yet; header and lines are exactly those bytes) ...
-        self.content = content      # ... or those bytes themselves, when kept anyway
-        self.tail = tail            # the last TAIL_BYTES of them
-        self.seen = None            # a version_of() of the file known to start with them
-        if fd is None:
-            self.ino = self.dev = None
-            self._owner = None
-        else:
+        self.ino = self.dev = None
+        if fd is not None:
             st = os.fstat(fd)
             self.ino, self.dev = st.st_ino, st.st_dev
-            if st.st_size == offset:
-                self.seen = version_of(st)
-            self._owner = _FdOwner(fd)
+
+    def bytes_match(self):
+        """True if the version's bytes [0, offset) are still the ones read."""
+        raise NotImplementedError
 
     def is_file(self, st):
+        """True if st (a stat, None: no file) is of this version's inode."""
         if st is None or self.fd is None:
             return st is None and self.fd is None
         return st.st_ino == self.ino and st.st_dev == self.dev
 
     def only_grew(self, st):
-        """True if the file (st: its stat now) still starts with the bytes this read.
+        """True if the file (st: its stat now) seems to still start with the bytes read.
 
         Cheap checks decide most cases: an unchanged size and timestamps mean nothing was
-        written; a smaller size or other bytes before the old end mean an in-place edit.
-        A larger file whose tail matches may still have been edited in place above it:
-        only the CRC of every byte read proves it, and that is what commit checks.
+        written; a smaller size, or the same size with other timestamps, or other bytes
+        before the old end mean an in-place edit. A larger file whose tail matches may
+        still have been edited in place above it: only bytes_match proves it, and that is
+        what proven_unchanged checks before a commit.
         """
         if self.fd is None:
             return st is None
@@ -239,27 +238,59 @@ class Snapshot:
             return False
         if self.seen == version_of(st):
             return True
-        if st.st_size == self.offset:
+        if st.st_size == self.offset and self.seen is not None:
             return False
         return os.pread(self.fd, len(self.tail), self.offset - len(self.tail)) == self.tail
 
     def proven_unchanged(self, st):
-        """only_grew, proven: the file's first offset bytes are the ones read."""
-        if not self.only_grew(st):
+        """True if the file (st: its stat, under the lock) is this version and its bytes
+        up to offset are the ones read (seen, or bytes_match)."""
+        if self.fd is None:
+            return st is None
+        if not self.is_file(st) or st.st_size < self.offset:
             return False
-        return self.fd is None or self.seen == version_of(st) or self._prefix_is_ours()
+        if self.seen == version_of(st):
+            return True
+        if not self.bytes_match():
+            return False
+        self.seen = version_of(st) if st.st_size == self.offset else None
+        return True
 
     def prove(self):
-        """Check the bytes now, without the lock: a commit then holding the lock needs no
+        """Check the bytes now, without the lock, so that a commit holding it needs no
         reading unless the file changed again meanwhile (see proven_unchanged)."""
         if self.fd is None:
             return
         before = os.fstat(self.fd)
         if (self.seen != version_of(before) and before.st_size >= self.offset
-                and self._prefix_is_ours() and version_of(os.fstat(self.fd)) == version_of(before)):
+                and self.bytes_match() and version_of(os.fstat(self.fd)) == version_of(before)):
             self.seen = version_of(before)
 
-    def _prefix_is_ours(self):
+
+class Snapshot(Version):
+    """The lines of one version of the file, read without the lock. It keeps a CRC of
+    every byte it read (or the bytes), so a commit can prove that the file was not edited
+    in place (same inode, other bytes) since; see TableFile.snapshot.
+    """
+
+    def __init__(self, fd=None, header=None, lines=(), offset=0, crc=0, tail=b'', content=None):
+        self.generation = next(_generations)
+        self._held(fd)
+        self.header = header
+        self.lines = list(lines)
+        self.offset = offset
+        self.crc = crc              # zlib.crc32 of the file's bytes [0, offset) (None: not
+                                    # computed yet; header and lines are exactly those bytes) ...
+        self.content = content      # ... or those bytes themselves, when kept anyway
+        self.tail = tail            # the last TAIL_BYTES of them
+        self._owner = None
+        if fd is not None:
+            st = os.fstat(fd)
+            if st.st_size == offset:
+                self.seen = version_of(st)
+            self._owner = _FdOwner(fd)
+
+    def bytes_match(self):
         prefix = pread_all(self.fd, self.offset, 0)
         if self.content is not None:
             return prefix == self.content
@@ -560,6 +591,14 @@ class TableFile:
             os.close(fd)
             return None
 
+    def open_version(self):
+        """A read-only descriptor of the file as it is now, or None if it is missing."""
+        with storage_errors(self.path, 'read'):
+            try:
+                return os.open(self._path_text, READ_FLAGS)
+            except FileNotFoundError:
+                return None
+
     def stat(self):
         """The file's stat, or None if it is missing."""
         try:   # no context manager: this is a worker's idle poll
@@ -647,9 +686,9 @@ class TableFile:
         """Replace byte ranges of one version of the file, copying every other byte as it
         is, in the kernel: a claim in a million-job file costs a copy, not a parse.
 
-        version is what scan.Index holds: the version open (fd), offset (the end of the
-        whole lines it read), prove() and proven_unchanged(st), which check under the
-        lock that its bytes are still the ones it read. changes: (start, end, new bytes)
+        version: a Version (a scan.Index: the end of the whole lines it read is its
+        offset), proven unchanged under the lock before the rename. changes: (start, end,
+        new bytes)
         within [0, offset), in order, iterated once as it is written. Atomic, and
         carrying lines appended meanwhile, as commit. Returns (the new file's fd, the
         bytes carried after offset, the new file's version_of() as renamed, its last
@@ -716,7 +755,7 @@ class TableFile:
     def _replace(self, snap, write_body, write_appended, under_lock=None):
         """The atomic rename behind every rewrite: (new file's fd, the _Output that wrote
         it, its version_of() as renamed, under the lock), or None if the file is no
-        longer, byte for byte up to what snap read, the one snap holds open."""
+        longer, byte for byte up to what snap (a Version) read, the one snap holds open."""
         remove_abandoned_temp_files(self.lock.path)
         tmp_path = self.path.with_name(f'{self._temp_prefix()}{os.urandom(4).hex()}.tmp')
         fd = None
@@ -753,7 +792,7 @@ class TableFile:
             if tmp_path is not None:
                 if fd is not None:
                     os.close(fd)
-                _unlink_quietly(tmp_path)
+                unlink_quietly(tmp_path)
         return fd, out, renamed
 
     def _temp_prefix(self):
@@ -857,13 +896,13 @@ class TableSummary:
                          DEFAULT_FILE_MODE)
             try:
                 set_mode(fd, self.table.lock.mode(), self.path)
-                _write_all(fd, data.encode())
+                write_all(fd, data.encode())
             finally:
                 os.close(fd)
             os.replace(temp, self.path)
         except OSError as exc:
             log.warning('could not write %s (only a cache): %s', self.path, exc)
-            _unlink_quietly(temp)
+            unlink_quietly(temp)
 
 
 class Change(NamedTuple):
@@ -887,7 +926,7 @@ class _Output:
         self.tail = b''
 
     def write(self, data):
-        _write_all(self.fd, data)
+        write_all(self.fd, data)
         self.size += len(data)
         self.tail = (self.tail + bytes(data[-TAIL_BYTES:]))[-TAIL_BYTES:]
 
@@ -902,7 +941,7 @@ class _Output:
                 data = os.pread(fd, min(READ_CHUNK_BYTES, end - start), start)
                 if not data:
                     raise EditedInPlace
-                _write_all(self.fd, data)
+                write_all(self.fd, data)
                 copied = len(data)
             start += copied
         self.size += end - first
@@ -965,7 +1004,8 @@ class SmallFile:
         return self._cached[1]
 
     def replace(self, text):
-        """Write text as the whole file, atomically; the caller holds the lock."""
+        """Write text as the whole file, atomically, under the lock (re-entrant: a caller
+        may hold it already)."""
         with self.lock, storage_errors(self.path, 'write'):
             fd, temp = tempfile.mkstemp(prefix=f'.{self.path.name}.', dir=self.path.parent)
             try:
@@ -976,7 +1016,7 @@ class SmallFile:
                     os.fsync(f.fileno())
                 os.replace(temp, self.path)
             except BaseException:
-                _unlink_quietly(temp)
+                unlink_quietly(temp)
                 raise
             _fsync_directory(self.path.parent)
 
@@ -1058,7 +1098,7 @@ def remove_abandoned_temp_files(lock_path):
         if tmp.is_dir() and not tmp.is_symlink():
             shutil.rmtree(tmp, ignore_errors=True)
         else:
-            _unlink_quietly(tmp)
+            unlink_quietly(tmp)
 
 
 def decode_lines(data):
@@ -1112,7 +1152,7 @@ def pread_all(fd, size, offset):
     return b''.join(chunks)
 
 
-def _write_all(fd, data):
+def write_all(fd, data):
     view = memoryview(data)
     while view:
         written = os.write(fd, view)
@@ -1146,111 +1186,8 @@ def close_in_background(fd):
     threading.Thread(target=close, name='dbbasic_queue close', daemon=True).start()
 
 
-def _unlink_quietly(path):
+def unlink_quietly(path):
     try:
         os.unlink(path)
     except FileNotFoundError:
         pass
-
-
-class WorkerJournal:
-    """.<table>.<worker>.running beside the table: which job this worker process is
-    running. Its first byte is R while a handler runs (the job id follows, up to a
-    newline), - between jobs.
-
-    Each mark is one pwrite() into bytes allocated when the journal is made (a full disk
-    is a StorageError then, not later): a write is in the page cache once the call
-    returns, so it survives the worker's own death (kill -9, the OOM killer, os._exit),
-    which is what recovery needs to blame exactly the job that was running. It does not
-    survive a power cut. R and the id are one write: a kill leaves either, never half an
-    id. Not a shared mapping: a store to one past a journal truncated meanwhile (or not
-    allocated on a full disk) kills the worker with SIGBUS.
-    """
-
-    SUFFIX = '.running'
-    SIZE_BYTES = 4096
-    RUNNING, IDLE = b'R', b'-'
-
-    def __init__(self, table_path, worker, file_mode):
-        """file_mode: the queue's (its lock's), so that other users of it can read it."""
-        self.path = self.path_for(table_path, worker)
-        self._reported = False
-        with storage_errors(self.path, 'create'):
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | NO_FOLLOW, file_mode)
-            try:
-                if os.fstat(fd).st_mode & 0o777 != file_mode:   # the umask took bits off
-                    set_mode(fd, file_mode, self.path)
-                os.posix_fallocate(fd, 0, self.SIZE_BYTES)
-                _write_all(fd, self.IDLE + b'\n')
-            except BaseException:
-                os.close(fd)
-                _unlink_quietly(self.path)
-                raise
-        self._fd = fd
-        self._closer = weakref.finalize(self, os.close, fd)
-
-    @classmethod
-    def path_for(cls, table_path, worker):
-        table_path = Path(table_path)
-        return table_path.with_name(f'.{table_path.name}.{worker}{cls.SUFFIX}')
-
-    def starting(self, job_id):
-        try:
-            os.pwrite(self._fd, b'R%s\n' % job_id.encode(ENCODING, DECODE_ERRORS)[
-                :self.SIZE_BYTES - 2], 0)
-        except OSError as exc:
-            self._report(exc)
-
-    def finished(self):
-        try:
-            os.pwrite(self._fd, self.IDLE, 0)
-        except OSError as exc:
-            self._report(exc)
-
-    def _report(self, exc):
-        """A mark not written: the journal was truncated, and the disk is full since."""
-        if not self._reported:
-            self._reported = True
-            log.warning('cannot write the journal %s: %s; should this worker crash, '
-                        'recovery may blame the wrong job, or none', self.path, exc)
-
-    def close(self):
-        """Close and remove it: this worker holds no job any more."""
-        self._closer()
-        _unlink_quietly(self.path)
-
-    @classmethod
-    def running_job(cls, table_path, worker):
-        """The id the worker was running when it stopped: '' for none, None when it
-        kept no journal (a worker of an older version)."""
-        path = cls.path_for(table_path, worker)
-        with storage_errors(path, 'read'):
-            try:
-                fd = os.open(path, READ_FLAGS)
-            except FileNotFoundError:
-                return None
-            try:
-                first = os.pread(fd, cls.SIZE_BYTES, 0)
-            finally:
-                os.close(fd)
-        if first[:1] != cls.RUNNING:
-            return ''
-        return first[1:].split(b'\n', 1)[0].decode(ENCODING, DECODE_ERRORS)
-
-    @classmethod
-    def workers(cls, table_path):
-        """The workers that have a journal beside the table."""
-        table_path = Path(table_path)
-        prefix = f'.{table_path.name}.'
-        try:
-            names = os.listdir(table_path.parent)
-        except FileNotFoundError:
-            return []
-        except OSError as exc:
-            raise storage_error(table_path.parent, 'list', exc) from exc
-        return [name[len(prefix):-len(cls.SUFFIX)] for name in names
-                if name.startswith(prefix) and name.endswith(cls.SUFFIX)]
-
-    @classmethod
-    def remove(cls, table_path, worker):
-        _unlink_quietly(cls.path_for(table_path, worker))

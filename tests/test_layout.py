@@ -12,7 +12,7 @@ LAYERS = [
     {'job', 'signals'},
     {'lineformat'},
     {'storage', 'validate', 'rules'},
-    {'scan', 'editing', 'backend', 'schedule'},
+    {'scan', 'editing', 'backend', 'schedule', 'journal'},
     {'claims', 'inspection'},
     {'file_backend', 'rq_backend'},
     {'queue'},
@@ -85,3 +85,20 @@ def test_the_field_positions_name_the_columns():
     from dbbasic_queue import lineformat
     assert {name: getattr(lineformat, name.upper()) for name in lineformat.COLUMNS} == {
         name: i for i, name in enumerate(lineformat.COLUMNS)}
+
+
+def test_a_rewrite_proves_a_storage_version_and_asks_nothing_else_of_it():
+    # storage calls nothing it did not define: the Index a range rewrite is given is a
+    # storage.Version, and the rename's checks use only what Version declares.
+    from dbbasic_queue.scan import Index
+    from dbbasic_queue.storage import Snapshot, Version
+    assert issubclass(Index, Version) and issubclass(Snapshot, Version)
+    used = set()
+    for node in ast.walk(ast.parse((PACKAGE / 'storage.py').read_text())):
+        if isinstance(node, ast.FunctionDef) and node.name in (
+                '_replace', 'rewrite_ranges', '_copy_owner'):
+            version = node.args.args[1 if node.name != '_copy_owner' else 2].arg
+            used |= {attribute.attr for attribute in ast.walk(node)
+                     if isinstance(attribute, ast.Attribute)
+                     and getattr(attribute.value, 'id', None) == version}
+    assert {'fd', 'offset', 'prove', 'proven_unchanged'} <= used <= set(dir(Version))
