@@ -29,7 +29,7 @@ from .lineformat import (COLUMNS, COUNT_FINISHED, COUNT_HEAD, COUNT_HEAD_NO_ID, 
                          quote_field, split_header, status_and_created, status_needle,
                          status_of, status_type_times)
 from .scan import Index
-from .storage import TAIL_BYTES
+from .storage import TAIL_BYTES, blocks_after
 
 SECONDS_PER_MINUTE = 60
 DENSE_TEXT_SHARE = 0.1     # a text on more lines than this: match every line, not each hit
@@ -189,14 +189,14 @@ def brought_up_to_date(table, kept, fresh, finished_rare=False):
     fresh(), a new Tally. finished_rare: see Tally.add. The bytes are read READ_BYTES at
     a time."""
     if kept is not None and kept.ino is not None:
-        blocks = table.blocks_after(kept.ino, kept.offset, kept.tail, READ_BYTES)
+        blocks = blocks_after(table.path, kept.ino, kept.offset, kept.tail, READ_BYTES)
         if blocks is not None:
             return _added(kept, blocks, table.path, finished_rare)
     while True:
         st = table.stat()
         if st is None:
             return Kept(None, 0, b'', fresh())
-        blocks = table.blocks_after(st.st_ino, 0, b'', READ_BYTES)
+        blocks = blocks_after(table.path, st.st_ino, 0, b'', READ_BYTES)
         if blocks is not None:     # else it was replaced between the two: again
             return _added(Kept(st.st_ino, 0, b'', fresh()), blocks, table.path,
                           finished_rare)

@@ -533,64 +533,6 @@ class TableFile:
             if mapped:
                 data.close()
 
-    def bytes_after(self, ino, offset, tail, value=None, at_most=None):
-        """(value, the bytes of the whole lines after byte offset, the offset they end
-        at, the last TAIL_BYTES before it) if the file now is inode ino and its bytes
-        before offset end with tail (and hold at most at_most bytes after it); else
-        None."""
-        opened = self._opened_after(ino, offset, tail, at_most)
-        if opened is None:
-            return None
-        fd, size = opened
-        try:
-            with storage_errors(self.path, 'read'):
-                data = pread_all(fd, size - offset, offset)
-        finally:
-            os.close(fd)
-        whole = data.rfind(b'\n') + 1
-        if whole < len(data):   # (a copy: only for a last line still being written)
-            data = data[:whole]
-        tail = data[-TAIL_BYTES:] if whole >= TAIL_BYTES else (tail + data)[-TAIL_BYTES:]
-        return value, data, offset + whole, tail
-
-    def blocks_after(self, ino, offset, tail, block_bytes):
-        """bytes_after's bytes as an iterator of line_blocks (data, start, end), each
-        about block_bytes (a longer line whole), data[start - 1] the newline before its
-        lines but at the file's start: memory stays near block_bytes whatever the file's
-        size. None when bytes_after would be."""
-        opened = self._opened_after(ino, offset, tail)
-        if opened is None:
-            return None
-        return self._blocks(*opened, offset, block_bytes)
-
-    def _blocks(self, fd, size, offset, block_bytes):
-        try:
-            with storage_errors(self.path, 'read'):
-                yield from line_blocks(fd, offset, size, block_bytes, before=1)
-        finally:
-            os.close(fd)
-
-    def _opened_after(self, ino, offset, tail, at_most=None):
-        """(a descriptor, the size) of the file if it is now inode ino and its bytes
-        before offset end with tail (and it holds at most at_most bytes after it); else
-        None."""
-        with storage_errors(self.path, 'read'):
-            try:
-                fd = os.open(self._path_text, READ_FLAGS)
-            except FileNotFoundError:
-                return None
-            try:
-                st = os.fstat(fd)
-                if (st.st_ino == ino and st.st_size >= offset
-                        and (at_most is None or st.st_size - offset <= at_most)
-                        and os.pread(fd, len(tail), offset - len(tail)) == tail):
-                    return fd, st.st_size
-            except BaseException:
-                os.close(fd)
-                raise
-            os.close(fd)
-            return None
-
     def open_version(self):
         """A read-only descriptor of the file as it is now, or None if it is missing."""
         with storage_errors(self.path, 'read'):
@@ -829,6 +771,69 @@ class TableFile:
                         'as one user', self.path, os.geteuid(), st.st_uid)
 
 
+# -- the whole lines appended after a known point of a file ------------------------------
+def bytes_after(path, ino, offset, tail, value=None, at_most=None):
+    """(value, the bytes of the whole lines after byte offset, the offset they end
+    at, the last TAIL_BYTES before it) if the file at path now is inode ino and its bytes
+    before offset end with tail (and hold at most at_most bytes after it); else
+    None."""
+    opened = _opened_after(path, ino, offset, tail, at_most)
+    if opened is None:
+        return None
+    fd, size = opened
+    try:
+        with storage_errors(path, 'read'):
+            data = pread_all(fd, size - offset, offset)
+    finally:
+        os.close(fd)
+    whole = data.rfind(b'\n') + 1
+    if whole < len(data):   # (a copy: only for a last line still being written)
+        data = data[:whole]
+    tail = data[-TAIL_BYTES:] if whole >= TAIL_BYTES else (tail + data)[-TAIL_BYTES:]
+    return value, data, offset + whole, tail
+
+
+def blocks_after(path, ino, offset, tail, block_bytes):
+    """bytes_after's bytes as an iterator of line_blocks (data, start, end), each
+    about block_bytes (a longer line whole), data[start - 1] the newline before its
+    lines but at the file's start: memory stays near block_bytes whatever the file's
+    size. None when bytes_after would be."""
+    opened = _opened_after(path, ino, offset, tail)
+    if opened is None:
+        return None
+    return _blocks(path, *opened, offset, block_bytes)
+
+
+def _blocks(path, fd, size, offset, block_bytes):
+    try:
+        with storage_errors(path, 'read'):
+            yield from line_blocks(fd, offset, size, block_bytes, before=1)
+    finally:
+        os.close(fd)
+
+
+def _opened_after(path, ino, offset, tail, at_most=None):
+    """(a descriptor, the size) of the file if it is now inode ino and its bytes
+    before offset end with tail (and it holds at most at_most bytes after it); else
+    None."""
+    with storage_errors(path, 'read'):
+        try:
+            fd = os.open(path, READ_FLAGS)
+        except FileNotFoundError:
+            return None
+        try:
+            st = os.fstat(fd)
+            if (st.st_ino == ino and st.st_size >= offset
+                    and (at_most is None or st.st_size - offset <= at_most)
+                    and os.pread(fd, len(tail), offset - len(tail)) == tail):
+                return fd, st.st_size
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
+        return None
+
+
 class TableSummary:
     """.<table>.summary beside the table: what a reader found in one version of it, up to
     a byte offset, so that the next reader (a cron run's first poll) reads only the lines
@@ -872,9 +877,9 @@ class TableSummary:
             return summary, None
         try:
             # Only if it covers at least half the file: else one regex pass is as quick.
-            return summary, self.table.bytes_after(summary['ino'], summary['offset'],
-                                                   bytes.fromhex(summary['tail']), summary,
-                                                   at_most=summary['offset'])
+            return summary, bytes_after(self.table.path, summary['ino'], summary['offset'],
+                                        bytes.fromhex(summary['tail']), summary,
+                                        at_most=summary['offset'])
         except (OSError, ValueError, KeyError, TypeError) as exc:
             log.info('ignoring %s: %s', self.path, exc)
             return summary, None
