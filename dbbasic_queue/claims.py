@@ -205,7 +205,7 @@ class ClaimCycle:
             else:
                 finished.append(start)
         candidates.extend(self._apply_outcomes(batch, mine, plan))
-        self.backend.archive_finished(finished, plan, view)
+        self._archive_finished(finished, plan, view)
         for worker, starts in dead.items():
             candidates.extend(self._recover(run, worker, starts, plan, view, now))
         plan.gone_workers = list(dead) + WorkerJournal.idle_dead(self.backend.path, alive)
@@ -303,6 +303,17 @@ class ClaimCycle:
                     status=Status.PENDING, worker='', claimed_at=0.0)
                 pending.append(mine[job_id])
         return pending
+
+    def _archive_finished(self, finished, plan, view):
+        """Move finished rows (a cancel, a 1.0.0 file) to the archive, exactly once."""
+        rows = [(start, job) for start, job in view.jobs(finished) if job]
+        if not rows:
+            return
+        already = self.backend.archived_ids({job.id for _, job in rows})
+        for start, job in rows:
+            plan.changes[start] = None
+            if job.id not in already:
+                plan.archive.append(job)
 
     def _recover(self, run, worker, starts, plan, view, now):
         """Give back the jobs of one dead worker; returns the starts of the lines now

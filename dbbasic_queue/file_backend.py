@@ -65,7 +65,7 @@ class FileBackend(Backend):
         """One locked append, never reading the file; with a unique_key, one read of the
         hot file under the lock."""
         job_id = new_job_id()
-        data = self._line_bytes(job_id, job_type, payload, payload_text, now, run_at, options)
+        data = new_line_bytes(job_id, job_type, payload, payload_text, now, run_at, options)
         if not self._header_current:
             self._upgrade_header()
         unique_key = options and options['unique_key']
@@ -84,7 +84,7 @@ class FileBackend(Backend):
         of a chunk are kept (and its lines as str, where it has unique_keys); then one
         locked append per chunk (with unique_keys in it, after one read of the hot file
         under the lock)."""
-        chunks = [self._lines_of(chunk) for chunk in chunks]
+        chunks = [new_lines(chunk) for chunk in chunks]
         if not self._header_current:
             self._upgrade_header()
         ids, holders = [], {}   # unique_key -> the id of its job, seen in this call
@@ -111,51 +111,6 @@ class FileBackend(Backend):
         if self.durable:
             self.table.append(b'', fsync=True)   # one fsync for every chunk of the call
         return ids
-
-    def _lines_of(self, new_jobs):
-        """(ids, unique_keys, lines ending in a newline, those lines encoded) of NewJobs,
-        unique_keys and lines None where no job has a key: the common case (no options,
-        due now) without a call per job."""
-        ids = new_job_ids(len(new_jobs))
-        now = new_jobs.created_at
-        lines = format_new_lines(ids, new_jobs.types, new_jobs.texts, int(now),
-                                 format_millis(due_now_millis(now)))
-        if new_jobs.run_ats.count(None) + new_jobs.options.count(None) < 2 * len(new_jobs):
-            for i, (job_id, new_job) in enumerate(zip(ids, new_jobs)):
-                if new_job[-2:] != (None, None):   # a run_at or options
-                    lines[i] = self._line(job_id, *new_job) + '\n'
-        try:
-            data = ''.join(lines).encode(ENCODING)
-        except UnicodeEncodeError:   # a payload with lone surrogates: _line_bytes escapes it
-            lines = [self._line_bytes(job_id, *new_job).decode(ENCODING)
-                     for job_id, new_job in zip(ids, new_jobs)]
-            data = ''.join(lines).encode(ENCODING)
-        keys = [options and options['unique_key'] for options in new_jobs.options]
-        if not any(keys):
-            return ids, None, None, data   # no keys: the str lines are not needed
-        return ids, keys, lines, data
-
-    def _line_bytes(self, job_id, job_type, payload, payload_text, now, run_at, options):
-        """The new job's line and its newline, encoded once."""
-        line = self._line(job_id, job_type, payload, payload_text, now, run_at, options) + '\n'
-        try:
-            return line.encode(ENCODING)
-        except UnicodeEncodeError:
-            # Lone surrogates in a str: escape them so the file stays valid UTF-8.
-            escaped = payload_json(payload, JSON_ASCII)
-            return line.replace(quote_field(payload_text), quote_field(escaped), 1).encode(ENCODING)
-
-    def _line(self, job_id, job_type, payload, payload_text, now, run_at, options):
-        """The new job's line (it may hold lone surrogates: see _line_bytes)."""
-        if options is None:
-            run_at_text = (format_millis(due_now_millis(now)) if run_at is None
-                           else format_time(run_at))
-            line = format_new_line(job_id, job_type, payload_text, int(now), run_at_text)
-        else:
-            line = format_line(Job(job_id, job_type, payload_text, Status.PENDING, int(now),
-                                   due_now_millis(now) / 1000 if run_at is None else run_at,
-                                   **options))
-        return line
 
     def _active_job_with_key(self, unique_key, data):
         """The id of the pending or processing job with this unique_key in data (the hot
@@ -216,7 +171,7 @@ class FileBackend(Backend):
         # fsynced whatever durable says: the record written next must never reach the
         # disk before its job, or a power cut loses that slot's job for good.
         self.table.append(b''.join(
-            self._line_bytes(job_id, job_type, payload, payload_text, now, None, None)
+            new_line_bytes(job_id, job_type, payload, payload_text, now, None, None)
             for job_id, job_type, payload, payload_text in jobs), fsync=True)
 
     # -- work -------------------------------------------------------------------------
@@ -306,17 +261,6 @@ class FileBackend(Backend):
             self.index.report_unparsable(line)
             return line
         return format_line(job)
-
-    def archive_finished(self, finished, plan, view):
-        """Move finished rows (a cancel, a 1.0.0 file) to the archive, exactly once."""
-        rows = [(i, job) for i, job in view.jobs(finished) if job]
-        if not rows:
-            return
-        already = self.archived_ids({job.id for _, job in rows})
-        for i, job in rows:
-            plan.changes[i] = None
-            if job.id not in already:
-                plan.archive.append(job)
 
     def archived_ids(self, ids):
         """The subset of ids that have a row in the archive."""
@@ -522,4 +466,53 @@ def _migrated_line(line, header, job_ids):
         job = job_or_none(line, header)
         if job is not None and job.status is Status.FAILED:
             return format_line(job.evolve(status=Status.MIGRATED))
+    return line
+
+
+# -- the lines of new jobs ---------------------------------------------------------------
+def new_lines(new_jobs):
+    """(ids, unique_keys, lines ending in a newline, those lines encoded) of NewJobs,
+    unique_keys and lines None where no job has a key: the common case (no options,
+    due now) without a call per job."""
+    ids = new_job_ids(len(new_jobs))
+    now = new_jobs.created_at
+    lines = format_new_lines(ids, new_jobs.types, new_jobs.texts, int(now),
+                             format_millis(due_now_millis(now)))
+    if new_jobs.run_ats.count(None) + new_jobs.options.count(None) < 2 * len(new_jobs):
+        for i, (job_id, new_job) in enumerate(zip(ids, new_jobs)):
+            if new_job[-2:] != (None, None):   # a run_at or options
+                lines[i] = _new_line(job_id, *new_job) + '\n'
+    try:
+        data = ''.join(lines).encode(ENCODING)
+    except UnicodeEncodeError:   # a payload with lone surrogates: new_line_bytes escapes it
+        lines = [new_line_bytes(job_id, *new_job).decode(ENCODING)
+                 for job_id, new_job in zip(ids, new_jobs)]
+        data = ''.join(lines).encode(ENCODING)
+    keys = [options and options['unique_key'] for options in new_jobs.options]
+    if not any(keys):
+        return ids, None, None, data   # no keys: the str lines are not needed
+    return ids, keys, lines, data
+
+
+def new_line_bytes(job_id, job_type, payload, payload_text, now, run_at, options):
+    """The new job's line and its newline, encoded once."""
+    line = _new_line(job_id, job_type, payload, payload_text, now, run_at, options) + '\n'
+    try:
+        return line.encode(ENCODING)
+    except UnicodeEncodeError:
+        # Lone surrogates in a str: escape them so the file stays valid UTF-8.
+        escaped = payload_json(payload, JSON_ASCII)
+        return line.replace(quote_field(payload_text), quote_field(escaped), 1).encode(ENCODING)
+
+
+def _new_line(job_id, job_type, payload, payload_text, now, run_at, options):
+    """The new job's line (it may hold lone surrogates: see new_line_bytes)."""
+    if options is None:
+        run_at_text = (format_millis(due_now_millis(now)) if run_at is None
+                       else format_time(run_at))
+        line = format_new_line(job_id, job_type, payload_text, int(now), run_at_text)
+    else:
+        line = format_line(Job(job_id, job_type, payload_text, Status.PENDING, int(now),
+                               due_now_millis(now) / 1000 if run_at is None else run_at,
+                               **options))
     return line
