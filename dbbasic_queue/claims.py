@@ -7,7 +7,8 @@ finished rows, and claims the next batch (a batch too big to share a rewrite's m
 with the next is recorded by a rewrite of its own first). Between rewrites, finished
 jobs are appended to the archive; the worker's journal names the job whose handler is
 running. Batches are sized by the time measured per job; a batch that runs past twice
-its planned time gives back what it has not started.
+its planned time gives back what it has not started (BatchSizer). Finished jobs wait in
+an ArchiveBuffer until appended.
 """
 
 import heapq
@@ -67,17 +68,96 @@ class Run:
         return self.interrupting
 
 
+def joiner_waits(others_working, due_count, wanted, earliest_due, now):
+    """The joining rule. A worker that has not worked yet, while another live worker
+    works, leaves the due jobs to that worker's next rewrite (which it makes anyway, to
+    record its batch) when there are fewer than it would claim (wanted), until the
+    earliest of them has waited CLAIM_WAIT_SECONDS: a rewrite made only to claim a few is
+    one the other's would have made unneeded."""
+    return others_working and due_count < wanted and now - earliest_due < CLAIM_WAIT_SECONDS
+
+
+class BatchSizer:
+    """How many jobs one claim takes. Learned per set of job types from the time measured
+    per job, so that rewrites stay <= REWRITE_SHARE of the time; bounded for memory, more
+    in a big file (each of whose rewrites copies all of it). The size learned is kept in
+    the index's summary file, so the next process (a cron run) starts from it, not 1."""
+
+    def __init__(self, index):
+        self.index = index
+
+    def first(self, types, jobs_left):
+        """The size learned for these job types (1 if none), within the bounds of now."""
+        size = min(self.index.batch_sizes.get(types, 1), self.max_jobs())
+        return size if jobs_left is None else min(size, jobs_left)
+
+    def learned(self, types, size):
+        self.index.batch_sizes[types] = size
+
+    def max_jobs(self):
+        """The most jobs a batch may hold: more in a big file, whose every rewrite copies
+        all of it, so that a bigger batch shares that cost out."""
+        return min(MAX_BIG_BATCH_JOBS, self._file_batch_jobs())
+
+    def max_lines_changed(self):
+        """The most lines a rewrite may change: two batches (it records one and claims
+        the next), but no more than MAX_BIG_BATCH_JOBS, for memory."""
+        return min(MAX_BIG_BATCH_JOBS, 2 * self._file_batch_jobs())
+
+    def _file_batch_jobs(self):
+        return max(MAX_BATCH_JOBS, self.index.offset // FILE_BYTES_PER_BATCH_JOB)
+
+    @staticmethod
+    def planned_seconds(rewrite_seconds):
+        """How long a batch claimed by a rewrite that took rewrite_seconds is meant to run."""
+        return max(MIN_BATCH_SECONDS, rewrite_seconds / REWRITE_SHARE)
+
+    def next_size(self, size, planned_seconds, ran, seconds):
+        """The size of the next batch after one that ran `ran` jobs in `seconds`."""
+        seconds_per_job = max(seconds / ran, 1e-6)
+        return max(1, min(int(planned_seconds / seconds_per_job), size * BATCH_GROWTH,
+                          self.max_jobs()))
+
+
+class ArchiveBuffer:
+    """The lines of finished jobs not yet appended to the archive. They are appended at
+    least every ARCHIVE_FLUSH_SECONDS, before a job that once killed a worker runs, and,
+    fsynced, before each rewrite that drops their hot lines: a job is never in neither
+    file."""
+
+    def __init__(self, archive):
+        self.archive = archive
+        self.lines = []
+        self.unsynced = False              # appended since the last fsync
+        self.flushed_at = time.perf_counter()
+
+    def add(self, line):
+        self.lines.append(line)
+
+    def flush_due(self):
+        return time.perf_counter() - self.flushed_at >= ARCHIVE_FLUSH_SECONDS
+
+    def flush(self, fsync=False):
+        """Append the lines (fsync: and make every line appended so far durable)."""
+        if self.lines:
+            self.archive.append_lines(self.lines, fsync=fsync)
+            self.lines.clear()
+            self.unsynced = not fsync
+        elif fsync and self.unsynced:
+            self.archive.append(b'', fsync=True)
+            self.unsynced = False
+        self.flushed_at = time.perf_counter()
+
+
 @dataclass
 class Batch:
     """The claim cycle's side of a run: claims, outcomes not yet written, the journal."""
     journal: object
+    archive_buffer: ArchiveBuffer
     size: int = 1
     claimed: dict = field(default_factory=dict)         # id -> its line as claimed
     unstarted: deque = field(default_factory=deque)     # ids claimed, not started, in order
     outcomes: dict = field(default_factory=dict)        # id -> Job to write back, None = archived
-    archive_buffer: list = field(default_factory=list)  # lines of finished jobs, unwritten
-    archive_unsynced: bool = False
-    archive_flushed_at: float = 0.0
     planned_seconds: float = 0.0   # how long the batch claimed is meant to run
     working: bool = False          # it has run jobs: its claims are not a joiner's
 
@@ -88,14 +168,15 @@ class ClaimCycle:
     def __init__(self, backend):
         self.backend = backend
         self.table, self.archive, self.index = backend.table, backend.archive, backend.index
+        self.sizer = BatchSizer(self.index)
 
     def work(self, run):
         """Run due jobs until none is due or a limit is reached (see Backend.work)."""
         types = frozenset(run.handlers)
-        if self._nothing_due(types, run, self._first_batch_size(types, run)):
+        if self._nothing_due(types, run, self.sizer.first(types, run.jobs_left)):
             return   # the idle poll: no signal handlers to swap, no journal, no pause read
         # Again: a fresh process's poll read the size the last worker left (summary file).
-        first_size = self._first_batch_size(types, run)
+        first_size = self.sizer.first(types, run.jobs_left)
         run.handlers = rules.unpaused(run.handlers, self.backend.paused_types())
         if len(run.handlers) < len(types) and self._nothing_due(
                 frozenset(run.handlers), run, first_size):
@@ -103,7 +184,7 @@ class ClaimCycle:
         with deferred_signals(run):
             journal = WorkerJournal(self.backend.path, run.worker,
                                     self.backend.table.lock.mode())
-            batch = Batch(journal, first_size)
+            batch = Batch(journal, ArchiveBuffer(self.archive), first_size)
             try:
                 while not run.stop_requested and run.jobs_left != 0:
                     if run.jobs_left is not None:
@@ -113,28 +194,23 @@ class ClaimCycle:
                     self._run_batch(run, batch)
                     # The next call, or the next process (it is saved in the summary file),
                     # starts at the size learned, not at 1.
-                    self.index.batch_sizes[types] = batch.size
+                    self.sizer.learned(types, batch.size)
             finally:
-                if batch.outcomes or batch.unstarted or batch.archive_buffer:
+                if batch.outcomes or batch.unstarted or batch.archive_buffer.lines:
                     self._write_back(run, batch)
                 batch.journal.close()
             # Each rewrite left its index already; this one adds the lines a poll read
             # since (a no-op when there are none), for the next cron run.
             self.index.save_summary()
 
-    def _first_batch_size(self, types, run):
-        """The size learned for these job types (1 if none), within the bounds of now."""
-        size = min(self.index.batch_sizes.get(types, 1), self._max_batch_jobs())
-        return size if run.jobs_left is None else min(size, run.jobs_left)
-
     def _claim_next(self, run, batch):
         """Record the last batch and claim the next one; returns how many were claimed.
         The lines a rewrite changes bound the memory it takes: a batch too big to be
         recorded in the rewrite that claims the next (in a big file) is recorded by a
         rewrite of its own. That costs what two batches half its size would, and a run
-        that ends after it saves a rewrite (see _max_lines_changed)."""
+        that ends after it saves a rewrite (see BatchSizer.max_lines_changed)."""
         recording = len(batch.outcomes) + len(batch.unstarted)
-        if recording and recording + batch.size > self._max_lines_changed():
+        if recording and recording + batch.size > self.sizer.max_lines_changed():
             self._write_back(run, batch)
             recording = 0
         if not recording and self._nothing_due(frozenset(run.handlers), run,
@@ -142,12 +218,15 @@ class ClaimCycle:
             return 0
         return self._rewrite(run, batch, claim=True)
 
-    def _nothing_due(self, types, run, enough):
+    def _nothing_due(self, types, run, wanted):
         """Nothing to claim now, seen from the index of the file; called only when there
-        is nothing to record. enough: a joining worker's batch size, by the rule of
-        _claim_due; 1 for a worker that works (nothing due at all)."""
-        return self.index.nothing_due(types, run.worker, self.backend.clock,
-                                      self.backend.lease_seconds, enough, CLAIM_WAIT_SECONDS)
+        is nothing to record. wanted: a joining worker's batch size (joiner_waits); 1 for
+        a worker that works (nothing due at all)."""
+        poll = self.index.poll(types, run.worker, self.backend.clock, self.backend.lease_seconds)
+        if poll.finished or poll.dead_claims:
+            return False
+        return poll.now < poll.next_due or joiner_waits(
+            poll.others_working, poll.due_count, wanted, poll.next_due, poll.now)
 
     def _write_back(self, run, batch):
         """Record the last batch and give back its claims not started, claiming nothing."""
@@ -159,13 +238,11 @@ class ClaimCycle:
         started = time.perf_counter()
         plan = self.backend.rewrite_segments(
             lambda view, now: self._plan(run, batch, view, now, claim),
-            before_rename=lambda: self._flush_archive(batch, fsync=True))
+            before_rename=lambda: batch.archive_buffer.flush(fsync=True))
         batch.outcomes.clear()
         batch.claimed = plan.claimed if plan else {}
         batch.unstarted = deque(batch.claimed)
-        # Rewrites stay <= REWRITE_SHARE of the time: the batch is sized to run this long.
-        batch.planned_seconds = max(MIN_BATCH_SECONDS,
-                                    (time.perf_counter() - started) / REWRITE_SHARE)
+        batch.planned_seconds = self.sizer.planned_seconds(time.perf_counter() - started)
         return len(batch.claimed)
 
     def _plan(self, run, batch, view, now, claim):
@@ -225,10 +302,8 @@ class ClaimCycle:
         due_bound) until none left unread can beat the batch found: in a backlog of a
         million, a claim reads the few segments at its front.
 
-        When joining another worker, a claim smaller than batch.size waits until a due
-        job has waited CLAIM_WAIT_SECONDS: the other worker's next rewrite, which it
-        makes anyway to record its batch, takes them. Once this worker works, it claims
-        what is due in each of its rewrites."""
+        When joining another worker, a claim smaller than batch.size waits (joiner_waits).
+        Once this worker works, it claims what is due in each of its rewrites."""
         lines, changes = view.lines, plan.changes
 
         def order(start):
@@ -237,8 +312,8 @@ class ClaimCycle:
         due = self._read_due(run.handlers, batch.size, view, now, order, [
             start for start in candidates
             if order(start)[1] <= now and lines[start].entry.type in run.handlers])
-        if (joining and len(due) < batch.size and min(
-                (order(start)[1] for start in due), default=now) > now - CLAIM_WAIT_SECONDS):
+        if joiner_waits(joining, len(due), batch.size,
+                        min((order(start)[1] for start in due), default=now), now):
             return
         chosen = heapq.nsmallest(batch.size, due, key=order)
         # Claimed lines are made a segment at a time (each read once), then taken in
@@ -352,7 +427,6 @@ class ClaimCycle:
 
     def _run_batch(self, run, batch):
         started, ran = time.perf_counter(), 0
-        batch.archive_flushed_at = started
         overrun_at = started + BATCH_OVERRUN * batch.planned_seconds
         for line in batch.claimed.values():
             if run.deadline is not None and time.monotonic() >= run.deadline:
@@ -363,34 +437,20 @@ class ClaimCycle:
                 break   # the next rewrite gives the rest back, for any worker to claim
             job = parse_line(line)
             batch.unstarted.popleft()
-            if job.error and rules.killed_a_worker(job) and batch.archive_buffer:
-                self._flush_archive(batch)
+            if job.error and rules.killed_a_worker(job):
+                batch.archive_buffer.flush()
             self._execute(run, batch, job, line)
             ran += 1
             if run.jobs_left is not None:
                 run.jobs_left -= 1
-            if time.perf_counter() - batch.archive_flushed_at >= ARCHIVE_FLUSH_SECONDS:
-                self._flush_archive(batch)
+            if batch.archive_buffer.flush_due():
+                batch.archive_buffer.flush()
         if not batch.unstarted:
             batch.claimed = {}   # all ran: drop the lines before the next rewrite plans
         if ran:
             batch.working = True
-            seconds_per_job = max((time.perf_counter() - started) / ran, 1e-6)
-            batch.size = max(1, min(int(batch.planned_seconds / seconds_per_job),
-                                    batch.size * BATCH_GROWTH, self._max_batch_jobs()))
-
-    def _max_batch_jobs(self):
-        """The most jobs a batch may hold: more in a big file, whose every rewrite copies
-        all of it, so that a bigger batch shares that cost out."""
-        return min(MAX_BIG_BATCH_JOBS, self._file_batch_jobs())
-
-    def _max_lines_changed(self):
-        """The most lines a rewrite may change: two batches (it records one and claims
-        the next), but no more than MAX_BIG_BATCH_JOBS, for memory."""
-        return min(MAX_BIG_BATCH_JOBS, 2 * self._file_batch_jobs())
-
-    def _file_batch_jobs(self):
-        return max(MAX_BATCH_JOBS, self.index.offset // FILE_BYTES_PER_BATCH_JOB)
+            batch.size = self.sizer.next_size(batch.size, batch.planned_seconds, ran,
+                                              time.perf_counter() - started)
 
     def _execute(self, run, batch, job, line):
         """Run one claimed job (line: as claimed) and record its outcome (finished jobs
@@ -412,7 +472,7 @@ class ClaimCycle:
         now = self.backend.clock()
         if not error:
             word = Status.COMPLETED.value
-            batch.archive_buffer.append(
+            batch.archive_buffer.add(
                 self._completed_line(job, line, attempts,
                                      result_json(result, job.id, job.type), now))
             batch.outcomes[job.id] = None
@@ -422,7 +482,7 @@ class ClaimCycle:
             rules.report_failure(run.on_failure, outcome, exc)
             word = rules.outcome_word(outcome)
             if outcome.status in FINAL_STATUSES:
-                batch.archive_buffer.append(format_line(outcome))
+                batch.archive_buffer.add(format_line(outcome))
                 batch.outcomes[job.id] = None
             else:
                 batch.outcomes[job.id] = outcome
@@ -437,15 +497,3 @@ class ClaimCycle:
         return completed_line(line, attempts, result_text, now) or format_line(job.evolve(
             status=Status.COMPLETED, attempts=attempts, error='', result_json=result_text,
             finished_at=now))
-
-    def _flush_archive(self, batch, fsync=False):
-        """Append the finished jobs of this run to the archive (fsync before a rewrite)."""
-        if batch.archive_buffer:
-            self.archive.append_lines(batch.archive_buffer, fsync=fsync)
-            batch.archive_buffer.clear()
-            batch.archive_unsynced = not fsync
-        elif fsync and batch.archive_unsynced:
-            self.archive.append(b'', fsync=True)
-            batch.archive_unsynced = False
-        batch.archive_flushed_at = time.perf_counter()
-

@@ -18,6 +18,7 @@ import sys
 import time
 import weakref
 import zlib
+from typing import NamedTuple
 
 from . import liveness
 from .lineformat import (ANY_CLAIMED_AT, ANY_CREATED, ANY_LINE, ANY_PRIORITY, ANY_RUN_AT,
@@ -35,6 +36,16 @@ log = logging.getLogger('dbbasic_queue')
 SEGMENT_BYTES = 128 << 10     # a rewrite reads and parses only the segments it changes
 SCAN_CHUNK_BYTES = 2 * SEGMENT_BYTES   # the file is counted this much at a time
 SUMMARY_MIN_BYTES = 1 << 20   # an idle poll that read this much leaves a summary file
+
+
+class Poll(NamedTuple):
+    """What an idle poll found: enough for a worker to decide whether to rewrite."""
+    now: float
+    next_due: float          # the earliest run_at of a pending job of the types (inf: none)
+    due_count: int           # how many are due now, at least
+    others_working: bool     # another live worker holds claims
+    finished: bool           # a finished row (a cancel, a 1.0.0 file) to archive
+    dead_claims: bool        # a dead worker's claims to recover
 
 
 class Segment:
@@ -483,26 +494,17 @@ class Index(Version):
                           self.older)
 
     # -- the idle poll ----------------------------------------------------------------------
-    def nothing_due(self, types, worker, now_of, lease_seconds, enough=1, patience_seconds=0.0):
-        """True when nothing is due for these job types: the idle poll of a worker loop.
-
-        Also True when fewer than `enough` are due, none for patience_seconds yet, and
-        another live worker holds claims: it will take them with its next rewrite (see
-        claims.ClaimCycle._claim_due). Costs one stat() when the file did not change, else
-        a read of the lines appended since (or of the summary file a fresh process finds).
-        """
+    def poll(self, types, worker, now_of, lease_seconds):
+        """A Poll of these job types, as a worker's idle poll sees the file now. Costs one
+        stat() when the file did not change, else a read of the lines appended since (or
+        of the summary file a fresh process finds)."""
         self.current_and_saved()
         now = now_of()
         next_due, due_count, claims, finished = self.due_summary(types, now)
-        if finished:
-            return False
         others = [other for other, claimed_at in claims.items() if other != worker
                   and liveness.claim_is_alive(other, claimed_at, now, lease_seconds)]
-        if len(others) < len(claims) - (worker in claims):
-            return False   # a dead worker's claims to recover
-        if now < next_due:
-            return True
-        return bool(others) and due_count < enough and now - next_due < patience_seconds
+        return Poll(now, next_due, due_count, bool(others), finished,
+                    len(others) < len(claims) - (worker in claims))
 
     # -- a rewrite ---------------------------------------------------------------------------
     def rebuild(self, changes):
