@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 
 from . import liveness, rules
 from .job import FINAL_STATUSES, Status
-from .lineformat import (PENDING, PROCESSING, claimed_line, completed_line, format_line,
-                         parse_line)
+from .lineformat import (PENDING, PROCESSING, Claim, claim_of_line, completed_line,
+                         format_line, format_time, parse_line)
 from .signals import deferred_signals
 from .journal import WorkerJournal
 from .validate import result_json
@@ -316,15 +316,16 @@ class ClaimCycle:
                         min((order(start)[1] for start in due), default=now), now):
             return
         chosen = heapq.nsmallest(batch.size, due, key=order)
+        claimed_at = float(format_time(now))   # as the claimed lines hold it
         # Claimed lines are made a segment at a time (each read once), then taken in
         # claim order, the order the batch runs them in.
         made = {}   # start -> (job id, the claimed line)
         for start, text in view.texts([start for start in chosen if start not in changes]):
-            job = view.job_of(text)
-            if job is not None:
-                # The line itself with three fields changed: nothing is reformatted.
-                made[start] = (job.id, claimed_line(text, run.worker, now)
-                               or self._claim_of(run, job, now))
+            # The line itself with three fields changed: nothing is reformatted.
+            made[start] = claim_of_line(text, run.worker, now)
+            if made[start] is None:
+                job = view.job_of(text)
+                made[start] = None if job is None else (job.id, self._claim_of(run, job, now))
         for start in chosen:
             job = changes.get(start)   # a retry or a recovered job, pending again
             found = made.pop(start, None) if job is None else (
@@ -332,6 +333,10 @@ class ClaimCycle:
             # A line copied by a hand edit: one copy is claimed at a time.
             if found is not None and found[0] not in plan.claimed:
                 changes[start] = plan.claimed[found[0]] = found[1]
+                pending = lines[start].entry
+                if job is None and pending is not None:   # spares reading the line again
+                    view.known[start] = pending._replace(status=PROCESSING, claim=Claim(
+                        found[0], run.worker, claimed_at))
 
     @staticmethod
     def _claim_of(run, job, now):

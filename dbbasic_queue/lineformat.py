@@ -190,6 +190,41 @@ def claimed_line(line, worker, claimed_at):
     return '\t'.join(fields)
 
 
+_FLOATS = (CREATED_AT, RUN_AT, FINISHED_AT, TIMEOUT)
+_INTS = (ATTEMPTS, MAX_ATTEMPTS, PRIORITY)
+
+
+def claim_of_line(line, worker, claimed_at):
+    """(job id, claimed_line(line, ...)) when line is a plain pending job line that
+    parse_line reads (its numbers numbers, its quoted fields well quoted), else None:
+    then parse it and format the claimed Job. A claim's check without building the Job."""
+    fields = line.split('\t')
+    if (len(fields) != len(COLUMNS) or fields[STATUS] != PENDING or fields[WORKER]
+            or fields[CLAIMED_AT] or not fields[ID] or not fields[TYPE]
+            or fields[ID].startswith('"')):
+        return None
+    try:
+        for i in _FLOATS:
+            float(fields[i] or 0)
+        for i in _INTS:
+            int(fields[i] or 0)
+    except ValueError:
+        return None
+    for field in fields:
+        if field.startswith('"') and not _well_quoted(field):
+            return None
+    if fields[TYPE] == '""':
+        return None   # quoted empty: no type
+    job_id = fields[ID]
+    fields[STATUS], fields[WORKER] = PROCESSING, quote_field(worker)
+    fields[CLAIMED_AT] = format_time(claimed_at)
+    return job_id, '\t'.join(fields)
+
+
+def _well_quoted(field):
+    return len(field) >= 2 and field.endswith('"') and '"' not in field[1:-1].replace('""', '')
+
+
 def completed_line(line, attempts, result_json, finished_at):
     """The line of the claimed job on line (as claimed_line made it) once completed:
     the same text with status, attempts, error, result and finished_at changed, so
@@ -332,6 +367,14 @@ def entry_of_older(line, header):
     return LineEntry(job.status.value, job.type, job.run_at, claim, job.priority)
 
 
+def entry_of_job(job):
+    """The LineEntry of format_line(job): its times as written (to the millisecond)."""
+    claim = (Claim(job.id, sys.intern(job.worker), float(format_time(job.claimed_at) or 0))
+             if job.status is Status.PROCESSING else None)
+    return LineEntry(job.status.value, sys.intern(job.type), float(format_time(job.run_at) or 0),
+                     claim, job.priority)
+
+
 def created_at_of(line):
     """The created_at text of a job's line (str)."""
     return split_line(line.rstrip('\r'))[CREATED_AT]
@@ -348,7 +391,11 @@ class Line(NamedTuple):
 def read_lines(data, start, report, older=None):
     """The Lines of data (whole lines at byte offset start); report(text) is told of a
     line that is not a job; older: the header of a file with older columns (None:
-    COLUMNS)."""
+    COLUMNS). Read by ANY_LINE in C when every line is plain, else line by line."""
+    if older is None:
+        plain = _plain_lines(data, start)
+        if plain is not None:
+            return plain
     lines, pos = [], start
     for raw in data.split(b'\n')[:-1]:
         end = pos + len(raw) + 1
@@ -361,6 +408,36 @@ def read_lines(data, start, report, older=None):
             report(text)
         lines.append(Line(pos, end, start, entry))
         pos = end
+    return lines
+
+
+def _plain_lines(data, start):
+    """read_lines of data when ANY_LINE matches each of its lines (what entry_of_line
+    would make of them, tested), else None."""
+    matches = ANY_LINE.findall(data)
+    raws = data.split(b'\n')
+    if len(matches) != len(raws) - 1:
+        return None
+    types, lines, pos = {}, [], start
+    try:
+        for raw, (job_type, status, _, run_at, worker, claimed_at, priority) in zip(raws, matches):
+            end = pos + len(raw) + 1
+            name = types.get(job_type)
+            if name is None:
+                name = types[job_type] = sys.intern(job_type.decode(ENCODING, DECODE_ERRORS))
+            claim = None
+            if status == PROCESSING_BYTES:
+                job_id = raw[:raw.index(b'\t')]
+                if job_id.startswith(b'"'):
+                    return None   # a quoted id: entry_of_line unquotes it
+                claim = Claim(job_id.decode(ENCODING, DECODE_ERRORS),
+                              sys.intern(worker.decode(ENCODING, DECODE_ERRORS)),
+                              float(claimed_at) if claimed_at else 0.0)
+            lines.append(Line(pos, end, start, LineEntry(
+                _WORD_OF_BYTES[status], name, float(run_at), claim, int(priority or 0))))
+            pos = end
+    except ValueError:
+        return None   # a number that is not one (a hand edit): read line by line
     return lines
 
 
@@ -504,6 +581,8 @@ ANY_LINE = re.compile(rb'(?m)^[^\t\n]+\t([^\t"\n]+)\t[^\t]*\t(' + _STATUS_WORDS_
                       rb'([^\t"\n]*)\t([\d.]*)\t[^\t]*\t[^\t]*\t[^\t]*\t[^\t]*\t(-?\d*)$')
 ANY_TYPE, ANY_STATUS, ANY_CREATED, ANY_RUN_AT, ANY_WORKER, ANY_CLAIMED_AT, ANY_PRIORITY = range(7)
 PENDING_BYTES, PROCESSING_BYTES = PENDING.encode(), PROCESSING.encode()
+_WORD_OF_BYTES = {word.encode(): word for word in STATUS_BY_WORD}
+PROCESSING_NEEDLE = b'\t' + PROCESSING_BYTES + b'\t'   # on every line of a claim
 
 
 def priorities_empty(data, lines):

@@ -291,12 +291,18 @@ def test_every_fast_reader_of_a_line_agrees_with_the_plain_parser(job, crlf):
     [read] = lineformat.read_lines((text + '\n').encode('utf-8', 'surrogateescape'), 5,
                                    lambda line: None)
     assert read.entry == entry and (read.start, read.segment) == (5, 5)
+    assert lineformat.entry_of_job(job) == entry
     # a claim and a completion that change their fields in place
     claimed = lineformat.claimed_line(line, 'host:1:2', 1_800_000_000.25)
     if claimed is not None:
         assert plain(claimed) == expected.evolve(status=Status.PROCESSING, worker='host:1:2',
                                                  claimed_at=1_800_000_000.25)
         assert lineformat.id_of_line(line) == expected.id
+    claim = lineformat.claim_of_line(line, 'host:1:2', 1_800_000_000.25)
+    assert claim is None or claim == (expected.id, claimed)
+    if (expected.status is Status.PENDING and '"' not in line and not expected.worker
+            and not expected.claimed_at):
+        assert claim is not None   # a plain line is claimed without being parsed
     completed = lineformat.completed_line(line, 3, '{"r": 1}', 1_800_000_001)
     if completed is not None:
         assert plain(completed) == expected.evolve(status=Status.COMPLETED, attempts=3, error='',
@@ -383,6 +389,21 @@ def test_lines_of_older_columns_read_as_the_plain_parser_reads_them(job, header)
     [read] = lineformat.read_lines((line + '\n').encode('utf-8', 'surrogateescape'), 0,
                                    lambda line: None, older=header)
     assert read.entry == entry
+
+
+@settings(max_examples=300, deadline=None)
+@given(fields=st.lists(st.sampled_from(['', 'a', '1', '1.5', 'x', '"', '""', '"a""b"', '"a',
+                                        'pending']), min_size=16, max_size=16))
+def test_a_claim_made_without_parsing_is_the_claim_of_the_parsed_job(fields):
+    fields[lineformat.STATUS] = 'pending'
+    line = '\t'.join(fields)
+    claim = lineformat.claim_of_line(line, 'w', 1_800_000_000.5)
+    if claim is None:
+        return
+    job = plain(line)
+    assert job is not None and claim[0] == job.id
+    assert plain(claim[1]) == job.evolve(status=Status.PROCESSING, worker='w',
+                                         claimed_at=1_800_000_000.5)
 
 
 @settings(max_examples=300, deadline=None)

@@ -280,3 +280,40 @@ def test_a_job_enqueued_with_options_is_due_at_once(tmp_path):
     job_id = queue.enqueue('t', {}, max_attempts=1, priority=1)
     assert queue.process_jobs({'t': lambda payload: 'ran'})['completed'] == 1
     assert queue.get_job(job_id)['result'] == 'ran'
+
+
+def test_the_lines_a_small_file_keeps_between_rewrites_are_those_its_bytes_hold(
+        tmp_path, monkeypatch):
+    # A small hot file keeps the Lines of the segments a rewrite wrote, made from the
+    # lines it changed, not read: each must be what reading those bytes gives (the plain
+    # oracle), through claims, completions, retries, give-backs and other workers' lines.
+    from dbbasic_queue.lineformat import read_lines
+    monkeypatch.setattr(scan_module, 'SEGMENT_BYTES', 2048)   # ~15 lines a segment
+    checked = []
+    after_rewrite = scan_module.Index.after_rewrite
+
+    def checked_after(index, *args):
+        after_rewrite(index, *args)
+        assert index.kept_lines
+        for start, (segment, lines) in index.kept_lines.items():
+            assert segment in index.segments and segment.start == start
+            assert lines == read_lines(index.segment_bytes(segment), start, lambda line: None)
+        checked.append(len(index.kept_lines))
+    monkeypatch.setattr(scan_module.Index, 'after_rewrite', checked_after)
+    path = tmp_path / 'queue.tsv'
+    queue = Queue(path)
+    for n in range(120):
+        queue.enqueue('fails' if n % 7 == 0 else 'ok', {'n': n, 'text': 'a "quoted" word'},
+                      priority=n % 3)
+    other = f'{liveness.HOST}:{os.getppid()}:{liveness.start_marker(os.getppid())}'
+    with open(path, 'a') as f:   # another live worker's claim, and a hand edit
+        f.write(format_line(Job('cafe', 'ok', '{}', Status.PROCESSING, int(time.time()),
+                                time.time(), worker=other, claimed_at=time.time())) + '\n')
+        f.write('not a job\n')
+
+    def fails(payload):
+        raise ValueError('no')
+    summary = queue.process_jobs({'ok': lambda p: None, 'fails': fails}, max_attempts=2)
+    assert summary['completed'] == 120 - 18 and sum(summary.values()) == 120
+    assert len(checked) >= 3
+    assert queue.stats()['by_status']['pending'] == 18   # retries, after their backoff
