@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 
 from . import liveness, rules
 from .job import FINAL_STATUSES, Status
-from .lineformat import (PENDING, PROCESSING, Claim, claim_of_line, completed_line,
-                         format_line, format_time, parse_line)
+from .lineformat import (PENDING, PROCESSING, Claim, LineEntry, claim_of_line, completed_line,
+                         format_line, format_time, parse_line, quote_field)
 from .signals import deferred_signals
 from .journal import WorkerJournal
 from .validate import result_json
@@ -316,13 +316,14 @@ class ClaimCycle:
                         min((order(start)[1] for start in due), default=now), now):
             return
         chosen = heapq.nsmallest(batch.size, due, key=order)
-        claimed_at = float(format_time(now))   # as the claimed lines hold it
+        claimed_text, worker_field = format_time(now), quote_field(run.worker)
+        claimed_at = float(claimed_text)   # as the claimed lines hold it
         # Claimed lines are made a segment at a time (each read once), then taken in
         # claim order, the order the batch runs them in.
         made = {}   # start -> (job id, the claimed line)
         for start, text in view.texts([start for start in chosen if start not in changes]):
             # The line itself with three fields changed: nothing is reformatted.
-            made[start] = claim_of_line(text, run.worker, now)
+            made[start] = claim_of_line(text, worker_field, claimed_text)
             if made[start] is None:
                 job = view.job_of(text)
                 made[start] = None if job is None else (job.id, self._claim_of(run, job, now))
@@ -335,8 +336,9 @@ class ClaimCycle:
                 changes[start] = plan.claimed[found[0]] = found[1]
                 pending = lines[start].entry
                 if job is None and pending is not None:   # spares reading the line again
-                    view.known[start] = pending._replace(status=PROCESSING, claim=Claim(
-                        found[0], run.worker, claimed_at))
+                    view.known[start] = LineEntry(
+                        PROCESSING, pending.type, pending.run_at,
+                        Claim(found[0], run.worker, claimed_at), pending.priority)
 
     @staticmethod
     def _claim_of(run, job, now):

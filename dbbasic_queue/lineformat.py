@@ -194,10 +194,12 @@ _FLOATS = (CREATED_AT, RUN_AT, FINISHED_AT, TIMEOUT)
 _INTS = (ATTEMPTS, MAX_ATTEMPTS, PRIORITY)
 
 
-def claim_of_line(line, worker, claimed_at):
-    """(job id, claimed_line(line, ...)) when line is a plain pending job line that
-    parse_line reads (its numbers numbers, its quoted fields well quoted), else None:
-    then parse it and format the claimed Job. A claim's check without building the Job."""
+def claim_of_line(line, worker_field, claimed_at_text):
+    """(job id, claimed_line(line, worker, claimed_at)) when line is a plain pending job
+    line that parse_line reads (its numbers numbers, its quoted fields well quoted), else
+    None: then parse it and format the claimed Job. A claim's check without building the
+    Job; worker_field and claimed_at_text are quote_field(worker) and
+    format_time(claimed_at), made once for a batch."""
     fields = line.split('\t')
     if (len(fields) != len(COLUMNS) or fields[STATUS] != PENDING or fields[WORKER]
             or fields[CLAIMED_AT] or not fields[ID] or not fields[TYPE]
@@ -210,14 +212,16 @@ def claim_of_line(line, worker, claimed_at):
             int(fields[i] or 0)
     except ValueError:
         return None
-    for field in fields:
-        if field.startswith('"') and not _well_quoted(field):
+    quotes = line.count('"')
+    if quotes:
+        # Mostly only the payload (JSON) holds quotes: then it is the one field to check.
+        suspects = (fields[PAYLOAD],) if fields[PAYLOAD].count('"') == quotes else fields
+        if any(field.startswith('"') and not _well_quoted(field) for field in suspects):
             return None
-    if fields[TYPE] == '""':
-        return None   # quoted empty: no type
+        if fields[TYPE] == '""':
+            return None   # quoted empty: no type
     job_id = fields[ID]
-    fields[STATUS], fields[WORKER] = PROCESSING, quote_field(worker)
-    fields[CLAIMED_AT] = format_time(claimed_at)
+    fields[STATUS], fields[WORKER], fields[CLAIMED_AT] = PROCESSING, worker_field, claimed_at_text
     return job_id, '\t'.join(fields)
 
 

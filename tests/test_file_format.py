@@ -298,7 +298,7 @@ def test_every_fast_reader_of_a_line_agrees_with_the_plain_parser(job, crlf):
         assert plain(claimed) == expected.evolve(status=Status.PROCESSING, worker='host:1:2',
                                                  claimed_at=1_800_000_000.25)
         assert lineformat.id_of_line(line) == expected.id
-    claim = lineformat.claim_of_line(line, 'host:1:2', 1_800_000_000.25)
+    claim = lineformat.claim_of_line(line, 'host:1:2', lineformat.format_time(1_800_000_000.25))
     assert claim is None or claim == (expected.id, claimed)
     if (expected.status is Status.PENDING and '"' not in line and not expected.worker
             and not expected.claimed_at):
@@ -397,7 +397,7 @@ def test_lines_of_older_columns_read_as_the_plain_parser_reads_them(job, header)
 def test_a_claim_made_without_parsing_is_the_claim_of_the_parsed_job(fields):
     fields[lineformat.STATUS] = 'pending'
     line = '\t'.join(fields)
-    claim = lineformat.claim_of_line(line, 'w', 1_800_000_000.5)
+    claim = lineformat.claim_of_line(line, 'w', '1800000000.5')
     if claim is None:
         return
     job = plain(line)
