@@ -1,17 +1,21 @@
 """The contract between a Queue and where its jobs live.
 
-Queue (queue.py) checks every argument and owns every error text; a backend is given
-only valid values and stores, finds and works jobs. Two backends keep this contract: the
-file (file_backend.py, the default) and RQ on Redis (rq_backend.py). Both pass the same
-behavioural tests (tests/test_backends.py), and both follow rules.py for what an attempt
-does. Jobs cross the contract as job.Job.
+Queue (queue.py) checks every argument; a backend is given only valid values and stores,
+finds and works jobs. Two backends keep this contract: the file (file_backend.py, the
+default) and RQ on Redis (rq_backend.py). Both pass the same behavioural tests
+(tests/test_backends.py), and both follow rules.py for what an attempt does. Jobs cross
+the contract as job.Job.
+
+The default implementations below (job_totals, claimed_jobs, minute_counts, page_jobs)
+compute from jobs(), every job read whole: they are the plain way, and the oracle that
+every fast path of a backend is tested against (tests/test_scale.py, tests/test_web.py).
 """
 
 from collections import Counter
 from itertools import repeat
 
 from .job import FINAL_STATUSES, Status
-from .lineformat import quote_field
+from .lineformat import as_stored, quote_field
 
 
 class NewJobs:
@@ -45,8 +49,19 @@ class NewJobs:
 
 
 class Backend:
-    """What a Queue needs from storage. Every method is called with checked arguments."""
+    """What a Queue needs from storage. Every method is called with checked arguments.
+    What a backend's callers read of it is declared here, set by each backend."""
 
+    #: 'file' or 'rq': the CLI's file-only commands (edit, migrate) check it.
+    kind = None
+    #: Where the jobs live: the queue file (a pathlib.Path), or the redis:// URL.
+    path = None
+    #: () -> Unix seconds: the Queue's clock, for every time a backend stores.
+    clock = None
+    #: Seconds a claim whose worker cannot be checked from here is trusted (liveness).
+    lease_seconds = None
+    #: The base of the backoff after a failure (rules.backoff_seconds).
+    backoff_base_seconds = None
     #: True if work_forever() blocks on new jobs itself (RQ); False: poll process_jobs.
     long_running_worker = False
 
@@ -114,12 +129,15 @@ class Backend:
     def job_totals(self):
         """What stats() counts, each job once as jobs() has it: ({(status word, type):
         jobs}, the oldest pending job's created_at, the earliest pending run_at), the
-        last two None without pending jobs."""
+        last two None without pending jobs. (The file's fast way has one exception: a
+        pending job also in the archive, as a retry cut short by a crash leaves it, which
+        check reports, is counted in both files.)"""
         return totals_of((job.status.value, job.type, job.created_at, job.run_at)
                          for job in self.jobs())
 
     def workers(self):
-        """The workers now holding jobs, as their names."""
+        """The live workers, as their names: on the file those holding a claim; on RQ
+        every worker registered now (RQ registers one while it runs, busy or idle)."""
         raise NotImplementedError
 
     def migrated_to(self):
@@ -145,7 +163,9 @@ class Backend:
         """(how many jobs match, the Jobs limit of them from offset on): jobs of this
         status and type (None: any) whose payload or error holds text (None: any; ASCII
         letters in either case), pending and processing ones first, newest first, then
-        finished ones, the last finished first."""
+        finished ones, the last finished first. (The file's fast way lists the few
+        finished rows still in its hot file, cancelled since the last run, before the
+        archive's, each part newest first.)"""
         chosen = [job for job in self.jobs() if job_matches(job, status, job_type, text)]
         chosen.sort(key=lambda job: (job.status in FINAL_STATUSES, -(job.finished_at or 0),
                                      -job.created_at, -job.run_at))
@@ -228,7 +248,7 @@ def job_matches(job, status, job_type, text):
         return False
     if not text:
         return True
-    needle = ascii_lower(text.replace('"', '""'))
+    needle = ascii_lower(as_stored(text))
     return (needle in ascii_lower(quote_field(job.payload_json))
             or needle in ascii_lower(quote_field(job.error)))
 

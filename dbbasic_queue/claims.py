@@ -477,8 +477,8 @@ class ClaimCycle:
         finally:
             batch.journal.finished()
         now = self.backend.clock()
+        word = rules.attempt_word(error, attempts, max_attempts)
         if not error:
-            word = Status.COMPLETED.value
             batch.archive_buffer.add(
                 self._completed_line(job, line, attempts,
                                      result_json(result, job.id, job.type), now))
@@ -487,7 +487,6 @@ class ClaimCycle:
             outcome = rules.after_failure(job, attempts, error, max_attempts, now,
                                           self.backend.backoff_base_seconds)
             rules.report_failure(run.on_failure, outcome, exc)
-            word = rules.outcome_word(outcome)
             if outcome.status in FINAL_STATUSES:
                 batch.archive_buffer.add(format_line(outcome))
                 batch.outcomes[job.id] = None

@@ -27,7 +27,7 @@ from .errors import QueueError, error_text
 from .job import FINAL_WORDS, STATUS_WORDS
 from .queue import DEFAULT_PATH, ENV_VAR, MAX_ATTEMPTS, MODE_ENV_VAR, Queue, is_redis_url
 from .schedule import check_schedule
-from .storage import GROUP_READ_WRITE, make_directory
+from .storage import make_directory
 from .schedule import removed as schedules_removed
 from .validate import check_handlers, check_limit, parse_duration
 from .version import __version__
@@ -643,13 +643,7 @@ def _queue_named_as_the_app_does(queue, args):
 def _shared_mode(queue):
     """The mode of a file queue's lock where it shares the queue with a group ('660'),
     else None."""
-    if queue.backend.kind != 'file':
-        return None
-    try:
-        mode = queue.backend.table.lock.path.stat().st_mode & 0o666
-    except OSError:
-        return None
-    return f'{mode:o}' if mode & GROUP_READ_WRITE == GROUP_READ_WRITE else None
+    return queue.backend.shared_mode() if queue.backend.kind == 'file' else None
 
 
 def _prepare_log(log_path, queue):
@@ -873,7 +867,7 @@ def build_parser():
 
     command('stats', 'counts per status and type, workers, paused types', cmd_stats)
 
-    listing = command('list', 'list jobs, oldest first', cmd_list)
+    listing = command('list', 'list jobs: the hot file\'s, then the archive\'s, in file order', cmd_list)
     listing.add_argument('--status', choices=STATUS_WORDS, help='only jobs with this status')
     listing.add_argument('--type', help='only jobs of this type')
     listing.add_argument('--limit', type=int, default=LIST_LIMIT, metavar='N',

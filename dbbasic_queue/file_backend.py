@@ -21,7 +21,7 @@ from .lineformat import (COLUMNS, DECODE_ERRORS, ENCODING, PENDING, check_header
                          format_time, id_of_line, ids_present, job_or_none, jobs_with_key,
                          quote_field)
 from .scan import Index, SegmentView
-from .storage import (RETRY, Change, EditedInPlace, FileLock, SmallFile, TableFile,
+from .storage import (GROUP_READ_WRITE, RETRY, Change, EditedInPlace, FileLock, SmallFile, TableFile,
                       TableSummary, WordsFile, abandoned_temp_files,
                       sharing_problems)
 from .validate import JSON_ASCII, due_now_millis, payload_json
@@ -62,8 +62,8 @@ class FileBackend(Backend):
 
     # -- add, find, cancel --------------------------------------------------------------
     def add(self, job_type, payload, payload_text, now, run_at, options):
-        """One locked append, never reading the file; with a unique_key, one read of the
-        hot file under the lock."""
+        """One locked append; with a unique_key, one read of the hot file under the lock.
+        This backend's first add reads the file's header (to upgrade a 1.0.0 file)."""
         job_id = new_job_id()
         data = new_line_bytes(job_id, job_type, payload, payload_text, now, run_at, options)
         if not self._header_current:
@@ -379,6 +379,15 @@ class FileBackend(Backend):
                             f'{self.path.name} from byte {mismatch} on (a cache: delete it, '
                             f'and the next reader counts the file anew)')
         return problems
+
+    def shared_mode(self):
+        """The mode of the queue's lock (which every file of it takes) as octal text
+        ('660') when it shares the queue with a group, else None."""
+        try:
+            mode = self.table.lock.path.stat().st_mode & 0o666
+        except OSError:
+            return None
+        return f'{mode:o}' if mode & GROUP_READ_WRITE == GROUP_READ_WRITE else None
 
     def migrated_to(self):
         return self.migration.read(lambda text: text.strip() or None)

@@ -19,14 +19,13 @@ from typing import NamedTuple
 
 from . import liveness
 from .backend import Backend, ascii_lower, totals_of
-
 from .job import ACTIVE_STATUSES, FINAL_STATUSES, FINAL_WORDS, STATUS_WORDS, Status
 from .lineformat import (COLUMNS, COUNT_FINISHED, COUNT_HEAD, COUNT_HEAD_NO_ID, COUNT_ID,
                          COUNT_LINE, COUNT_RUN_AT, COUNT_STATUS_CREATED, COUNT_TYPE,
                          DECODE_ERRORS, ENCODING, PAGE_ERROR, PAGE_PAYLOAD, PAGE_STATUS,
-                         PENDING_BYTES, PENDING_CREATED_PREFIX, check_header, claimed_jobs,
-                         last_lines, line_starts, lines_of_status, page_pattern, parse_line_at,
-                         quote_field, split_header, status_and_created, status_needle,
+                         PENDING_BYTES, PENDING_CREATED_PREFIX, as_stored, check_header,
+                         claimed_jobs, last_lines, line_starts, lines_of_status, page_pattern,
+                         parse_line_at, split_header, status_and_created, status_needle,
                          status_of, status_type_times)
 from .scan import Index
 from .storage import TAIL_BYTES, blocks_after
@@ -274,8 +273,7 @@ class FileInspection:
         statuses = STATUS_WORDS if status is None else (status,)
         active = tuple(w for w in statuses if Status(w) in ACTIVE_STATUSES)
         final = tuple(w for w in statuses if Status(w) in FINAL_STATUSES)
-        needle = text and ascii_lower(quote_field(text)[1:-1] if '"' in text else text).encode(
-            ENCODING, DECODE_ERRORS)
+        needle = text and ascii_lower(as_stored(text)).encode(ENCODING, DECODE_ERRORS)
         total, page = 0, []
         # (table, its tally, its groups in order: (statuses, counted by the tally))
         for table, file_tally, groups in ((self.table, hot, ((active, True), (final, False))),

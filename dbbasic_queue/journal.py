@@ -4,13 +4,12 @@ With storage.py, the only module that opens files."""
 
 import logging
 import os
-import weakref
 from pathlib import Path
 
 from . import liveness
 from .lineformat import DECODE_ERRORS, ENCODING
-from .storage import (NO_FOLLOW, READ_FLAGS, set_mode, storage_error, storage_errors,
-                      unlink_quietly, write_all)
+from .storage import (NO_FOLLOW, READ_FLAGS, fd_owner, set_mode, storage_error,
+                      storage_errors, unlink_quietly, write_all)
 
 log = logging.getLogger('dbbasic_queue')
 
@@ -49,7 +48,7 @@ class WorkerJournal:
                 unlink_quietly(self.path)
                 raise
         self._fd = fd
-        self._closer = weakref.finalize(self, os.close, fd)
+        self._owner = fd_owner(fd)   # closes it when this is let go, in C
 
     @classmethod
     def path_for(cls, table_path, worker):
@@ -78,7 +77,7 @@ class WorkerJournal:
 
     def close(self):
         """Close and remove it: this worker holds no job any more."""
-        self._closer()
+        self._owner.close()
         unlink_quietly(self.path)
 
     @classmethod

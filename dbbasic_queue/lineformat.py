@@ -133,6 +133,12 @@ def quote_field(field):
     return field
 
 
+def as_stored(text):
+    """text as it is found inside a quoted field (a quote doubled): what a search of the
+    stored bytes looks for."""
+    return text.replace('"', '""')
+
+
 def quote_json(text):
     """quote_field(text) for JSON text, which never holds a raw tab or line break: only a
     quote makes it need quoting."""

@@ -14,8 +14,9 @@ The module functions act on data/queue.tsv under the current directory, or on th
 location in the DBBASIC_QUEUE environment variable: a .tsv path, or a redis:// URL
 for the same API on RQ. `Queue(location)` is the same API on a queue of your own.
 
-This module is where a reader starts: a Queue checks every argument, owns every error
-text and the maintenance verbs, and hands valid values to its backend (backend.py is the
+This module is where a reader starts: a Queue checks every argument (with the checks of
+validate.py, which hold their error texts, and schedule.py's for recurring entries), owns
+the maintenance verbs, and hands valid values to its backend (backend.py is the
 contract): file_backend.py by default (data/queue.tsv for pending and processing jobs,
 data/queue.done.tsv for finished ones), rq_backend.py for a redis:// location. What an
 attempt does, on both, is rules.py. The README's "What is guaranteed" says what holds.
@@ -138,8 +139,8 @@ class Queue:
         priority: higher runs first (default 0). timeout: seconds a handler may run.
         max_attempts: overrides process_jobs' default for this job. unique_key: while a
         job with this key is pending or processing, return its id instead of adding one.
-        On the file: one locked append, never reading the file (with a unique_key, one
-        read of the hot file under the lock).
+        On the file: one locked append (with a unique_key, one read of the hot file under
+        the lock; a backend's first add reads the file's header, to upgrade a 1.0.0 file).
         """
         now = self._clock()
         return self.backend.add(*self._new_job(now, job_type, payload, run_at, delay, priority,

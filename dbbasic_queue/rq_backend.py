@@ -87,7 +87,7 @@ def dispatch(job_type, payload):
     job.meta['attempts'] = attempts
     job.save_meta()
     # process_jobs' max_attempts holds for jobs enqueued without their own.
-    job.retries_left = max(0, max_attempts - attempts)
+    job.retries_left = rules.retries_left(attempts, max_attempts)
     job.retry_intervals = [math.ceil(rules.backoff_seconds(run['backoff_base'], attempts))] * max(
         job.retries_left, 1)
     handler = run['handlers'][job_type]
@@ -99,7 +99,7 @@ def dispatch(job_type, payload):
         # Our one-line error, as the file has it; RQ keeps the whole traceback beside it.
         job.meta['error'] = one_line(error)
         job.save_meta()
-    word = 'completed' if not error else 'retried' if job.retries_left else 'failed'
+    word = rules.attempt_word(error, attempts, max_attempts)
     run['summary'][word] += 1
     rules.log_outcome(job.id, job_type, word, time.perf_counter() - started, attempts,
                       max_attempts)

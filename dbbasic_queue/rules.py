@@ -1,6 +1,8 @@
 """The rules of an attempt, the same on every backend: how a handler is run and what its
 outcome is, the backoff after a failure, what a crash costs, what a run returns. Both
-backends call these, so no rule and no error text exists twice."""
+backends call these. One rule RQ cannot follow: it sees a crashed worker only as a claim
+that lapsed, and retries that job as a failure, after the backoff (rq_backend.py); the
+file runs it again at once (after_crash)."""
 
 import concurrent.futures
 import inspect
@@ -97,12 +99,24 @@ def after_failure(job, attempts, error, max_attempts, now, backoff_base_seconds,
                   retry_at=None):
     """The job after a failed attempt: pending again after the backoff (or at retry_at),
     or failed once max_attempts are spent."""
-    if attempts >= max_attempts:
+    if not retries_left(attempts, max_attempts):
         return job.evolve(status=Status.FAILED, attempts=attempts, error=error, finished_at=now)
     if retry_at is None:
         retry_at = now + backoff_seconds(backoff_base_seconds, attempts)
     return job.evolve(status=Status.PENDING, attempts=attempts, error=error, run_at=retry_at,
                       worker='', claimed_at=0.0)
+
+
+def retries_left(attempts, max_attempts):
+    """How many more attempts a job that failed its attempts-th may have."""
+    return max(0, max_attempts - attempts)
+
+
+def attempt_word(error, attempts, max_attempts):
+    """How a run counts an attempt (rules.OUTCOMES): completed, retried, or failed."""
+    if not error:
+        return 'completed'
+    return 'retried' if retries_left(attempts, max_attempts) else 'failed'
 
 
 def unpaused(handlers, paused):
@@ -162,13 +176,6 @@ def chosen_for_purge(jobs, statuses, cutoff, keep):
     return [job.id for job in candidates
             if (cutoff is not None and finished(job) < cutoff)
             or (kept is not None and job.id not in kept)]
-
-
-def outcome_word(job_after):
-    """How a run counts the job after an attempt: completed, failed, or retried."""
-    if job_after.status is Status.PENDING:
-        return 'retried'
-    return job_after.status.value
 
 
 def log_outcome(job_id, job_type, word, seconds, attempts, max_attempts):

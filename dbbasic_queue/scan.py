@@ -16,7 +16,6 @@ import operator
 import os
 import sys
 import time
-import weakref
 import zlib
 from typing import NamedTuple
 
@@ -30,7 +29,7 @@ from .lineformat import (ANY_CLAIMED_AT, ANY_CREATED, ANY_LINE, ANY_PRIORITY, AN
                          id_needle, line_bytes, parse_line, priorities_empty, read_lines,
                          split_header, text_between)
 from .storage import (TAIL_BYTES, EditedInPlace, TableSummary, Version, close_in_background,
-                      pread_all, storage_errors, version_of, whole_line_blocks)
+                      fd_owner, pread_all, storage_errors, version_of, whole_line_blocks)
 
 log = logging.getLogger('dbbasic_queue')
 
@@ -251,20 +250,19 @@ class Index(Version):
         # frozenset of job types -> jobs a claim takes, as learned by the workers (see
         # claims.ClaimCycle): kept in the summary file for the next process
         self.batch_sizes = {}
-        self.fd, self._closer = None, None
+        self.fd, self._owner = None, None
         self._reset(None)
 
-    def _hold(self, fd, close=os.close):
+    def _hold(self, fd, close=lambda owner: owner.close()):
         """Read the version open as fd (None: no file) from now on; the one read before
-        is closed with close. An Index let go closes its own: an app that makes a Queue
-        per request leaks no descriptor."""
+        is closed with close(its fd_owner). An Index let go closes its own, in C (see
+        storage.fd_owner): an app that makes a Queue per request leaks no descriptor."""
         if fd == self.fd:
             return
-        if self.fd is not None:
-            self._closer.detach()
-            close(self.fd)
+        if self._owner is not None:
+            close(self._owner)
         self._held(fd)
-        self._closer = None if fd is None else weakref.finalize(self, os.close, fd)
+        self._owner = None if fd is None else fd_owner(fd)
 
     def _reset(self, fd):
         """Start over on the version open as fd (None: no file)."""

@@ -170,7 +170,7 @@ class FileLock:
             make_directory(self.path.parent, mode)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | NO_FOLLOW,
                          DEFAULT_FILE_MODE if mode is None else mode)
-            self._owner = _FdOwner(fd)
+            self._owner = fd_owner(fd)
             if mode is not None and os.fstat(fd).st_mode & 0o777 != mode:
                 set_mode(fd, mode, self.path)
         self._fd = fd
@@ -183,7 +183,7 @@ class FileLock:
         return os.fstat(self._fd).st_mode & 0o777
 
 
-def _FdOwner(fd):
+def fd_owner(fd):
     """An object that closes fd when it is closed or garbage-collected, in C.
 
     Not weakref.finalize: a finalizer runs Python code during garbage collection, and a
@@ -289,7 +289,7 @@ class Snapshot(Version):
             st = os.fstat(fd)
             if st.st_size == offset:
                 self.seen = version_of(st)
-            self._owner = _FdOwner(fd)
+            self._owner = fd_owner(fd)
 
     def bytes_match(self):
         prefix = pread_all(self.fd, self.offset, 0)
@@ -666,7 +666,7 @@ class TableFile:
 
         Returns (change, the new Snapshot), or None. Lines appended meanwhile are carried
         over; if another process replaced or edited the file meanwhile, plan runs again
-        on a fresh snapshot (see _optimistically).
+        on a fresh snapshot (see optimistically).
         """
         def try_once():
             snap = self.snapshot()
@@ -1180,18 +1180,18 @@ def _fsync_directory(directory):
         os.close(fd)
 
 
-def close_in_background(fd, size_bytes):
-    """Close fd, the last descriptor of a replaced file version of size_bytes, which frees
-    its blocks (~40 ms for a million jobs on ext4): from another thread, which need not
-    hold up the worker, unless it is below BACKGROUND_CLOSE_BYTES (starting a thread
-    costs more than that, ~0.7 ms here)."""
+def close_in_background(owner, size_bytes):
+    """Close owner (a fd_owner), the last descriptor of a replaced file version of
+    size_bytes, which frees its blocks (~40 ms for a million jobs on ext4): from another
+    thread, which need not hold up the worker, unless it is below BACKGROUND_CLOSE_BYTES
+    (starting a thread costs more than that, ~0.7 ms here)."""
     if size_bytes < BACKGROUND_CLOSE_BYTES:
-        os.close(fd)
+        owner.close()
         return
 
     def close():
         try:
-            os.close(fd)
+            owner.close()
         except OSError as exc:
             log.error('could not close a replaced version of a table: %s', exc)
     threading.Thread(target=close, name='dbbasic_queue close', daemon=True).start()
