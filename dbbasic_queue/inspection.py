@@ -26,11 +26,10 @@ from .lineformat import (COLUMNS, COUNT_FINISHED, COUNT_HEAD, COUNT_HEAD_NO_ID, 
                          PENDING_BYTES, PENDING_CREATED_PREFIX, as_stored, check_header,
                          claimed_jobs, last_lines, line_starts, lines_of_status, page_pattern,
                          parse_line_at, split_header, status_and_created, status_needle,
-                         status_of, status_type_times)
-from .scan import Index
+                         status_of, status_type_times, ids_of_lines)
+from .scan import SECONDS_PER_MINUTE, Index
 from .storage import TAIL_BYTES, blocks_after
 
-SECONDS_PER_MINUTE = 60
 DENSE_TEXT_SHARE = 0.1     # a text on more lines than this: match every line, not each hit
 # Lines are read and matched this much at a time: a million matches kept at once would
 # cost ~270 MB, and the garbage collector's passes over them.
@@ -146,27 +145,39 @@ def _finished_lines(data, start, end, words):
     return [m for m in matches if status_of(m[COUNT_STATUS_CREATED]) in _FINAL_WORDS]
 
 
-def of_index(index, counted_elsewhere):
-    """The Tally of the hot file (its counts, oldest and earliest) from its scan.Index,
-    as current as the caller made it: a segment of pending lines only is added up as the workers
-    counted it; the others (holding claims or finished lines) are read and counted line
-    by line, a job found in the archive (counted_elsewhere) skipped. None when the file
-    has older columns. A pending line whose job is also in the archive (a retry cut short
-    by a crash, a hand edit, which check reports) is counted in both: finding it would
-    take every id of the file."""
+def of_index(index, counted_elsewhere, check_ids):
+    """The Tally of the hot file (its counts, oldest, earliest, and the minutes jobs were
+    created and finished in) from its scan.Index, as current as the caller made it: a
+    segment of pending lines only is added up as the workers counted it; the others
+    (holding claims or finished lines) are read and counted line by line, a job found in
+    the archive (counted_elsewhere) skipped. None when the file has older columns.
+
+    A pending line whose job is also in the archive (a retry cut short by a crash, a hand
+    edit; check reports it) is found only with check_ids: then the ids of every segment
+    of pending lines are read (one regex pass over the file), and one that holds such a
+    job is counted line by line. Without it, as stats does (a million jobs in 0.1 s), it
+    is counted in both files."""
     if index.older is not None:
         return None
     counted = Tally(counted_elsewhere=counted_elsewhere)
     for segment in index.segments:
-        if segment.claims or segment.finished:
-            data = b'\n' + index.segment_bytes(segment)   # add reads from the newline before
-            counted.add(data, 1, len(data), finished_rare=True)
+        data = None
+        if not (segment.claims or segment.finished) and check_ids and counted_elsewhere:
+            data = index.segment_bytes(segment)
+            if counted_elsewhere.isdisjoint(ids_of_lines(data)):
+                data = None   # none of its jobs is in the archive: its counts hold
+            else:
+                data = b'\n' + data
+        if segment.claims or segment.finished or data is not None:
+            data = data or b'\n' + index.segment_bytes(segment)   # add reads from the newline
+            counted.add(data, 1, len(data), finished_rare=True)   # before each line
             continue
         for job_type, (earliest, jobs, _) in segment.pending.items():
             counted.counts[PENDING_BYTES, job_type.encode(ENCODING, DECODE_ERRORS)] += jobs
             counted.rows += jobs
             counted.earliest = _earliest(counted.earliest, earliest)
         counted.oldest = _earliest(counted.oldest, segment.oldest)
+        counted.created.update(segment.created)
     return counted
 
 
@@ -224,25 +235,20 @@ class FileInspection:
 
     def __init__(self, table, archive):
         self.table, self.archive = table, archive
-        self._kept_archive = None             # Kept of the archive
-        self._kept_hot = (None, None)         # (the archive's version it was checked against, Kept)
-        self._index = None                    # an Index of the hot file, apart from the worker's
+        self._kept_archive = None   # Kept of the archive
+        self._index = None          # an Index of the hot file, apart from a worker's
+        self._checked = None        # (the versions it counted, of_index with check_ids)
         self._lock = threading.Lock()
 
+    def warm(self):
+        """Count both files now (what the first figure of a fresh process would)."""
+        self.tallies()
+
     def job_totals(self):
-        """The hot file as its Index has it (tally.of_index: only segments holding claims
-        or finished lines are read), or, in a process that keeps its Tally for the charts
-        (the dashboard), from that; the archive from its kept Tally. A line they could not
-        read sends it to the exact way: every line split."""
-        if self._kept_hot[1] is not None:
-            hot, archive = self.tallies()
-        else:
-            with self._lock:
-                archive = self._archive_tally()
-                if self._index is None:
-                    self._index = Index(self.table)
-                hot = of_index(self._index.current_and_saved(), archive.ids)
-        if hot is None or not (hot.exact and archive.exact):
+        """The hot file as its Index has it, the archive from its kept Tally (tallies). A
+        line they could not read sends it to the exact way: every line split."""
+        hot, archive = self.tallies(check_ids=False)
+        if hot is None:
             return totals_of(self._job_fields())
         counts = hot.counts + archive.counts
         pending = [t for t in (hot, archive) if t.oldest is not None]
@@ -310,22 +316,27 @@ class FileInspection:
                     total += matches
         return total, page
 
-    def tallies(self):
-        """(the hot file's Tally, the archive's), both kept and brought up to date, or
-        (None, None) when they are not exact."""
+    def tallies(self, check_ids=True):
+        """(the hot file's Tally, the archive's), or (None, None) when they are not
+        exact. The one engine of every figure: the hot file is added up from its Index
+        (of_index: the segments the workers keep, and only those holding claims or
+        finished lines read), the archive from its Tally, kept and brought up to date.
+        check_ids: see of_index; its answer is kept until either file changes."""
         with self._lock:
             archive = self._archive_tally()
-            checked_against, kept = self._kept_hot
-            # The hot file's lines were checked against the archive's ids as they were:
-            # when the archive changed, they are checked again.
-            version = self._kept_archive[:2]
-            kept = brought_up_to_date(
-                self.table, kept if checked_against == version else None,
-                lambda: Tally(counted_elsewhere=archive.ids), finished_rare=True)
-            self._kept_hot = (version, kept)
-        if not (kept.tally.exact and archive.exact):
+            if self._index is None:
+                self._index = Index(self.table)
+            index = self._index.current_and_saved()
+            versions = (index.generation, self._kept_archive.ino, self._kept_archive.offset)
+            if check_ids and self._checked is not None and self._checked[0] == versions:
+                hot = self._checked[1]
+            else:
+                hot = of_index(index, archive.ids, check_ids)
+                if check_ids:
+                    self._checked = (versions, hot)
+        if hot is None or not (hot.exact and archive.exact):
             return None, None
-        return kept.tally, archive
+        return hot, archive
 
     def _archive_tally(self):
         """The archive's Tally, its ids kept, brought up to date (under _lock)."""

@@ -520,6 +520,14 @@ def line_starts(data, needle):
     return [data.rfind(b'\n', 0, pos) + 1 for pos in positions(data, needle)]
 
 
+_LINE_ID = re.compile(rb'(?m)^[^\t\n]*')
+
+
+def ids_of_lines(data):
+    """The id field (bytes, as written) of each line of data, whole lines."""
+    return _LINE_ID.findall(data)
+
+
 def status_needle(word):
     """Bytes found on a line of this status (a str word), and on no other plain line."""
     return b'\t' + word.encode() + b'\t'

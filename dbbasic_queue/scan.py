@@ -17,6 +17,7 @@ import os
 import sys
 import time
 import zlib
+from collections import Counter
 from typing import NamedTuple
 
 from . import liveness
@@ -36,6 +37,7 @@ log = logging.getLogger('dbbasic_queue')
 SEGMENT_BYTES = 128 << 10     # a rewrite reads and parses only the segments it changes
 SCAN_CHUNK_BYTES = 2 * SEGMENT_BYTES   # the file is counted this much at a time
 SUMMARY_MIN_BYTES = 1 << 20   # an idle poll that read this much leaves a summary file
+SECONDS_PER_MINUTE = 60
 # A hot file up to this size keeps the Lines of the segments a rewrite wrote, made from
 # the lines it changed, for the next rewrite: it need not read and parse them again (a
 # small queue's drain, a third quicker). A bigger one keeps no per-line state.
@@ -55,23 +57,27 @@ class Poll(NamedTuple):
 class Segment:
     """What the whole lines in bytes [start, end) of one version add up to."""
     __slots__ = ('start', 'end', 'crc', 'pending', 'claims', 'finished', 'top_priority',
-                 'oldest')
+                 'oldest', 'created')
 
-    def __init__(self, start, end, crc, pending, claims, finished, top_priority, oldest):
+    def __init__(self, start, end, crc, pending, claims, finished, top_priority, oldest,
+                 created):
         self.start, self.end, self.crc = start, end, crc   # crc: zlib.crc32 of the bytes
         self.pending = pending            # type -> [earliest run_at, count, latest run_at]
         self.claims = claims              # worker -> its latest claimed_at here
         self.finished = finished          # lines with a final status (a cancel, 1.0.0)
         self.top_priority = top_priority  # no line here has a higher priority
         self.oldest = oldest              # the earliest created_at of a pending line, or None
+        # minute of created_at -> pending lines (the charts' depth: stats need no line)
+        self.created = created if isinstance(created, dict) else {
+            minute: count for minute, count in created}   # (pairs, from a summary file)
 
     def moved(self, delta):
         return Segment(self.start + delta, self.end + delta, self.crc, self.pending,
-                       self.claims, self.finished, self.top_priority, self.oldest)
+                       self.claims, self.finished, self.top_priority, self.oldest, self.created)
 
     def as_json(self):
         return [self.start, self.end, self.crc, self.pending, self.claims, self.finished,
-                self.top_priority, self.oldest]
+                self.top_priority, self.oldest, sorted(self.created.items())]
 
     def due_bound(self, types, now):
         """The smallest claim order key (-priority, run_at, offset) a due job of these
@@ -106,7 +112,8 @@ def _segment(data, start, report, older=None):
         matches = PENDING_LINE.findall(data)
         if len(matches) == lines:
             return Segment(start, start + len(data), crc, _pending_by_type(matches), {}, 0, 0,
-                           float(min(map(_CREATED, matches))))
+                           float(min(map(_CREATED, matches))),
+                           _by_minute(Counter(map(_CREATED, matches))))
     matches = ANY_LINE.findall(data)
     if len(matches) == lines:
         # (type, created_at, run_at) of each pending line, as PENDING_LINE has them
@@ -121,20 +128,23 @@ def _segment(data, start, report, older=None):
         return Segment(start, start + len(data), crc, _pending_by_type(pending), claims,
                        lines - len(pending) - processing,
                        max(int(m[ANY_PRIORITY] or 0) for m in matches),
-                       min(map(_CREATED, pending), default=None))
+                       min(map(_CREATED, pending), default=None),
+                       _by_minute(Counter(map(_CREATED, pending))))
     return _segment_of_lines(data, start, read_lines(data, start, report), crc)
 
 
 def _segment_of_lines(data, start, lines, crc):
     """The Segment of data's Lines, counted one by one."""
-    pending, claims, finished, top, oldest = {}, {}, 0, 0, None
+    pending, claims, finished, top, oldest, created = {}, {}, 0, 0, None, Counter()
     for line in lines:
         entry = line.entry
         if entry is None:
             continue
         top = max(top, entry.priority)
         if entry.status == PENDING:
-            oldest = _earlier(oldest, _created_at(data, start, line))
+            created_at = _created_at(data, start, line)
+            oldest = _earlier(oldest, created_at)
+            created[created_at] += 1
             found = pending.get(entry.type)
             if found is None:
                 pending[entry.type] = [entry.run_at, 1, entry.run_at]
@@ -146,7 +156,17 @@ def _segment_of_lines(data, start, lines, crc):
             claims[worker] = max(claims.get(worker, 0.0), entry.claim.claimed_at)
         else:
             finished += 1
-    return Segment(start, start + len(data), crc, pending, claims, finished, top, oldest)
+    return Segment(start, start + len(data), crc, pending, claims, finished, top, oldest,
+                   _by_minute(created))
+
+
+def _by_minute(created):
+    """{minute: lines} of a Counter of created_at times (as text or bytes, or numbers)."""
+    by_minute = {}
+    for seconds, count in created.items():
+        minute = int(float(seconds or 0)) // SECONDS_PER_MINUTE
+        by_minute[minute] = by_minute.get(minute, 0) + count
+    return by_minute
 
 
 def _created_at(data, start, line):
@@ -205,12 +225,16 @@ def _lines_counted(segment):
     if (type(segment.finished) is not int or segment.finished < 0 or type(segment.crc) is not int
             or not all(isinstance(n, (int, float)) and not isinstance(n, bool) for n in numbers)):
         return 0
-    counted = segment.finished + len(segment.claims)
+    counted, pending = segment.finished + len(segment.claims), 0
     for earliest, count, latest in segment.pending.values():
         if type(count) is not int or count < 1 or not earliest <= latest:
             return 0
-        counted += count
-    return counted
+        pending += count
+    if (sum(segment.created.values()) != pending
+            or not all(type(minute) is int and type(n) is int and n > 0
+                       for minute, n in segment.created.items())):
+        return 0
+    return counted + pending
 
 
 def _merged(first, second, data):
@@ -223,9 +247,12 @@ def _merged(first, second, data):
     for worker, claimed_at in second.claims.items():
         claims[worker] = max(claims.get(worker, 0.0), claimed_at)
     oldest = min((s.oldest for s in (first, second) if s.oldest is not None), default=None)
+    created = dict(first.created)
+    for minute, count in second.created.items():
+        created[minute] = created.get(minute, 0) + count
     return Segment(first.start, second.end, zlib.crc32(data, first.crc), pending, claims,
                    first.finished + second.finished, max(first.top_priority, second.top_priority),
-                   oldest)
+                   oldest, created)
 
 
 class Index(Version):

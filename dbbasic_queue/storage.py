@@ -22,6 +22,7 @@ import logging
 import mmap
 import os
 import shutil
+import stat
 import tempfile
 import threading
 import time
@@ -538,9 +539,13 @@ class TableFile:
         """A read-only descriptor of the file as it is now, or None if it is missing."""
         with storage_errors(self.path, 'read'):
             try:
-                return os.open(self._path_text, READ_FLAGS)
+                fd = os.open(self._path_text, READ_FLAGS)
             except FileNotFoundError:
                 return None
+            if stat.S_ISDIR(os.fstat(fd).st_mode):   # opens, and reads as an error later
+                os.close(fd)
+                raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR))
+            return fd
 
     def stat(self):
         """The file's stat, or None if it is missing."""

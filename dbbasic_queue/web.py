@@ -270,7 +270,6 @@ class Dashboard:
     # -- pages ----------------------------------------------------------------------------
     def _overview(self, request):
         queue = self.queue
-        # The charts first: they keep the Tallies that stats then counts from.
         history = queue.history()
         stats, claims = queue.stats(), queue.claims()
         now = time.time()
@@ -590,8 +589,9 @@ def is_loopback(host):
 
 def make_dashboard_server(queue, host='127.0.0.1', port=8080, *, token=None, read_only=False):
     """A threaded HTTP server of the dashboard (call serve_forever). Refuses a host that
-    is not loopback without a token: InvalidArgumentError. It reads the queue once before
-    it serves (the files whole: ~0.4 s for 200,000 jobs), so that its first page is as
+    is not loopback without a token: InvalidArgumentError. It counts the queue once before
+    it serves (stats: the hot file from its index, or whole when it has no summary; the
+    archive whole), which is what every page counts from, so that its first page is as
     fast as the next ones, which read only what changed."""
     if not is_loopback(host) and not token:
         raise InvalidArgumentError(f'refusing to serve the dashboard on {host} without a '

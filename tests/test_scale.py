@@ -568,13 +568,17 @@ def test_counts_read_a_block_at_a_time_count_every_line_once(tmp_path, monkeypat
 
 
 def test_counts_cut_short_while_reading_never_count_a_line_twice(tmp_path, monkeypatch):
+    # The archive is counted a block at a time by its kept Tally (the hot file by the
+    # index): a count cut short is not kept half done.
     monkeypatch.setattr(tally_module, 'READ_BYTES', 300)
     queue = Queue(tmp_path / 'queue.tsv')
     for n in range(20):
         queue.enqueue('t', {'n': n})
+    queue.process_jobs({'t': lambda p: None})
     assert queue.find_jobs(limit=0)[0] == 20
     for n in range(20):
         queue.enqueue('t', {'n': n})
+    queue.process_jobs({'t': lambda p: None})
     add, calls = tally_module.Tally.add, []
 
     def fails_on_the_second_block(self, *args, **kwargs):
@@ -747,3 +751,37 @@ def test_a_queue_let_go_leaves_no_descriptor_open(tmp_path):
         Queue(path).process_jobs({'t': lambda p: None})
     gc.collect()
     assert len(os.listdir('/proc/self/fd')) <= before
+
+
+def test_stats_the_charts_and_the_pages_count_from_one_engine_whatever_the_order(
+        tmp_path, monkeypatch):
+    # One engine counts the hot file for every figure (its index's segments; only the
+    # archive has a Tally), so the order of the calls and what the process did before
+    # change nothing, and what stats (the dashboard's pre-warm) counted is all the charts
+    # and pages need: they read no more of the hot file.
+    from dbbasic_queue.backend import Backend
+    tallied = []
+    brought_up_to_date = tally_module.brought_up_to_date
+    monkeypatch.setattr(tally_module, 'brought_up_to_date', lambda table, *args, **kwargs: (
+        tallied.append(table.path.name), brought_up_to_date(table, *args, **kwargs))[1])
+    path = tmp_path / 'queue.tsv'
+    queue = Queue(path)
+    queue.enqueue_many(('t' if n % 2 else 'u', {'n': n}) for n in range(3000))
+    queue.process_jobs({'t': lambda p: None}, max_jobs=700)
+    queue.cancel_job(queue.enqueue('u', {'n': 'cancelled'}))
+    figures = {}
+    for order in (('stats', 'history', 'find_jobs'), ('find_jobs', 'history', 'stats')):
+        fresh = Queue(path)
+        got = {name: getattr(fresh, name)() for name in order}
+        got['stats'].pop('oldest_pending_seconds')   # the clock moved on
+        figures[order] = got
+        assert fresh.backend.minute_counts() == Backend.minute_counts(fresh.backend)
+        assert fresh.backend.job_totals() == Backend.job_totals(fresh.backend)
+    assert len({repr(sorted(got.items(), key=str)) for got in figures.values()}) == 1
+    assert set(tallied) == {'queue.done.tsv'}
+    warmed = Queue(path)
+    warmed.stats()
+    index = warmed.backend.inspection._index
+    read = index.bytes_read
+    warmed.history(), warmed.find_jobs(), warmed.stats()
+    assert index.bytes_read == read
