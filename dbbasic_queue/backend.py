@@ -12,6 +12,8 @@ every fast path of a backend is tested against (tests/test_scale.py, tests/test_
 """
 
 from collections import Counter
+from collections.abc import Callable
+from typing import Any
 from itertools import repeat
 
 from .job import FINAL_STATUSES, Status
@@ -53,15 +55,15 @@ class Backend:
     What a backend's callers read of it is declared here, set by each backend."""
 
     #: 'file' or 'rq': the CLI's file-only commands (edit, migrate) check it.
-    kind = None
+    kind: str
     #: Where the jobs live: the queue file (a pathlib.Path), or the redis:// URL.
-    path = None
+    path: Any
     #: () -> Unix seconds: the Queue's clock, for every time a backend stores.
-    clock = None
+    clock: Callable[[], float]
     #: Seconds a claim whose worker cannot be checked from here is trusted (liveness).
-    lease_seconds = None
+    lease_seconds: float
     #: The base of the backoff after a failure (rules.backoff_seconds).
-    backoff_base_seconds = None
+    backoff_base_seconds: float
     #: True if work_forever() blocks on new jobs itself (RQ); False: poll process_jobs.
     long_running_worker = False
 
