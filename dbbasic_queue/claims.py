@@ -265,7 +265,7 @@ class ClaimCycle:
         for start, line in view.lines.items():
             if line.entry is None:
                 continue
-            status, job_type, run_at, claim_of, _ = line.entry   # unpacked: the fastest read
+            status, job_type, run_at, claim_of, _, _ = line.entry   # unpacked: the fastest read
             if status == PENDING:
                 if claim and run_at <= now and job_type in handlers:
                     candidates.append(start)
@@ -338,7 +338,8 @@ class ClaimCycle:
                 if job is None and pending is not None:   # spares reading the line again
                     view.known[start] = LineEntry(
                         PROCESSING, pending.type, pending.run_at,
-                        Claim(found[0], run.worker, claimed_at), pending.priority)
+                        Claim(found[0], run.worker, claimed_at), pending.priority,
+                        pending.created_at)
 
     @staticmethod
     def _claim_of(run, job, now):

@@ -322,6 +322,7 @@ class LineEntry(NamedTuple):
     run_at: float
     claim: object        # a Claim for processing rows, else None
     priority: int
+    created_at: float
 
 
 def entry_of_line(line):
@@ -342,6 +343,7 @@ def _cheap_entry(line):
     status = STATUS_BY_WORD.get(fields[STATUS])
     try:
         run_at = float(fields[RUN_AT] or 0)
+        created_at = float(fields[CREATED_AT] or 0)
         priority = int(line[line.rfind('\t') + 1:] or 0)
     except ValueError:
         return None
@@ -363,7 +365,7 @@ def _cheap_entry(line):
         # interned: the thousands of claims of one batch share one str
         claim = Claim(job_id, sys.intern(every[WORKER]) if len(every) > WORKER else '',
                       claimed_at)
-    return LineEntry(status.value, sys.intern(job_type), run_at, claim, priority)
+    return LineEntry(status.value, sys.intern(job_type), run_at, claim, priority, created_at)
 
 
 def entry_of_older(line, header):
@@ -374,7 +376,10 @@ def entry_of_older(line, header):
     except UnparsableLine:
         return None
     claim = Claim(job.id, job.worker, job.claimed_at) if job.status is Status.PROCESSING else None
-    return LineEntry(job.status.value, job.type, job.run_at, claim, job.priority)
+    created_at = split_line(line.rstrip('\r'))[header.index('created_at')] if (
+        'created_at' in header) else ''
+    return LineEntry(job.status.value, job.type, job.run_at, claim, job.priority,
+                     float(created_at or 0))
 
 
 def entry_of_job(job):
@@ -382,7 +387,7 @@ def entry_of_job(job):
     claim = (Claim(job.id, sys.intern(job.worker), float(format_time(job.claimed_at) or 0))
              if job.status is Status.PROCESSING else None)
     return LineEntry(job.status.value, sys.intern(job.type), float(format_time(job.run_at) or 0),
-                     claim, job.priority)
+                     claim, job.priority, float(job.created_at))
 
 
 def created_at_of(line):
@@ -430,7 +435,8 @@ def _plain_lines(data, start):
         return None
     types, lines, pos = {}, [], start
     try:
-        for raw, (job_type, status, _, run_at, worker, claimed_at, priority) in zip(raws, matches):
+        for raw, (job_type, status, created_at, run_at, worker, claimed_at, priority) in zip(
+                raws, matches):
             end = pos + len(raw) + 1
             name = types.get(job_type)
             if name is None:
@@ -444,7 +450,8 @@ def _plain_lines(data, start):
                               sys.intern(worker.decode(ENCODING, DECODE_ERRORS)),
                               float(claimed_at) if claimed_at else 0.0)
             lines.append(Line(pos, end, start, LineEntry(
-                _WORD_OF_BYTES[status], name, float(run_at), claim, int(priority or 0))))
+                _WORD_OF_BYTES[status], name, float(run_at), claim, int(priority or 0),
+                float(created_at or 0))))
             pos = end
     except ValueError:
         return None   # a number that is not one (a hand edit): read line by line
@@ -570,8 +577,9 @@ def status_type_times(line, header):
     """(id, status word, type, created_at, run_at) of a line, or None when it is not a
     job: split only as far as run_at when it is a plain line of COLUMNS."""
     fields = line.split('\t', RUN_AT + 1)
-    if (len(fields) <= RUN_AT or fields[STATUS] not in STATUS_BY_WORD or fields[TYPE][:1] == '"'
-            or fields[ID][:1] == '"' or tuple(header) != COLUMNS):
+    if (len(fields) <= RUN_AT or fields[STATUS] not in STATUS_BY_WORD
+            or fields[TYPE][:1] in ('', '"') or fields[ID][:1] in ('', '"')
+            or tuple(header) != COLUMNS):
         job = job_or_none(line, header)
         if job is None:
             return None

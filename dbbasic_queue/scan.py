@@ -133,14 +133,31 @@ def _segment(data, start, report, older=None):
     return _segment_of_lines(data, start, read_lines(data, start, report), crc)
 
 
+def _segments_of_entries(data, start, lines):
+    """summarize(data, start) made from the lines' entries (see _segment_of_entries), the
+    segments cut where summarize cuts them; None when a line is not a job."""
+    segments, pos, first = [], 0, 0
+    while first < len(lines):
+        last = first
+        while last + 1 < len(lines) and lines[last + 1][1] - pos <= SEGMENT_BYTES:
+            last += 1
+        end = lines[last][1]
+        segment = _segment_of_entries(data[pos:end], start + pos, lines[first:last + 1])
+        if segment is None:
+            return None
+        segments.append(segment)
+        pos, first = end, last + 1
+    return segments
+
+
 def _segment_of_lines(data, start, lines, crc):
     """The Segment of data's Lines, counted one by one."""
-    pending, claims, finished, top, oldest, created = {}, {}, 0, 0, None, Counter()
+    pending, claims, finished, top, oldest, created = {}, {}, 0, None, None, Counter()
     for line in lines:
         entry = line.entry
         if entry is None:
             continue
-        top = max(top, entry.priority)
+        top = entry.priority if top is None else max(top, entry.priority)
         if entry.status == PENDING:
             created_at = _created_at(data, start, line)
             oldest = _earlier(oldest, created_at)
@@ -156,8 +173,44 @@ def _segment_of_lines(data, start, lines, crc):
             claims[worker] = max(claims.get(worker, 0.0), entry.claim.claimed_at)
         else:
             finished += 1
-    return Segment(start, start + len(data), crc, pending, claims, finished, top, oldest,
+    return Segment(start, start + len(data), crc, pending, claims, finished, top or 0, oldest,
                    _by_minute(created))
+
+
+def _segment_of_entries(data, start, lines):
+    """The Segment of data (whole lines at offset start) whose lines' LineEntries are
+    those of lines ((start, end, entry) within data), counted from them: what _segment
+    counts from the bytes (tested), with no line read. None when a line is not a job."""
+    pending, claims, finished, created = {}, {}, 0, Counter()
+    top = oldest = None
+    for _, _, entry in lines:
+        if entry is None:
+            return None
+        if top is None or entry.priority > top:
+            top = entry.priority
+        status = entry.status
+        if status == PENDING:
+            run_at = entry.run_at
+            found = pending.get(entry.type)
+            if found is None:
+                pending[entry.type] = [run_at, 1, run_at]
+            else:
+                if run_at < found[0]:
+                    found[0] = run_at
+                elif run_at > found[2]:
+                    found[2] = run_at
+                found[1] += 1
+            created[entry.created_at] += 1
+        elif status == PROCESSING:
+            worker, claimed_at = entry.claim.worker, entry.claim.claimed_at
+            if claims.get(worker, -1.0) < claimed_at:
+                claims[worker] = claimed_at
+        else:
+            finished += 1
+    if created:
+        oldest = min(created)
+    return Segment(start, start + len(data), zlib.crc32(data), pending, claims, finished,
+                   top or 0, oldest, _by_minute(created))
 
 
 def _by_minute(created):
@@ -626,7 +679,8 @@ class Rebuild:
                     (line_start + len(small[2]), line_end + len(small[2]), entry)
                     for line_start, line_end, entry in lines]
                 start, new_start, new = small[0], small[1], small[2] + new
-            made = summarize(new, new_start, self.report)
+            made = (None if lines is None else _segments_of_entries(new, new_start, lines)
+                    ) or summarize(new, new_start, self.report)
             self.changed[start] = (self.changed[start][0], made)
             if lines is not None:
                 self._keep(made, new_start, lines)

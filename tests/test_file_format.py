@@ -287,7 +287,8 @@ def test_every_fast_reader_of_a_line_agrees_with_the_plain_parser(job, crlf):
     entry = lineformat.entry_of_line(line)
     assert entry == (expected.status.value, expected.type, expected.run_at,
                      lineformat.Claim(expected.id, expected.worker, expected.claimed_at)
-                     if expected.status is Status.PROCESSING else None, expected.priority)
+                     if expected.status is Status.PROCESSING else None, expected.priority,
+                     float(expected.created_at))
     [read] = lineformat.read_lines((text + '\n').encode('utf-8', 'surrogateescape'), 5,
                                    lambda line: None)
     assert read.entry == entry and (read.start, read.segment) == (5, 5)
@@ -385,7 +386,8 @@ def test_lines_of_older_columns_read_as_the_plain_parser_reads_them(job, header)
         return
     assert entry == (expected.status.value, expected.type, expected.run_at,
                      lineformat.Claim(expected.id, expected.worker, expected.claimed_at)
-                     if expected.status is Status.PROCESSING else None, expected.priority)
+                     if expected.status is Status.PROCESSING else None, expected.priority,
+                     float(expected.created_at))
     [read] = lineformat.read_lines((line + '\n').encode('utf-8', 'surrogateescape'), 0,
                                    lambda line: None, older=header)
     assert read.entry == entry

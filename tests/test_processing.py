@@ -285,8 +285,9 @@ def test_a_job_enqueued_with_options_is_due_at_once(tmp_path):
 def test_the_lines_a_small_file_keeps_between_rewrites_are_those_its_bytes_hold(
         tmp_path, monkeypatch):
     # A small hot file keeps the Lines of the segments a rewrite wrote, made from the
-    # lines it changed, not read: each must be what reading those bytes gives (the plain
-    # oracle), through claims, completions, retries, give-backs and other workers' lines.
+    # lines it changed, not read, and counts the segments from them: each must be what
+    # reading those bytes gives (the plain oracle), through claims, completions, retries,
+    # give-backs, negative priorities and other workers' lines.
     from dbbasic_queue.lineformat import read_lines
     monkeypatch.setattr(scan_module, 'SEGMENT_BYTES', 2048)   # ~15 lines a segment
     checked = []
@@ -297,14 +298,17 @@ def test_the_lines_a_small_file_keeps_between_rewrites_are_those_its_bytes_hold(
         assert index.kept_lines
         for start, (segment, lines) in index.kept_lines.items():
             assert segment in index.segments and segment.start == start
-            assert lines == read_lines(index.segment_bytes(segment), start, lambda line: None)
+            data = index.segment_bytes(segment)
+            assert lines == read_lines(data, start, lambda line: None)
+            # and its counts, made from them, are what counting its bytes gives
+            assert segment.as_json() == scan_module._segment(data, start, print).as_json()
         checked.append(len(index.kept_lines))
     monkeypatch.setattr(scan_module.Index, 'after_rewrite', checked_after)
     path = tmp_path / 'queue.tsv'
     queue = Queue(path)
     for n in range(120):
         queue.enqueue('fails' if n % 7 == 0 else 'ok', {'n': n, 'text': 'a "quoted" word'},
-                      priority=n % 3)
+                      priority=n % 3 - 1)
     other = f'{liveness.HOST}:{os.getppid()}:{liveness.start_marker(os.getppid())}'
     with open(path, 'a') as f:   # another live worker's claim, and a hand edit
         f.write(format_line(Job('cafe', 'ok', '{}', Status.PROCESSING, int(time.time()),
