@@ -6,6 +6,7 @@ machinery scan.py, the files themselves storage.py, hand edits editing.py.
 """
 
 import logging
+import os
 import threading
 import time
 from pathlib import Path
@@ -16,10 +17,10 @@ from .claims import ClaimCycle, Plan, Run
 from .inspection import FileInspection
 from .journal import WorkerJournal
 from .job import ACTIVE_STATUSES, FINAL_STATUSES, Job, Status, new_job_id, new_job_ids
-from .lineformat import (COLUMNS, DECODE_ERRORS, ENCODING, PENDING, check_header, find_line,
-                         format_line, format_millis, format_new_line, format_new_lines,
-                         format_time, id_of_line, ids_present, job_or_none, jobs_with_key,
-                         quote_field)
+from .lineformat import (COLUMNS, DECODE_ERRORS, ENCODING, HEADER_BYTES, PENDING,
+                         check_header, find_line, format_line, format_millis, format_new_line,
+                         format_new_lines, format_time, id_of_line, ids_present, job_or_none,
+                         jobs_with_key, line_bytes, line_of_job, quote_field)
 from .scan import Index, SegmentView
 from .storage import (GROUP_READ_WRITE, RETRY, Change, EditedInPlace, FileLock, SmallFile, TableFile,
                       TableSummary, WordsFile, abandoned_temp_files,
@@ -27,6 +28,7 @@ from .storage import (GROUP_READ_WRITE, RETRY, Change, EditedInPlace, FileLock, 
 from .validate import JSON_ASCII, due_now_millis, payload_json
 
 log = logging.getLogger('dbbasic_queue')
+NORMALIZE = object()   # cancel's answer when the file must be rewritten whole first
 
 DENSE_TEXT_SHARE = 0.1     # a text on more lines than this: match every line, not each hit
 
@@ -136,12 +138,35 @@ class FileBackend(Backend):
 
     def cancel(self, job_id):
         """The job stays in the hot file as cancelled; the next worker run archives it.
-        One range rewrite of the segment that holds its line."""
-        def cancelled(view, now):
-            start = view.line_of(job_id)
-            return None if start is None else _cancelled([start], view, now, None)
+        One range rewrite of its line, every other byte copied in the kernel, planned on
+        the file's bytes read once, not on the index: counting a file the process has no
+        index of would cost more than the cancel (a third of it at 100,000 jobs)."""
+        def try_once():
+            read = self.table.read_whole()
+            if read is None:
+                return False
+            snap, data = read
+            try:
+                if not data.startswith(HEADER_BYTES) or b'\r\n' in data:
+                    return NORMALIZE   # older columns, CRLF: what a range rewrite keeps
+                start, end, job = line_of_job(data, job_id, self.index.report_unparsable)
+                if job is None or job.status is not Status.PENDING:
+                    return False
+                new = line_bytes(format_line(rules.cancelled(job, self.clock())))
+                done = self.table.rewrite_ranges(snap, [(start, end, new)])
+                if done is None:
+                    return RETRY
+                os.close(done[0])
+                return True
+            finally:
+                snap.close()
 
-        return self.rewrite_segments(cancelled) is not None
+        with self.state_lock:
+            outcome = self.table.optimistically(try_once)
+            if outcome is NORMALIZE:
+                self.normalize()
+                outcome = self.table.optimistically(try_once)
+        return outcome is True
 
     def cancel_pending(self, job_type):
         """One rewrite: the jobs stay in the hot file as cancelled, as cancel leaves one."""

@@ -496,6 +496,21 @@ def find_line(data, job_id, warn):
         return None
 
 
+def line_of_job(data, job_id, report):
+    """(start, end, the Job or None) of the first line of data (a whole file of COLUMNS,
+    header first) whose id is job_id; (0, 0, None) when there is none. report(text) is
+    told of that line when it is not a job."""
+    pos = data.find(id_needle(job_id))
+    if pos < 0:
+        return 0, 0, None
+    start, end = pos + 1, data.find(b'\n', pos + 1) + 1
+    text = text_between(data, start, end)
+    job = job_or_none(text, COLUMNS)
+    if job is None:
+        report(text)
+    return start, end, job
+
+
 def parse_line_at(data, pos):
     """The Job on the line of data (a whole file, header first) that holds byte pos.
 
@@ -527,12 +542,12 @@ def line_starts(data, needle):
     return [data.rfind(b'\n', 0, pos) + 1 for pos in positions(data, needle)]
 
 
-_LINE_ID = re.compile(rb'(?m)^[^\t\n]*')
+_LINE_ID = re.compile(rb'\n([^\t\n]*)')   # from the newline before: a literal skipped to in C
 
 
 def ids_of_lines(data):
     """The id field (bytes, as written) of each line of data, whole lines."""
-    return _LINE_ID.findall(data)
+    return _LINE_ID.findall(b'\n' + data)
 
 
 def status_needle(word):

@@ -9,7 +9,6 @@ segment's lines with their byte offsets; a rewrite (storage.TableFile.rewrite_ra
 copies every other segment as bytes, in the kernel.
 """
 
-import bisect
 import logging
 import math
 import operator
@@ -27,7 +26,7 @@ from .lineformat import (ANY_CLAIMED_AT, ANY_CREATED, ANY_LINE, ANY_PRIORITY, AN
                          PENDING_LINE, PENDING_RUN_AT, PENDING_TYPE, PROCESSING,
                          PROCESSING_BYTES, PROCESSING_NEEDLE, Line, UnparsableLine,
                          check_header, created_at_of, entry_of_job, entry_of_line, format_line,
-                         id_needle, line_bytes, parse_line, priorities_empty, read_lines,
+                         line_bytes, parse_line, priorities_empty, read_lines,
                          split_header, text_between)
 from .storage import (TAIL_BYTES, EditedInPlace, TableSummary, Version, close_in_background,
                       fd_owner, pread_all, storage_errors, version_of, whole_line_blocks)
@@ -554,20 +553,6 @@ class Index(Version):
         due_count = sum(found[1] if found[2] <= now else found[0] <= now for found in by_segment)
         return next_due, due_count, claims, finished
 
-    def line_start_of(self, job_id):
-        """The byte offset of the first whole line read whose id is job_id, or None;
-        read SCAN_CHUNK_BYTES at a time."""
-        if self.fd is None:
-            return None
-        needle, pos = id_needle(job_id), len(self.header)
-        with storage_errors(self.table.path, 'read'):
-            for data in whole_line_blocks(self.fd, pos, self.offset, SCAN_CHUNK_BYTES):
-                found = (b'\n' + data).find(needle)   # each block starts at a line start
-                if found >= 0:
-                    return pos + found
-                pos += len(data)
-        return None
-
     def segment_bytes(self, segment):
         """The bytes of segment in the version open."""
         return pread_all(self.fd, segment.end - segment.start, segment.start)
@@ -715,15 +700,6 @@ class SegmentView:
         for segment in self.index.segments:
             if wanted(segment):
                 self.load(segment)
-
-    def line_of(self, job_id):
-        """The start of the first line of this job id, its segment read; None if none."""
-        start = self.index.line_start_of(job_id)
-        if start is None:
-            return None
-        self.load(self.index.segments[bisect.bisect_right(
-            [segment.start for segment in self.index.segments], start) - 1])
-        return start
 
     def load(self, segment):
         """Read segment's lines (once); returns those newly read."""

@@ -535,6 +535,23 @@ class TableFile:
             if mapped:
                 data.close()
 
+    def read_whole(self):
+        """(a Snapshot of the file as it is now, holding the bytes of its whole lines,
+        those bytes), or None if it is missing: a version a range rewrite can be given
+        (the caller closes it)."""
+        fd = self.open_version()
+        if fd is None:
+            return None
+        with storage_errors(self.path, 'read'):
+            try:
+                data = pread_all(fd, os.fstat(fd).st_size, 0)
+            except BaseException:
+                os.close(fd)
+                raise
+        whole = data.rfind(b'\n') + 1
+        data = data[:whole]
+        return Snapshot(fd, offset=whole, content=data, tail=data[-TAIL_BYTES:]), data
+
     def open_version(self):
         """A read-only descriptor of the file as it is now, or None if it is missing."""
         with storage_errors(self.path, 'read'):
