@@ -147,8 +147,8 @@ class FileBackend(Backend):
                 return False
             snap, data = read
             try:
-                if not data.startswith(HEADER_BYTES) or b'\r\n' in data:
-                    return NORMALIZE   # older columns, CRLF: what a range rewrite keeps
+                if not data.startswith(HEADER_BYTES):
+                    return NORMALIZE   # older columns (or a CRLF header): give it ours
                 start, end, job = line_of_job(data, job_id, self.index.report_unparsable)
                 if job is None or job.status is not Status.PENDING:
                     return False
