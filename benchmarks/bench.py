@@ -550,14 +550,14 @@ def dashboard_rows(workdir, runs, row, count):
         assert render_ms(app, path)[1].startswith('200'), path
         row(f'dashboard {what}', value, 'ms', '<= 300 ms', value <= 300,
             f'{count:,} queued + {count:,} finished; later renders')
-    pending = iter(queue.find_jobs('pending', limit=runs * 3)[1])
-
     def after_a_rewrite():
-        queue.cancel_job(next(pending)['id'])     # a new version of the hot file, as a claim makes
+        # A worker claims and runs one job: a new version of the hot file, and the index
+        # it leaves beside it.
+        Queue(queue.path).process_jobs({'send_email': noop}, max_jobs=1)
         return render_ms(app, '/')[0]
     value = median_of(runs * 3, after_a_rewrite)
     row('dashboard overview after a worker rewrote the hot file', value, 'ms', '<= 300 ms',
-        value <= 300, 'the hot file is read again; the archive only from where it was')
+        value <= 300, "from the worker's index; the archive only from where it was")
 
 
 # -- the table -----------------------------------------------------------------------

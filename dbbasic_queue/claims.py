@@ -318,6 +318,7 @@ class ClaimCycle:
         chosen = heapq.nsmallest(batch.size, due, key=order)
         claimed_text, worker_field = format_time(now), quote_field(run.worker)
         claimed_at = float(claimed_text)   # as the claimed lines hold it
+        keeps_lines = view.index.keeps_lines()   # a small file: see SegmentView.known
         # Claimed lines are made a segment at a time (each read once), then taken in
         # claim order, the order the batch runs them in.
         made = {}   # start -> (job id, the claimed line)
@@ -335,7 +336,7 @@ class ClaimCycle:
             if found is not None and found[0] not in plan.claimed:
                 changes[start] = plan.claimed[found[0]] = found[1]
                 pending = lines[start].entry
-                if job is None and pending is not None:   # spares reading the line again
+                if keeps_lines and job is None and pending is not None:   # no reading it again
                     view.known[start] = LineEntry(
                         PROCESSING, pending.type, pending.run_at,
                         Claim(found[0], run.worker, claimed_at), pending.priority,

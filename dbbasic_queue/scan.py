@@ -757,15 +757,16 @@ class SegmentView:
         self.segment_lines = {}
         for segment_start, lines in by_segment.items():
             segment, data = self._read_again(segment_start)
-            pieces, pos, written = [], segment.start, {}   # written: start -> (bytes, text)
+            pieces, pos, written = [], segment.start, {}   # start -> (bytes, LineEntry) or None
             for start, end, job in lines:
                 pieces.append(data[pos - segment.start:start - segment.start])
                 if job is not None:
                     text = job if isinstance(job, str) else format_line(job)
                     pieces.append(line_bytes(text))
-                    written[start] = (len(pieces[-1]), self.known.get(start) or (
-                        entry_of_line(text) if isinstance(job, str) else entry_of_job(job)))
-                else:
+                    if keep:
+                        written[start] = (len(pieces[-1]), self.known.get(start) or (
+                            entry_of_line(text) if isinstance(job, str) else entry_of_job(job)))
+                elif keep:
                     written[start] = None
                 pos = end
             pieces.append(data[pos - segment.start:])
