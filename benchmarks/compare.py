@@ -1,10 +1,10 @@
 """Compare this checkout with another one, figure by figure, measuring them alternately.
 
     git worktree add /tmp/before <commit>
-    python benchmarks/compare.py /tmp/before [enqueue idle drain1000 drain10000 drain100000 cancel fresh workers8 drain1000000 rss1000000 stats1000000 render100000]
+    python benchmarks/compare.py [--runs N] /tmp/before [enqueue idle drain1000 drain10000 drain100000 cancel fresh workers8 drain1000000 rss1000000 stats1000000 render100000]
 
 Separate full runs of bench.py drift on a shared machine; here each figure is measured
-in a fresh process for one checkout, then the other, RUNS times, and the medians are
+in a fresh process for one checkout, then the other, RUNS (or N) times, and the medians are
 compared (ratio = this checkout / the other). It uses bench.py's own measurements: for
 an older checkout whose bench.py lacks one (workersN: jobs/s of N workers draining 20,000
 while 2 producers enqueue; pollersN: of 1 worker while N processes poll for a type with
@@ -79,11 +79,14 @@ def main(argv=None):
     if not argv:
         print(__doc__)
         return 2
+    runs = RUNS
+    if argv[0] == '--runs':
+        runs, argv = int(argv[1]), argv[2:]
     other, figures = Path(argv[0]).resolve(), argv[1:] or FIGURES
     print(f'| figure | {other} | this checkout | ratio |\n| --- | --- | --- | --- |')
     for figure in figures:
         before, after = [], []
-        for _ in range(RUNS):
+        for _ in range(runs):
             before.append(measure(other, figure))
             after.append(measure(HERE, figure))
         b, a = statistics.median(before), statistics.median(after)

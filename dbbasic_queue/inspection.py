@@ -145,24 +145,25 @@ def _finished_lines(data, start, end, words):
     return [m for m in matches if status_of(m[COUNT_STATUS_CREATED]) in _FINAL_WORDS]
 
 
-def of_index(index, counted_elsewhere, check_ids):
+def of_index(index, counted_elsewhere, charts):
     """The Tally of the hot file (its counts, oldest, earliest, and the minutes jobs were
     created and finished in) from its scan.Index, as current as the caller made it: a
     segment of pending lines only is added up as the workers counted it; the others
     (holding claims or finished lines) are read and counted line by line, a job found in
     the archive (counted_elsewhere) skipped. None when the file has older columns.
 
-    A pending line whose job is also in the archive (a retry cut short by a crash, a hand
-    edit; check reports it) is found only with check_ids: then the ids of every segment
-    of pending lines are read (one regex pass over the file), and one that holds such a
-    job is counted line by line. Without it, as stats does (a million jobs in 0.1 s), it
+    charts: for the charts and the list pages, which also need the minutes jobs were
+    created in, and find a pending line whose job is also in the archive (a retry cut
+    short by a crash, a hand edit; check reports it): the ids of every segment of pending
+    lines are read (one regex pass over the file), and one that holds such a job is
+    counted line by line. Without, as stats counts (a million jobs in 0.1 s), such a job
     is counted in both files."""
     if index.older is not None:
         return None
     counted = Tally(counted_elsewhere=counted_elsewhere)
     for segment in index.segments:
         data = None
-        if not (segment.claims or segment.finished) and check_ids and counted_elsewhere:
+        if not (segment.claims or segment.finished) and charts and counted_elsewhere:
             data = index.segment_bytes(segment)
             if counted_elsewhere.isdisjoint(ids_of_lines(data)):
                 data = None   # none of its jobs is in the archive: its counts hold
@@ -177,7 +178,8 @@ def of_index(index, counted_elsewhere, check_ids):
             counted.rows += jobs
             counted.earliest = _earliest(counted.earliest, earliest)
         counted.oldest = _earliest(counted.oldest, segment.oldest)
-        counted.created.update(segment.created)
+        if charts:
+            counted.created.update(segment.created)
     return counted
 
 
@@ -237,7 +239,7 @@ class FileInspection:
         self.table, self.archive = table, archive
         self._kept_archive = None   # Kept of the archive
         self._index = None          # an Index of the hot file, apart from a worker's
-        self._checked = None        # (the versions it counted, of_index with check_ids)
+        self._checked = None        # (the versions it counted, of_index for the charts)
         self._lock = threading.Lock()
 
     def warm(self):
@@ -247,7 +249,7 @@ class FileInspection:
     def job_totals(self):
         """The hot file as its Index has it, the archive from its kept Tally (tallies). A
         line they could not read sends it to the exact way: every line split."""
-        hot, archive = self.tallies(check_ids=False)
+        hot, archive = self.tallies(charts=False)
         if hot is None:
             return totals_of(self._job_fields())
         counts = hot.counts + archive.counts
@@ -316,23 +318,23 @@ class FileInspection:
                     total += matches
         return total, page
 
-    def tallies(self, check_ids=True):
+    def tallies(self, charts=True):
         """(the hot file's Tally, the archive's), or (None, None) when they are not
         exact. The one engine of every figure: the hot file is added up from its Index
         (of_index: the segments the workers keep, and only those holding claims or
         finished lines read), the archive from its Tally, kept and brought up to date.
-        check_ids: see of_index; its answer is kept until either file changes."""
+        charts: see of_index; its answer is kept until either file changes."""
         with self._lock:
             archive = self._archive_tally()
             if self._index is None:
                 self._index = Index(self.table)
             index = self._index.current_and_saved()
             versions = (index.generation, self._kept_archive.ino, self._kept_archive.offset)
-            if check_ids and self._checked is not None and self._checked[0] == versions:
+            if charts and self._checked is not None and self._checked[0] == versions:
                 hot = self._checked[1]
             else:
-                hot = of_index(index, archive.ids, check_ids)
-                if check_ids:
+                hot = of_index(index, archive.ids, charts)
+                if charts:
                     self._checked = (versions, hot)
         if hot is None or not (hot.exact and archive.exact):
             return None, None

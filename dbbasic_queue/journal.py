@@ -8,7 +8,7 @@ from pathlib import Path
 
 from . import liveness
 from .lineformat import DECODE_ERRORS, ENCODING
-from .storage import (NO_FOLLOW, READ_FLAGS, fd_owner, set_mode, storage_error,
+from .storage import (NO_FOLLOW, fd_owner, open_to_read, set_mode, storage_error,
                       storage_errors, unlink_quietly, write_all)
 
 log = logging.getLogger('dbbasic_queue')
@@ -85,11 +85,10 @@ class WorkerJournal:
         """The id the worker was running when it stopped: '' for none, None when it
         kept no journal (a worker of an older version)."""
         path = cls.path_for(table_path, worker)
+        fd = open_to_read(path)
+        if fd is None:
+            return None
         with storage_errors(path, 'read'):
-            try:
-                fd = os.open(path, READ_FLAGS)
-            except FileNotFoundError:
-                return None
             try:
                 first = os.pread(fd, cls.SIZE_BYTES, 0)
             finally:

@@ -67,6 +67,20 @@ def storage_errors(path, doing):
         raise storage_error(path, doing, exc) from exc
 
 
+def open_to_read(path):
+    """A read-only descriptor of path (never through a symbolic link), or None if it is
+    missing; StorageError when it cannot be read, a directory included."""
+    with storage_errors(path, 'read'):
+        try:
+            fd = os.open(path, READ_FLAGS)
+        except FileNotFoundError:
+            return None
+        if stat.S_ISDIR(os.fstat(fd).st_mode):   # it opens, and fails only at a read
+            os.close(fd)
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR))
+        return fd
+
+
 def storage_error(path, doing, exc):
     if isinstance(exc, StorageError):
         return exc
@@ -500,11 +514,10 @@ class TableFile:
 
     def read_bytes(self, limit=None):
         """The whole file (or its first limit bytes) as bytes; b'' if it does not exist."""
+        fd = open_to_read(self._path_text)
+        if fd is None:
+            return b''
         with storage_errors(self.path, 'read'):
-            try:
-                fd = os.open(self._path_text, READ_FLAGS)
-            except FileNotFoundError:
-                return b''
             try:
                 return pread_all(fd, limit if limit is not None else os.fstat(fd).st_size, 0)
             finally:
@@ -554,15 +567,7 @@ class TableFile:
 
     def open_version(self):
         """A read-only descriptor of the file as it is now, or None if it is missing."""
-        with storage_errors(self.path, 'read'):
-            try:
-                fd = os.open(self._path_text, READ_FLAGS)
-            except FileNotFoundError:
-                return None
-            if stat.S_ISDIR(os.fstat(fd).st_mode):   # opens, and reads as an error later
-                os.close(fd)
-                raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR))
-            return fd
+        return open_to_read(self.path)
 
     def stat(self):
         """The file's stat, or None if it is missing."""
@@ -839,11 +844,10 @@ def _opened_after(path, ino, offset, tail, at_most=None):
     """(a descriptor, the size) of the file if it is now inode ino and its bytes
     before offset end with tail (and it holds at most at_most bytes after it); else
     None."""
+    fd = open_to_read(path)
+    if fd is None:
+        return None
     with storage_errors(path, 'read'):
-        try:
-            fd = os.open(path, READ_FLAGS)
-        except FileNotFoundError:
-            return None
         try:
             st = os.fstat(fd)
             if (st.st_ino == ino and st.st_size >= offset
