@@ -173,7 +173,7 @@ class FileBackend(Backend):
         def cancelled(view, now):
             view.load_where(lambda segment: any(
                 job_type is None or t == job_type for t in segment.pending))
-            return _cancelled(list(view.lines), view, now, job_type)
+            return _cancelled(view, now, job_type)
 
         plan = self.rewrite_segments(cancelled)
         return [job.id for job in plan.changes.values()] if plan else []
@@ -485,11 +485,10 @@ def _pending_starts(view, job_type):
             and (job_type is None or line.entry.type == job_type)]
 
 
-def _cancelled(starts, view, now, job_type):
-    """The Plan that cancels the pending jobs of this type (None: any) at starts."""
+def _cancelled(view, now, job_type):
+    """The Plan that cancels the pending jobs of this type (None: any) view read."""
     plan = Plan()
-    pending = set(_pending_starts(view, job_type))
-    for start, job in view.jobs([start for start in starts if start in pending]):
+    for start, job in view.jobs(_pending_starts(view, job_type)):
         if job is not None:
             plan.changes[start] = rules.cancelled(job, now)
     return plan if plan.changes else None

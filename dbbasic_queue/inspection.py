@@ -242,10 +242,6 @@ class FileInspection:
         self._checked = None        # (the versions it counted, of_index for the charts)
         self._lock = threading.Lock()
 
-    def warm(self):
-        """Count both files now (what the first figure of a fresh process would)."""
-        self.tallies()
-
     def job_totals(self):
         """The hot file as its Index has it, the archive from its kept Tally (tallies). A
         line they could not read sends it to the exact way: every line split."""

@@ -185,15 +185,10 @@ def format_new_lines(ids, types, payload_texts, created_at, run_at_text):
 def claimed_line(line, worker, claimed_at):
     """The line of the pending job on line (str, without newline) as claimed by worker at
     claimed_at: the same text with status, worker and claimed_at changed, so nothing is
-    reformatted; its id is then id_of_line(line). None when line is not simply that (a
-    quoted field, other columns): then format the claimed Job instead."""
-    fields = line.split('\t')
-    if (len(fields) != len(COLUMNS) or fields[STATUS] != PENDING or fields[WORKER]
-            or fields[CLAIMED_AT] or fields[ID].startswith('"')):
-        return None
-    fields[STATUS], fields[WORKER] = PROCESSING, quote_field(worker)
-    fields[CLAIMED_AT] = format_time(claimed_at)
-    return '\t'.join(fields)
+    reformatted (claim_of_line). None when line is not simply that: then format the
+    claimed Job instead."""
+    claim = claim_of_line(line, quote_field(worker), format_time(claimed_at))
+    return None if claim is None else claim[1]
 
 
 _FLOATS = (CREATED_AT, RUN_AT, FINISHED_AT, TIMEOUT)
@@ -201,11 +196,12 @@ _INTS = (ATTEMPTS, MAX_ATTEMPTS, PRIORITY)
 
 
 def claim_of_line(line, worker_field, claimed_at_text):
-    """(job id, claimed_line(line, worker, claimed_at)) when line is a plain pending job
-    line that parse_line reads (its numbers numbers, its quoted fields well quoted), else
-    None: then parse it and format the claimed Job. A claim's check without building the
-    Job; worker_field and claimed_at_text are quote_field(worker) and
-    format_time(claimed_at), made once for a batch."""
+    """(job id, the line as claimed: the same text with status, worker and claimed_at
+    changed) when line is a plain pending job line that parse_line reads (its numbers
+    numbers, its quoted fields well quoted), else None: then parse it and format the
+    claimed Job. A claim's check without building the Job; worker_field and
+    claimed_at_text are quote_field(worker) and format_time(claimed_at), made once for a
+    batch."""
     fields = line.split('\t')
     if (len(fields) != len(COLUMNS) or fields[STATUS] != PENDING or fields[WORKER]
             or fields[CLAIMED_AT] or not fields[ID] or not fields[TYPE]
@@ -388,11 +384,6 @@ def entry_of_job(job):
              if job.status is Status.PROCESSING else None)
     return LineEntry(job.status.value, sys.intern(job.type), float(format_time(job.run_at) or 0),
                      claim, job.priority, float(job.created_at))
-
-
-def created_at_of(line):
-    """The created_at text of a job's line (str)."""
-    return split_line(line.rstrip('\r'))[CREATED_AT]
 
 
 class Line(NamedTuple):

@@ -25,7 +25,7 @@ from .lineformat import (ANY_CLAIMED_AT, ANY_CREATED, ANY_LINE, ANY_PRIORITY, AN
                          HEADER_BYTES, MIN_LINE_BYTES, PENDING, PENDING_BYTES, PENDING_CREATED,
                          PENDING_LINE, PENDING_RUN_AT, PENDING_TYPE, PROCESSING,
                          PROCESSING_BYTES, PROCESSING_NEEDLE, Line, UnparsableLine,
-                         check_header, created_at_of, entry_of_job, entry_of_line, format_line,
+                         check_header, entry_of_job, entry_of_line, format_line,
                          line_bytes, parse_line, priorities_empty, read_lines,
                          split_header, text_between)
 from .storage import (TAIL_BYTES, EditedInPlace, TableSummary, Version, close_in_background,
@@ -150,41 +150,27 @@ def _segments_of_entries(data, start, lines):
 
 
 def _segment_of_lines(data, start, lines, crc):
-    """The Segment of data's Lines, counted one by one."""
-    pending, claims, finished, top, oldest, created = {}, {}, 0, None, None, Counter()
-    for line in lines:
-        entry = line.entry
-        if entry is None:
-            continue
-        top = entry.priority if top is None else max(top, entry.priority)
-        if entry.status == PENDING:
-            created_at = _created_at(data, start, line)
-            oldest = _earlier(oldest, created_at)
-            created[created_at] += 1
-            found = pending.get(entry.type)
-            if found is None:
-                pending[entry.type] = [entry.run_at, 1, entry.run_at]
-            else:
-                found[0], found[1], found[2] = (min(found[0], entry.run_at), found[1] + 1,
-                                                max(found[2], entry.run_at))
-        elif entry.status == PROCESSING:
-            worker = entry.claim.worker
-            claims[worker] = max(claims.get(worker, 0.0), entry.claim.claimed_at)
-        else:
-            finished += 1
-    return Segment(start, start + len(data), crc, pending, claims, finished, top or 0, oldest,
-                   _by_minute(created))
+    """The Segment of data's Lines (whole lines at offset start; crc: of data), counted
+    one by one from their LineEntries; a line that is not a job is not counted."""
+    return _segment_of(data, start, [line.entry for line in lines if line.entry is not None],
+                       crc)
 
 
 def _segment_of_entries(data, start, lines):
     """The Segment of data (whole lines at offset start) whose lines' LineEntries are
     those of lines ((start, end, entry) within data), counted from them: what _segment
     counts from the bytes (tested), with no line read. None when a line is not a job."""
+    entries = [entry for _, _, entry in lines]
+    if None in entries:
+        return None
+    return _segment_of(data, start, entries, zlib.crc32(data))
+
+
+def _segment_of(data, start, entries, crc):
+    """The Segment of data, whose jobs' LineEntries are entries."""
     pending, claims, finished, created = {}, {}, 0, Counter()
-    top = oldest = None
-    for _, _, entry in lines:
-        if entry is None:
-            return None
+    top = None
+    for entry in entries:
         if top is None or entry.priority > top:
             top = entry.priority
         status = entry.status
@@ -206,10 +192,8 @@ def _segment_of_entries(data, start, lines):
                 claims[worker] = claimed_at
         else:
             finished += 1
-    if created:
-        oldest = min(created)
-    return Segment(start, start + len(data), zlib.crc32(data), pending, claims, finished,
-                   top or 0, oldest, _by_minute(created))
+    return Segment(start, start + len(data), crc, pending, claims, finished, top or 0,
+                   min(created) if created else None, _by_minute(created))
 
 
 def _by_minute(created):
@@ -219,22 +203,6 @@ def _by_minute(created):
         minute = int(float(seconds or 0)) // SECONDS_PER_MINUTE
         by_minute[minute] = by_minute.get(minute, 0) + count
     return by_minute
-
-
-def _created_at(data, start, line):
-    """The created_at text of a job's Line of data (at offset start). Read again only
-    here, on the rare lines a regex does not count: a LineEntry does not keep it, as the
-    thousands of a claim would cost memory."""
-    return created_at_of(text_between(data, line.start - start, line.end - start))
-
-
-def _earlier(oldest, created_at):
-    """oldest (a number or None), or created_at (a line's text) if it is a time before."""
-    try:
-        created = float(created_at or 0)
-    except ValueError:
-        return oldest   # not a time: the line is not a job to the exact way either
-    return created if oldest is None else min(oldest, created)
 
 
 def _pending_by_type(matches):

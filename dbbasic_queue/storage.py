@@ -69,16 +69,13 @@ def storage_errors(path, doing):
 
 def open_to_read(path):
     """A read-only descriptor of path (never through a symbolic link), or None if it is
-    missing; StorageError when it cannot be read, a directory included."""
+    missing; StorageError when it cannot be opened (a directory opens, and fails at the
+    first read)."""
     with storage_errors(path, 'read'):
         try:
-            fd = os.open(path, READ_FLAGS)
+            return os.open(path, READ_FLAGS)
         except FileNotFoundError:
             return None
-        if stat.S_ISDIR(os.fstat(fd).st_mode):   # it opens, and fails only at a read
-            os.close(fd)
-            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR))
-        return fd
 
 
 def storage_error(path, doing, exc):
@@ -223,11 +220,13 @@ class Version:
     offset, tail = 0, b''
 
     def _held(self, fd):
+        """Hold fd (None: no file) as this version; returns its stat (None: no file)."""
         self.fd = fd
-        self.ino = self.dev = None
+        self.ino = self.dev = st = None
         if fd is not None:
             st = os.fstat(fd)
             self.ino, self.dev = st.st_ino, st.st_dev
+        return st
 
     def bytes_match(self):
         """True if the version's bytes [0, offset) are still the ones read."""
@@ -291,7 +290,7 @@ class Snapshot(Version):
 
     def __init__(self, fd=None, header=None, lines=(), offset=0, crc=0, tail=b'', content=None):
         self.generation = next(_generations)
-        self._held(fd)
+        st = self._held(fd)
         self.header = header
         self.lines = list(lines)
         self.offset = offset
@@ -301,7 +300,6 @@ class Snapshot(Version):
         self.tail = tail            # the last TAIL_BYTES of them
         self._owner = None
         if fd is not None:
-            st = os.fstat(fd)
             if st.st_size == offset:
                 self.seen = version_of(st)
             self._owner = fd_owner(fd)
@@ -566,8 +564,15 @@ class TableFile:
         return Snapshot(fd, offset=whole, content=data, tail=data[-TAIL_BYTES:]), data
 
     def open_version(self):
-        """A read-only descriptor of the file as it is now, or None if it is missing."""
-        return open_to_read(self.path)
+        """A read-only descriptor of the file as it is now, or None if it is missing: a
+        version to hold open, so a directory in its place is a StorageError now, not at
+        a later read."""
+        fd = open_to_read(self.path)
+        if fd is not None and stat.S_ISDIR(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise storage_error(self.path, 'read',
+                                IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR)))
+        return fd
 
     def stat(self):
         """The file's stat, or None if it is missing."""
