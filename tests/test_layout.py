@@ -102,3 +102,33 @@ def test_a_rewrite_proves_a_storage_version_and_asks_nothing_else_of_it():
                      if isinstance(attribute, ast.Attribute)
                      and getattr(attribute.value, 'id', None) == version}
     assert {'fd', 'offset', 'prove', 'proven_unchanged'} <= used <= set(dir(Version))
+
+
+# The shape issue's bounds: no class a newcomer must hold whole is over 450 lines, and the
+# README is the user's manual (the design notes are in docs/).
+MAX_CLASS_LINES = 450
+MAX_README_LINES = 550
+
+
+def test_no_class_is_over_450_lines():
+    long = [(path.name, node.name, node.end_lineno - node.lineno + 1)
+            for path in sorted(PACKAGE.glob('*.py'))
+            for node in ast.walk(ast.parse(path.read_text()))
+            if isinstance(node, ast.ClassDef) and node.end_lineno - node.lineno + 1 > MAX_CLASS_LINES]
+    assert long == []
+
+
+def test_the_readme_is_the_manual_and_links_the_design_notes():
+    readme = (PACKAGE.parent / 'README.md').read_text()
+    assert len(readme.splitlines()) <= MAX_README_LINES
+    for notes in ('docs/design.md', 'docs/performance.md', 'docs/files.md'):
+        assert f']({notes})' in readme and (PACKAGE.parent / notes).exists()
+
+
+def test_the_contract_declares_what_its_callers_read_and_both_backends_set_it():
+    from dbbasic_queue import Queue
+    from dbbasic_queue.backend import Backend
+    declared = {'kind', 'path', 'clock', 'lease_seconds', 'backoff_base_seconds'}
+    assert declared <= set(Backend.__annotations__)
+    backend = Queue(PACKAGE.parent / 'no-such-dir' / 'queue.tsv').backend   # touches no disk
+    assert all(getattr(backend, name) is not None for name in declared)
